@@ -1,0 +1,1 @@
+"""Command-line interface (typer). Each stage's commands live in their own module."""

@@ -1,0 +1,32 @@
+"""Entry point of the ``medbalance`` console script."""
+
+from __future__ import annotations
+
+import importlib
+
+from medbalance.cli.app import app
+
+# Every command module registers its commands on ``app`` when imported.
+COMMAND_MODULES = [
+    "medbalance.cli.data_cmds",  # inspect, datasets make
+    "medbalance.cli.train_cmds",  # train, train-task
+    "medbalance.cli.synth_cmds",  # generate, rebalance
+    "medbalance.cli.eval_cmds",  # evaluate
+    "medbalance.cli.downstream_cmds",  # downstream, report, demo
+    "medbalance.cli.feature_cmds",  # feature-augment
+]
+
+for _mod in COMMAND_MODULES:
+    try:
+        importlib.import_module(_mod)
+    except ModuleNotFoundError as e:  # a stage not built yet
+        if e.name != _mod:
+            raise
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

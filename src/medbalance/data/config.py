@@ -1,0 +1,73 @@
+"""Configuration of the data layer (the ``data:`` section of every run config)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from medbalance.config import BaseConfig
+
+
+class NiftiConfig(BaseConfig):
+    """BraTS-style volumes: one folder per case, files found by glob patterns."""
+
+    modalities: list[str] = Field(
+        default_factory=lambda: ["*flair*.nii*", "*t1ce*.nii*"],
+        description="one glob pattern per modality (channel order), matched inside each case folder",
+    )
+    label_pattern: Optional[str] = Field("*seg*.nii*", description="glob of the label volume; null = none")
+    brain_mask_pattern: Optional[str] = Field(None, description="glob of a brain mask; null = brain is image != 0")
+    case_glob: str = Field("**", description="glob (relative to root) of case folders to consider")
+    normalization: Literal["zscore", "minmax", "percentile", "none"] = "zscore"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    min_lesion_voxels: int = Field(0, ge=0, description="keep slices with at least this many lesion voxels")
+    brain_only: bool = Field(True, description="keep only slices that contain brain")
+    min_brain_voxels: int = Field(1, ge=1)
+    slice_label: Literal["has_lesion", "case"] = Field(
+        "has_lesion", description="has_lesion: class lesion/no_lesion per slice; case: label from labels_csv"
+    )
+    labels_csv: Optional[str] = None
+    labels_csv_case_column: str = "case"
+    labels_csv_label_column: str = "label"
+    cache_dir: Optional[str] = Field(None, description="slice cache folder (default: ~/.cache/medbalance/nifti)")
+
+
+class PhantomConfig(BaseConfig):
+    """The built-in procedural brain-MRI-like dataset (needs nothing downloaded)."""
+
+    n: int = Field(420, ge=3, description="total number of slices")
+    imbalance: list[float] = Field(default_factory=lambda: [10.0, 3.0, 1.0], description="relative class sizes")
+    size: int = Field(64, ge=32, le=1024)
+    seed: int = 0
+    anatomy: Literal["procedural", "mni152"] = "procedural"
+
+
+class DataConfig(BaseConfig):
+    path: Optional[str] = Field(
+        None, description="manifest CSV, class-folder root, NIfTI root, MedMNIST .npz, or 'phantom'"
+    )
+    source: Literal["auto", "manifest", "folders", "nifti", "medmnist", "phantom"] = "auto"
+    # manifest CSV columns
+    image_column: str = "image"
+    mask_column: Optional[str] = "mask"
+    label_column: str = "label"
+    id_column: Optional[str] = "id"
+    condition_column: Optional[str] = None
+    group_column: Optional[str] = None
+    classes: Optional[list[str]] = Field(None, description="declared class names (order = class index)")
+    mask_values: Optional[list[int]] = Field(None, description="declared label-map values; null = inferred")
+    channels: Literal["auto", 1, 3] = "auto"
+    # geometry
+    image_size: Optional[int] = Field(None, ge=8, description="resize to a square of this size; null = keep")
+    resize_policy: Literal["pad", "stretch", "crop"] = Field(
+        "pad", description="non-square images: pad to square (default), stretch, or centre-crop"
+    )
+    # intensity
+    intensity_range: Literal["dtype", "data"] = Field(
+        "dtype", description="integer images: scale from the dtype's range or the dataset's min..max"
+    )
+    skip_bad: bool = False
+    split: str = Field("train", description="MedMNIST split to load")
+    nifti: NiftiConfig = Field(default_factory=NiftiConfig)
+    phantom: PhantomConfig = Field(default_factory=PhantomConfig)

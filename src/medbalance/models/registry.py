@@ -1,0 +1,62 @@
+"""The model registry: name -> :class:`ModelSpec` (method class, params schema, presets).
+
+Presets: ``paper`` follows the publication; ``cpu`` is a small variant that trains in minutes
+on a laptop CPU. ``build_method(cfg, info)`` validates params against the spec's pydantic
+class (unknown keys are errors) after merging preset <- user params.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from medbalance.config import BaseConfig
+from medbalance.data.dataset import DataInfo
+from medbalance.errors import ConfigError
+from medbalance.models.base import GANMethod
+from medbalance.registry import Registry
+
+
+@dataclass
+class ModelSpec:
+    method: type[GANMethod]
+    params: type[BaseConfig]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    paper: str = ""
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+_LOADED = False
+
+
+def ensure_registered() -> None:
+    """Import every model module (each registers itself)."""
+    global _LOADED
+    if _LOADED:
+        return
+    import importlib
+
+    for mod in ("dcgan", "acgan", "lapgan", "pix2pix", "spade", "redgan"):
+        try:
+            importlib.import_module(f"medbalance.models.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"medbalance.models.{mod}":
+                raise
+    _LOADED = True
+
+
+def resolve_params(name: str, preset: str, params: dict[str, Any]) -> BaseConfig:
+    ensure_registered()
+    spec = MODELS.get(name)
+    if preset not in spec.presets:
+        raise ConfigError(f"unknown preset {preset!r} for model {name!r}; allowed: {', '.join(sorted(spec.presets))}")
+    merged = {**spec.presets[preset], **params}
+    return spec.params.from_dict(merged, source=f"model {name} (preset {preset})")
+
+
+def build_method(name: str, preset: str, params: dict[str, Any], info: DataInfo) -> GANMethod:
+    spec = MODELS.get(name) if _LOADED else (ensure_registered() or MODELS.get(name))
+    p = resolve_params(name, preset, params)
+    return spec.method(p, info)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from medbalance.config import BaseConfig
+from medbalance.data.config import DataConfig
+from medbalance.models.config import ModelConfig
+
+
+class TrainConfig(BaseConfig):
+    """``train:`` section of a run config."""
+
+    steps: int = Field(2000, ge=1, description="training iterations")
+    batch_size: int = Field(32, ge=1, description="global batch size (split across processes)")
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = False
+    num_workers: int = Field(0, ge=0)
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="EMA of G's weights (used for sampling)")
+    checkpoint_every: int = Field(500, ge=1)
+    keep_last: int = Field(2, ge=1)
+    sample_every: int = Field(250, ge=1)
+    log_every: int = Field(10, ge=1)
+    val_fraction: float = Field(0.0, ge=0, lt=1, description="held out from generator training (ids recorded)")
+    tensorboard: bool = True
+
+
+class RunConfig(BaseConfig):
+    """A whole training run: data, model, training. Saved resolved as ``config.yaml`` in the run folder."""
+
+    out_dir: str = "runs/run"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
