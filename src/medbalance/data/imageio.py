@@ -41,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from medbalance.errors import ConfigError, DataError
 from medbalance.utils.io import atomic_write_bytes
-from medbalance.utils.progress import make_progress, quiet
+from medbalance.utils.progress import make_progress
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -170,7 +170,7 @@ def decode_image(img: Image.Image, path: Path | str = "<image>") -> LoadedImage:
         n_nan = int(np.isnan(arr).sum())
         n_inf = int(np.isinf(arr).sum())
         raise DataError(f"image contains {n_nan} NaN and {n_inf} infinite values", path=path)
-    if arr.ndim == 2 and 0 in arr.shape or arr.size == 0:
+    if arr.size == 0:
         raise DataError(f"image is empty (size {img.size})", path=path)
     return LoadedImage(array=arr, kind=kind, mode=mode, notes=notes)
 
@@ -427,5 +427,3 @@ __all__ = [
     "write_mask_png",
     "write_png",
 ]
-
-_ = quiet  # re-exported helper kept importable for callers that check quiet mode

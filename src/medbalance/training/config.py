@@ -26,6 +26,12 @@ class TrainConfig(BaseConfig):
     log_every: int = Field(10, ge=1)
     val_fraction: float = Field(0.0, ge=0, lt=1, description="held out from generator training (ids recorded)")
     tensorboard: bool = True
+    best_metric: Optional[str] = Field(
+        None,
+        description="logged loss whose lowest checkpoint-interval mean marks the 'best' checkpoint; "
+        "null = the generator's loss (first loss named G/loss_G/G_*), else the first loss",
+    )
+    sample_columns: int = Field(8, ge=1, le=64, description="images per class row in sample grids")
 
 
 class RunConfig(BaseConfig):

@@ -1,0 +1,326 @@
+"""Geometry and intensity transforms applied while building an :class:`ImageDataset`.
+
+Geometry (vectorised on batches of same-sized images):
+
+* non-square / off-aspect policy: ``pad`` (to the target aspect with background: -1 for
+  images, index 0 for masks), ``stretch`` (plain resize) or ``crop`` (centre crop);
+* resize to ``image_size`` (square): images bilinear with antialiasing
+  (:func:`torch.nn.functional.interpolate`), masks always nearest (``nearest-exact``);
+* mixed sizes and no ``image_size``: every image goes to the most common size (pad policy
+  unless another is configured) and a warning is added to ``meta["warnings"]``.
+  ``meta["original_shapes"]`` always records ``{"HxW": count}``.
+
+Intensity: ``x_scaled = 2 (x - lo) / (hi - lo) - 1`` with :class:`IntensityInfo`
+(``intensity_range='dtype'``: uint8 0..255, uint16 0..65535; ``'data'``: the dataset's
+min..max; float images always use the data range). :meth:`IntensityInfo.unscale` /
+:meth:`IntensityInfo.to_storage` invert it for export.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medbalance.data.config import DataConfig
+from medbalance.data.dataset import ImageDataset, IntensityInfo
+from medbalance.data.imageio import (
+    LoadedImage,
+    channel_notes,
+    count_notes,
+    decide_channels,
+    encode_masks,
+)
+from medbalance.errors import ConfigError, DataError
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+POLICIES = ("pad", "stretch", "crop")
+
+
+# --------------------------------------------------------------------------- geometry
+def _aspect_box(h: int, w: int, th: int, tw: int, grow: bool) -> tuple[int, int]:
+    """Smallest box containing (grow=True) / largest box inside (grow=False) h x w with aspect tw/th."""
+    if h * tw == w * th:
+        return h, w
+    wider = w * th > h * tw  # image is wider than the target aspect
+    if grow:
+        return (int(round(w * th / tw)), w) if wider else (h, int(round(h * tw / th)))
+    return (h, int(round(h * tw / th))) if wider else (int(round(w * th / tw)), w)
+
+
+def pad_to_aspect(x: torch.Tensor, target_hw: tuple[int, int], fill: float) -> torch.Tensor:
+    """Pad ``(..., H, W)`` symmetrically with ``fill`` to the aspect ratio of ``target_hw``."""
+    h, w = x.shape[-2:]
+    nh, nw = _aspect_box(h, w, *target_hw, grow=True)
+    if (nh, nw) == (h, w):
+        return x
+    top, left = (nh - h) // 2, (nw - w) // 2
+    return F.pad(x, (left, nw - w - left, top, nh - h - top), value=fill)
+
+
+def center_crop_to_aspect(x: torch.Tensor, target_hw: tuple[int, int]) -> torch.Tensor:
+    """Centre-crop ``(..., H, W)`` to the aspect ratio of ``target_hw``."""
+    h, w = x.shape[-2:]
+    nh, nw = _aspect_box(h, w, *target_hw, grow=False)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return x[..., top : top + nh, left : left + nw]
+
+
+def resize_images(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize with antialiasing of a float ``(N, C, H, W)`` batch."""
+    if tuple(x.shape[-2:]) == tuple(size_hw):
+        return x
+    return F.interpolate(x, size=size_hw, mode="bilinear", antialias=True, align_corners=False)
+
+
+def resize_masks(m: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an integer ``(N, H, W)`` label batch (values are never mixed)."""
+    if tuple(m.shape[-2:]) == tuple(size_hw):
+        return m
+    out = F.interpolate(m[:, None].float(), size=size_hw, mode="nearest-exact")[:, 0]
+    return out.round().to(m.dtype)
+
+
+def fit_images(x: torch.Tensor, target_hw: tuple[int, int], policy: str, fill: float = -1.0) -> torch.Tensor:
+    """Apply the aspect policy then resize a float ``(N, C, H, W)`` batch to ``target_hw``."""
+    _check_policy(policy)
+    if policy == "pad":
+        x = pad_to_aspect(x, target_hw, fill)
+    elif policy == "crop":
+        x = center_crop_to_aspect(x, target_hw)
+    return resize_images(x, target_hw)
+
+
+def fit_masks(m: torch.Tensor, target_hw: tuple[int, int], policy: str) -> torch.Tensor:
+    """Same geometry as :func:`fit_images` for an index ``(N, H, W)`` batch (pad with background 0)."""
+    _check_policy(policy)
+    if policy == "pad":
+        m = pad_to_aspect(m, target_hw, 0)
+    elif policy == "crop":
+        m = center_crop_to_aspect(m, target_hw)
+    return resize_masks(m, target_hw)
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise ConfigError(f"resize_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+
+
+def shape_key(hw: tuple[int, int]) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def choose_target_size(
+    shapes: Sequence[tuple[int, int]], image_size: int | None, warnings: list[str]
+) -> tuple[int, int]:
+    """``image_size`` as a square, else the common size; mixed sizes -> most common (with a warning)."""
+    if image_size is not None:
+        return int(image_size), int(image_size)
+    counts = Counter(shapes)
+    # most common; ties broken by the larger area, then lexicographically (deterministic)
+    target = max(counts, key=lambda s: (counts[s], s[0] * s[1], s))
+    if len(counts) > 1:
+        n_other = len(shapes) - counts[target]
+        warnings.append(
+            f"images have {len(counts)} different sizes and no image_size was given: "
+            f"{n_other} image(s) resized to the most common size {shape_key(target)}"
+        )
+    return target
+
+
+# --------------------------------------------------------------------------- intensity
+def unify_kind(images: Sequence[LoadedImage]) -> tuple[str, list[str]]:
+    """Storage kind of the dataset and notes: uint8+uint16 -> uint16 (8-bit x257), any float -> float."""
+    kinds = Counter(im.kind for im in images)
+    if set(kinds) <= {"uint8"}:
+        return "uint8", []
+    if set(kinds) == {"uint16"}:
+        return "uint16", []
+    if set(kinds) == {"uint8", "uint16"}:
+        return "uint16", ["8-bit image rescaled to 16-bit (x257) to match 16-bit images"] * kinds["uint8"]
+    n_int = len(images) - kinds["float"]
+    return "float", ["integer image treated as float (dataset contains float images)"] * n_int
+
+
+def intensity_for(
+    kind: str, data_lo: float, data_hi: float, intensity_range: str, warnings: list[str]
+) -> IntensityInfo:
+    """The :class:`IntensityInfo` of a dataset of storage ``kind`` with data range ``data_lo..data_hi``."""
+    if intensity_range not in ("dtype", "data"):
+        raise ConfigError(f"intensity_range must be 'dtype' or 'data', got {intensity_range!r}")
+    if intensity_range == "dtype" and kind in ("uint8", "uint16"):
+        hi = 255.0 if kind == "uint8" else 65535.0
+        if kind == "uint16" and data_hi < 4096:
+            warnings.append(
+                f"16-bit images only use values {data_lo:g}..{data_hi:g} of 0..65535, so they occupy a small "
+                "part of [-1, 1]; consider intensity_range='data'"
+            )
+        return IntensityInfo(kind=kind, lo=0.0, hi=hi)
+    if kind == "float" and intensity_range == "dtype":
+        warnings.append("float images have no dtype range: scaled by the dataset's min..max instead")
+    if not data_hi > data_lo:
+        raise DataError(f"every image has the same constant value {data_lo:g}; cannot scale intensities")
+    return IntensityInfo(kind=kind, lo=float(data_lo), hi=float(data_hi))
+
+
+def _native_batch(arrays: Sequence[np.ndarray], channels: int, rescale16: bool) -> torch.Tensor:
+    """Stack same-shaped native arrays ((H,W) or (H,W,3)) into float (n, C, H, W) source units."""
+    a = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))
+    if a.ndim == 3:  # grayscale
+        a = a[:, None]
+        if channels == 3:
+            a = a.expand(-1, 3, -1, -1)
+    else:
+        a = a.permute(0, 3, 1, 2)
+        if channels == 1:
+            a = torch.einsum("c,nchw->nhw", _LUMA, a)[:, None]
+    if rescale16:
+        a = a * 257.0
+    return a
+
+
+def build_image_tensor(
+    images: Sequence[LoadedImage],
+    channels: int,
+    target_hw: tuple[int, int],
+    policy: str,
+    intensity: IntensityInfo,
+    kind: str,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Convert, scale to [-1, 1] and fit every image into one float32 ``(N, C, th, tw)`` tensor.
+
+    Images are grouped by (size, grayscale?) and processed in vectorised chunks.
+    """
+    n = len(images)
+    out = torch.empty((n, channels, *target_hw), dtype=torch.float32)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, im in enumerate(images):
+        groups[(im.hw, im.gray, im.kind)].append(i)
+    for (_, _, ikind), idx in groups.items():
+        rescale16 = kind == "uint16" and ikind == "uint8"
+        for s in range(0, len(idx), chunk):
+            sel = idx[s : s + chunk]
+            x = _native_batch([images[i].array for i in sel], channels, rescale16)
+            x = intensity.scale(x)
+            out[torch.as_tensor(sel)] = fit_images(x, target_hw, policy, fill=-1.0)
+    return out
+
+
+def build_mask_tensor(
+    masks: Sequence[np.ndarray], target_hw: tuple[int, int], policy: str, chunk: int = 256
+) -> torch.Tensor:
+    """Fit index masks (already encoded) into one int64 ``(N, th, tw)`` tensor."""
+    n = len(masks)
+    out = torch.empty((n, *target_hw), dtype=torch.int64)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, m in enumerate(masks):
+        groups[m.shape].append(i)
+    for idx in groups.values():
+        for s in range(0, len(idx), chunk):
+            sel = idx[s : s + chunk]
+            m = torch.from_numpy(np.stack([masks[i] for i in sel]).astype(np.int64))
+            out[torch.as_tensor(sel)] = fit_masks(m, target_hw, policy)
+    return out
+
+
+# --------------------------------------------------------------------------- assembly
+def assemble_dataset(
+    cfg: DataConfig,
+    *,
+    images: Sequence[LoadedImage],
+    labels: Sequence[int],
+    class_names: list[str],
+    ids: list[str],
+    meta: dict[str, Any],
+    masks: Sequence[np.ndarray] | None = None,
+    mask_value_sets: Sequence[set[int]] | None = None,
+    conditions: Sequence[int] | None = None,
+    condition_names: list[str] | None = None,
+    groups: list[str] | None = None,
+    notes: Sequence[str] = (),
+) -> ImageDataset:
+    """Channels, geometry, intensity and masks of decoded samples -> :class:`ImageDataset`.
+
+    Fills ``meta``: ``original_shapes``, ``source_dtype``, ``channels``, ``image_size``,
+    ``conversions`` (appended, with counts) and ``warnings`` (appended).
+    """
+    if not images:
+        raise DataError("no images left to load", path=meta.get("path"))
+    warnings: list[str] = meta.setdefault("warnings", [])
+    conversions: list[str] = meta.setdefault("conversions", [])
+    shapes = [im.hw for im in images]
+    meta["original_shapes"] = {shape_key(k): v for k, v in sorted(Counter(shapes).items())}
+    target = choose_target_size(shapes, cfg.image_size, warnings)
+    non_square = sum(1 for h, w in shapes if h * target[1] != w * target[0])
+    if non_square:
+        conversions.append(
+            f"aspect ratio differs from {shape_key(target)}: {cfg.resize_policy} "
+            f"({non_square} image{'s' if non_square != 1 else ''})"
+        )
+
+    channels = decide_channels(images, cfg.channels)
+    kind, kind_notes = unify_kind(images)
+    all_notes = list(notes) + [n for im in images for n in im.notes] + channel_notes(images, channels) + kind_notes
+    conversions.extend(count_notes(all_notes))
+
+    # per-image ranges: data intensity range and constant-image warning
+    mins = np.array([float(im.array.min()) for im in images])
+    maxs = np.array([float(im.array.max()) for im in images])
+    if kind == "uint16":
+        scale8 = np.array([257.0 if im.kind == "uint8" else 1.0 for im in images])
+        mins, maxs = mins * scale8, maxs * scale8
+    const = np.flatnonzero(mins == maxs)
+    if const.size:
+        ex = ", ".join(ids[i] for i in const[:3]) + (" ..." if const.size > 3 else "")
+        warnings.append(f"{const.size} constant image(s) (every pixel the same value): {ex}")
+    intensity = intensity_for(kind, float(mins.min()), float(maxs.max()), cfg.intensity_range, warnings)
+    meta["source_dtype"] = kind
+    meta["channels"] = channels
+    meta["image_size"] = list(target)
+
+    img_t = build_image_tensor(images, channels, target, cfg.resize_policy, intensity, kind)
+
+    mask_t, mask_values = None, None
+    if masks is not None:
+        sets = mask_value_sets if mask_value_sets is not None else [set(np.unique(m).tolist()) for m in masks]
+        mask_values, encoded = encode_masks(masks, sets, cfg.mask_values)
+        if {1, 255} <= set(mask_values) and len(mask_values) == 3 and cfg.mask_values is None:
+            warnings.append("masks mix 0/1 and 0/255 binary encodings: inferred 3 mask values [0, 1, 255]")
+        if len(mask_values) == 1:
+            warnings.append("every mask is empty (background only)")
+        mask_t = build_mask_tensor(encoded, target, cfg.resize_policy)
+
+    cond_t = None if conditions is None else torch.as_tensor(list(conditions), dtype=torch.int64)
+    return ImageDataset(
+        images=img_t,
+        labels=torch.as_tensor(list(labels), dtype=torch.int64),
+        class_names=list(class_names),
+        ids=list(ids),
+        masks=mask_t,
+        mask_values=mask_values,
+        conditions=cond_t,
+        condition_names=condition_names,
+        groups=groups,
+        intensity=intensity,
+        meta=meta,
+    )
+
+
+__all__ = [
+    "assemble_dataset",
+    "build_image_tensor",
+    "build_mask_tensor",
+    "center_crop_to_aspect",
+    "choose_target_size",
+    "fit_images",
+    "fit_masks",
+    "intensity_for",
+    "pad_to_aspect",
+    "resize_images",
+    "resize_masks",
+    "unify_kind",
+]

@@ -1,0 +1,74 @@
+"""GAN objectives shared by every method.
+
+All functions take raw discriminator *logits* (any shape; averaged over every element, so
+PatchGAN maps and per-image logits both work) and compute in float32 even when the
+forward pass ran under bf16/fp16 autocast.
+
+``kind``:
+
+- ``"bce"``: the standard GAN (Goodfellow et al. 2014) with the non-saturating generator
+  loss ``-log D(G(z))``, as in DCGAN / ACGAN / LAPGAN;
+- ``"hinge"``: ``D: relu(1 - d_real) + relu(1 + d_fake)``, ``G: -d_fake`` (SAGAN, SPADE, Red-GAN);
+- ``"lsgan"``: least squares (Mao et al. 2017), targets 1 (real) / 0 (fake).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from medbalance.errors import ConfigError
+
+GanLossKind = Literal["bce", "hinge", "lsgan"]
+GAN_LOSSES: tuple[str, ...] = ("bce", "hinge", "lsgan")
+
+
+def _check(kind: str) -> None:
+    if kind not in GAN_LOSSES:
+        raise ConfigError(f"unknown GAN loss {kind!r}; allowed: {', '.join(GAN_LOSSES)}")
+
+
+def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """Discriminator loss (to minimise): real logits should be 'real', fake logits 'fake'."""
+    _check(kind)
+    r, f = real_logits.float(), fake_logits.float()
+    if kind == "bce":
+        # -log sigmoid(r) - log(1 - sigmoid(f)), numerically stable via softplus
+        return F.softplus(-r).mean() + F.softplus(f).mean()
+    if kind == "hinge":
+        return F.relu(1.0 - r).mean() + F.relu(1.0 + f).mean()
+    return 0.5 * ((r - 1.0) ** 2).mean() + 0.5 * (f**2).mean()
+
+
+def g_loss(fake_logits: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """Generator loss (to minimise) on the discriminator's logits for generated samples."""
+    _check(kind)
+    f = fake_logits.float()
+    if kind == "bce":
+        return F.softplus(-f).mean()  # non-saturating: -log sigmoid(f)
+    if kind == "hinge":
+        return -f.mean()
+    return 0.5 * ((f - 1.0) ** 2).mean()
+
+
+def class_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Auxiliary-classifier loss: cross-entropy on *logits* (log-softmax + NLL in one stable op).
+
+    The popular ACGAN reference code applies ``nn.Softmax`` and then ``nn.NLLLoss`` (a bug:
+    NLLLoss expects log-probabilities); this is the correct form.
+    """
+    return F.cross_entropy(logits.float(), labels)
+
+
+def feature_matching_loss(real_feats: Sequence[torch.Tensor], fake_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean L1 distance between discriminator features of real (detached) and fake images.
+
+    ``real_feats`` / ``fake_feats`` are lists of intermediate feature maps (pix2pixHD / SPADE
+    style, averaged over layers). Multi-scale discriminators: concatenate the lists.
+    """
+    if len(real_feats) != len(fake_feats) or not real_feats:
+        raise ValueError("feature lists must be non-empty and of equal length")
+    total = sum(F.l1_loss(f.float(), r.detach().float()) for r, f in zip(real_feats, fake_feats))
+    return total / len(real_feats)
