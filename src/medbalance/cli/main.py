@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "medbalance.cli.eval_cmds",  # evaluate
     "medbalance.cli.downstream_cmds",  # downstream, report, demo
     "medbalance.cli.feature_cmds",  # feature-augment
+    "medbalance.cli.task_cmds",  # train-task
 ]
 
 for _mod in COMMAND_MODULES:

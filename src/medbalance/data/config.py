@@ -17,11 +17,11 @@ class NiftiConfig(BaseConfig):
         description="one glob pattern per modality (channel order), matched inside each case folder",
     )
     label_pattern: Optional[str] = Field("*seg*.nii*", description="glob of the label volume; null = none")
-    brain_mask_pattern: Optional[str] = Field(None, description="glob of a brain mask; null = brain is image != 0")
+    brain_mask_pattern: Optional[str] = Field(None, description="glob of a brain mask; null = brain is where any modality differs from its background (corner) value")
     case_glob: str = Field("**", description="glob (relative to root) of case folders to consider")
     normalization: Literal["zscore", "minmax", "percentile", "none"] = "zscore"
     percentiles: tuple[float, float] = (0.5, 99.5)
-    min_lesion_voxels: int = Field(0, ge=0, description="keep slices with at least this many lesion voxels")
+    min_lesion_voxels: int = Field(0, ge=0, description="slices with 1..min_lesion_voxels-1 lesion voxels are dropped as ambiguous; lesion = >= max(1, this)")
     brain_only: bool = Field(True, description="keep only slices that contain brain")
     min_brain_voxels: int = Field(1, ge=1)
     slice_label: Literal["has_lesion", "case"] = Field(

@@ -295,6 +295,7 @@ def plot_dataset(ds: ImageDataset, path: str | Path, per_class: int = 6, dpi: in
     ir = ds.imbalance_ratio()
     ax.set_title(f"class distribution (n={len(ds)}, imbalance {ir:.2f}:1)" if math.isfinite(ir) else "class distribution")
     ax.bar_label(bars, labels=[str(v) for v in counts.values()])
+    ax.margins(y=0.18)
     labels = ds.labels.cpu()
     n_lab = ds.num_mask_labels
     cmap = matplotlib.colormaps["autumn"]
@@ -319,7 +320,7 @@ def plot_dataset(ds: ImageDataset, path: str | Path, per_class: int = 6, dpi: in
                 for v in range(1, n_lab):
                     if (m == v).any():
                         a.contour(m == v, levels=[0.5], colors=[cmap(v / max(1, n_lab - 1))], linewidths=0.8)
-            a.set_title(ds.ids[i][-18:], fontsize=6)
+            a.set_title(ds.ids[i][-24:], fontsize=6)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())

@@ -330,31 +330,6 @@ def _case_label(table: dict[str, str], cf: CaseFiles, root: Path) -> str | None:
     return None
 
 
-# ----------------------------------------------------------------------------- resize
-def _resize(images: torch.Tensor, masks: torch.Tensor | None, size: int, policy: str, pad_value: float):
-    """Square resize of (N, C, H, W) images (bilinear, antialiased) and (N, H, W) masks (nearest)."""
-    import torch.nn.functional as F
-
-    h, w = images.shape[-2:]
-    if (h, w) == (size, size):
-        return images, masks
-    if h != w and policy in ("pad", "crop"):
-        s = max(h, w) if policy == "pad" else min(h, w)
-        top, left = (s - h) // 2, (s - w) // 2
-        if policy == "pad":
-            pad = (left, s - w - left, top, s - h - top)
-            images = F.pad(images, pad, value=pad_value)
-            masks = None if masks is None else F.pad(masks, pad, value=0)
-        else:
-            images = images[..., -top : -top + s, -left : -left + s]
-            masks = None if masks is None else masks[..., -top : -top + s, -left : -left + s]
-    out_i = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    out_m = None
-    if masks is not None:
-        out_m = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(masks.dtype)
-    return out_i, out_m
-
-
 # ----------------------------------------------------------------------------- cache
 def cache_root(opts: NiftiConfig) -> Path:
     if opts.cache_dir:
@@ -579,7 +554,11 @@ def _build(cfg: DataConfig, root: Path, cases: list[CaseFiles], skipped: list[di
     t_masks = None if masks_idx is None else torch.from_numpy(masks_idx)
     h, w = images.shape[-2:]
     if cfg.image_size is not None and (h, w) != (cfg.image_size, cfg.image_size):
-        t_images, t_masks = _resize(t_images, t_masks, cfg.image_size, cfg.resize_policy, pad_value=-1.0)
+        from medbalance.data.transforms import fit_images, fit_masks
+
+        target = (cfg.image_size, cfg.image_size)
+        t_images = fit_images(t_images, target, cfg.resize_policy, fill=-1.0)
+        t_masks = None if t_masks is None else fit_masks(t_masks, target, cfg.resize_policy)
         conversions.append(
             f"resized {h}x{w} -> {cfg.image_size}x{cfg.image_size} ({cfg.resize_policy}; bilinear, masks nearest)"
         )

@@ -131,7 +131,6 @@ def knn(
         raise ValueError(f"k={k} neighbours requested from {avail} reference rows")
     kc = min(k + margin, avail)
     q32, r32 = q.float(), r.float()
-    q64, r64 = q.double(), r.double()
     rn = (r32 * r32).sum(1)
     out_d = np.empty((nq, k), dtype=np.float64)
     out_i = np.empty((nq, k), dtype=np.int64)
@@ -153,7 +152,7 @@ def knn(
         step = max(1, (1 << 24) // max(1, kc * q.shape[1]))
         for cs in range(0, e - s, step):
             ce = min(cs + step, e - s)
-            diff = q64[s + cs : s + ce, None, :] - r64[cand[cs:ce]]
+            diff = q[s + cs : s + ce, None, :].double() - r[cand[cs:ce]].double()
             exact[cs:ce] = (diff * diff).sum(-1)
         order = torch.argsort(exact, dim=1, stable=True)[:, :k]
         out_d[s:e] = exact.gather(1, order).sqrt().numpy()

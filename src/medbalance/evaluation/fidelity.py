@@ -240,10 +240,12 @@ def fidelity_metrics(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
+    include_overall: bool = True,
 ) -> dict[str, Any]:
     """FD, KID, precision/recall, density/coverage; overall and (``per_class``) intra-class.
 
-    Returns ``{"overall": {...}, "per_class": {name: {...}}, "warnings": [...]}``.
+    Returns ``{"overall": {...}, "per_class": {name: {...}}, "warnings": [...]}`` (``overall``
+    left out with ``include_overall=False``).
     """
     unknown = set(metrics) - set(ALL_FIDELITY)
     if unknown:
@@ -252,7 +254,9 @@ def fidelity_metrics(
     _check_pair(r, s)
     warnings: list[str] = []
     kw = dict(k_pr=k_pr, k_dc=k_dc, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
-    result: dict[str, Any] = {"overall": _one_set(r, s, metrics, where="overall", warnings=warnings, **kw)}
+    result: dict[str, Any] = {}
+    if include_overall:
+        result["overall"] = _one_set(r, s, metrics, where="overall", warnings=warnings, **kw)
     if per_class:
         if real_labels is None or synthetic_labels is None:
             raise ValueError("per_class needs real_labels and synthetic_labels")

@@ -26,6 +26,7 @@ from medbalance.config import BaseConfig
 from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError, DataError
 from medbalance.models.base import GANMethod, set_requires_grad
+from medbalance.models.losses import d_loss, g_loss
 from medbalance.models.registry import MODELS, ModelSpec
 
 
@@ -332,17 +333,14 @@ class Pix2Pix(GANMethod):
         with self.autocast():
             d_real = self.D(torch.cat([seg, real], 1), lab).float()
             d_fake = self.D(torch.cat([seg, fake.detach()], 1), lab).float()
-            loss_d = 0.5 * (
-                F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-            )
+            loss_d = 0.5 * d_loss(d_real, d_fake, "bce")
         self.optimize("D", loss_d)
         # G: fool D + lambda * L1 to the real image.
         set_requires_grad(self.D, False)
         try:
             with self.autocast():
                 g_fake = self.D(torch.cat([seg, fake], 1), lab).float()
-                loss_gan = F.binary_cross_entropy_with_logits(g_fake, torch.ones_like(g_fake))
+                loss_gan = g_loss(g_fake, "bce")
                 loss_l1 = F.l1_loss(fake.float(), real.float())
                 loss_g = loss_gan + self.params.lambda_l1 * loss_l1
             self.optimize("G", loss_g)

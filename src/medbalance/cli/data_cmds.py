@@ -1,0 +1,144 @@
+"""``medbalance inspect`` and ``medbalance datasets make phantom``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from medbalance.cli.app import _ErrorHandlingGroup, app, datasets_app
+from medbalance.errors import ConfigError
+
+SOURCE_CHOICES = ("auto", "manifest", "folders", "nifti", "medmnist", "phantom")
+
+make_app = typer.Typer(cls=_ErrorHandlingGroup, help="Write a built-in dataset to disk.", no_args_is_help=True)
+datasets_app.add_typer(make_app, name="make")
+
+
+def build_data_config(
+    data: str,
+    config: Optional[Path] = None,
+    source: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    nifti_overrides: Optional[dict[str, Any]] = None,
+):
+    """DataConfig from an optional YAML (``data:`` section or a bare DataConfig) + CLI options."""
+    from medbalance.config import read_yaml
+    from medbalance.data.config import DataConfig
+
+    base: dict[str, Any] = {}
+    if config is not None:
+        raw = read_yaml(config)
+        base = raw["data"] if isinstance(raw.get("data"), dict) else raw
+        if not isinstance(base, dict):
+            raise ConfigError("the data: section must be a mapping", path=config)
+    base = dict(base)
+    base["path"] = data
+    if source is not None:
+        if source not in SOURCE_CHOICES:
+            raise ConfigError(f"--source must be one of {', '.join(SOURCE_CHOICES)}, got {source!r}")
+        base["source"] = source
+    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    nif = {k: v for k, v in (nifti_overrides or {}).items() if v is not None}
+    if nif:
+        base["nifti"] = {**(base.get("nifti") or {}), **nif}
+    return DataConfig.from_dict(base, source=config)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    data: str = typer.Argument(..., help="manifest CSV, class-folder root, NIfTI root, MedMNIST .npz, or 'phantom'"),
+    source: Optional[str] = typer.Option(None, "--source", help="auto|manifest|folders|nifti|medmnist|phantom"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with a data: section (or a bare DataConfig)"),
+    image_column: Optional[str] = typer.Option(None, "--image-column"),
+    mask_column: Optional[str] = typer.Option(None, "--mask-column"),
+    label_column: Optional[str] = typer.Option(None, "--label-column"),
+    group_column: Optional[str] = typer.Option(None, "--group-column"),
+    condition_column: Optional[str] = typer.Option(None, "--condition-column"),
+    modality: Optional[List[str]] = typer.Option(None, "--modality", help="NIfTI modality glob (repeat, channel order)"),
+    label_pattern: Optional[str] = typer.Option(None, "--label-pattern", help="NIfTI label volume glob"),
+    brain_mask_pattern: Optional[str] = typer.Option(None, "--brain-mask-pattern", help="NIfTI brain mask glob"),
+    min_lesion_voxels: Optional[int] = typer.Option(None, "--min-lesion-voxels", min=0),
+    split: Optional[str] = typer.Option(None, "--split", help="MedMNIST split"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip unreadable/inconsistent files (listed in the report)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="also write the JSON report to this file"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write class distribution + examples as PNG"),
+) -> None:
+    """Class balance, sizes, intensities, masks, groups and red flags of a dataset."""
+    from medbalance.data.inspect import inspect_dataset, plot_dataset, render_inspection
+    from medbalance.data.sources import load_dataset
+    from medbalance.utils.io import atomic_write_json
+
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise ConfigError("--plot must be a .png file", path=plot)
+    cfg = build_data_config(
+        data,
+        config=config,
+        source=source,
+        overrides={
+            "image_column": image_column,
+            "mask_column": mask_column,
+            "label_column": label_column,
+            "group_column": group_column,
+            "condition_column": condition_column,
+            "split": split,
+            "skip_bad": True if skip_bad else None,
+        },
+        nifti_overrides={
+            "modalities": list(modality) if modality else None,
+            "label_pattern": label_pattern,
+            "brain_mask_pattern": brain_mask_pattern,
+            "min_lesion_voxels": min_lesion_voxels,
+        },
+    )
+    ds = load_dataset(cfg)
+    report = inspect_dataset(ds)
+    if json_out is not None:
+        atomic_write_json(json_out, report)
+    if plot is not None:
+        plot_dataset(ds, plot)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(render_inspection(report))
+    if json_out is not None:
+        console.print(f"report written to {json_out}")
+    if plot is not None:
+        console.print(f"plot written to {plot}")
+
+
+def _parse_imbalance(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--imbalance must be comma-separated numbers like 10,3,1, got {text!r}") from None
+    if len(vals) < 2 or any(v <= 0 for v in vals):
+        raise ConfigError(f"--imbalance needs at least two positive class sizes, got {text!r}")
+    return vals
+
+
+@make_app.command("phantom")
+def make_phantom_cmd(
+    out: Path = typer.Argument(..., help="output folder (images/, masks/, manifest.csv)"),
+    n: Optional[int] = typer.Option(None, "--n", help="total number of slices"),
+    imbalance: Optional[str] = typer.Option(None, "--imbalance", help="relative class sizes, e.g. 10,3,1"),
+    size: Optional[int] = typer.Option(None, "--size", help="image side in pixels"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    anatomy: Optional[str] = typer.Option(None, "--anatomy", help="procedural|mni152"),
+) -> None:
+    """Write the built-in phantom brain-MRI dataset (PNG images, masks and a manifest CSV)."""
+    from medbalance.data.config import PhantomConfig
+    from medbalance.data.phantom import write_phantom_dataset
+
+    opts: dict[str, Any] = {"n": n, "size": size, "seed": seed, "anatomy": anatomy}
+    if imbalance is not None:
+        opts["imbalance"] = _parse_imbalance(imbalance)
+    cfg = PhantomConfig.from_dict({k: v for k, v in opts.items() if v is not None})
+    manifest = write_phantom_dataset(out, cfg)
+    typer.echo(f"wrote {manifest}")

@@ -1,0 +1,177 @@
+"""``medbalance generate`` and ``medbalance rebalance``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medbalance.cli.app import app
+from medbalance.errors import ConfigError
+from medbalance.utils.progress import console
+
+
+def _load_run(run_dir: Path, checkpoint: str, device: str):
+    from medbalance.training.run import load_run
+    from medbalance.utils.device import select_device
+
+    return load_run(run_dir, checkpoint=checkpoint, device=str(select_device(device)))
+
+
+def _run_data(run, data_path: Optional[str]):
+    """The run's data options (size, columns, normalisation), optionally on another path."""
+    from medbalance.data import load_dataset
+
+    cfg = run.config.data
+    if data_path is not None:
+        cfg = cfg.model_copy(update={"path": data_path, "source": "auto"})
+    return load_dataset(cfg)
+
+
+def _ids_subset(ds, ids):
+    want = set(ids or [])
+    return ds.subset([i for i, k in enumerate(ds.ids) if k in want])
+
+
+def _build_filters(specs: list[str], run, data, min_confidence: float, percentile: float):
+    from medbalance.synthesis.filters import ClassifierFilter, DiscriminatorFilter, MemorizationGate
+
+    out = []
+    for spec in specs:
+        name, _, arg = spec.partition(":")
+        if name == "discriminator":
+            out.append(DiscriminatorFilter(run.method, mode=arg or "auto"))
+        elif name == "classifier":
+            if not arg:
+                raise ConfigError("--filter classifier:PATH needs the folder of a model saved by `medbalance train-task`")
+            from medbalance.models.tasknets import load_task_model
+
+            model, meta = load_task_model(arg)
+            if list(meta.get("class_names", data.class_names)) != list(data.class_names):
+                raise ConfigError(f"classifier {arg} was trained on classes {meta.get('class_names')}, data has {data.class_names}")
+            out.append(ClassifierFilter(model, min_confidence=min_confidence))
+        elif name == "memorization":
+            train = _ids_subset(data, run.train_ids)
+            held = _ids_subset(data, run.heldout_ids)
+            if len(held) < 2:
+                raise ConfigError(
+                    "the memorization gate needs real images the generator did not see: train the generator with "
+                    "train.val_fraction > 0 (held-out ids are recorded in the run) and pass the same data"
+                )
+            out.append(MemorizationGate(train.images, held.images, percentile=percentile))
+        else:
+            raise ConfigError(f"unknown filter {name!r}; allowed: classifier:PATH, discriminator[:class|realness], memorization")
+    return out
+
+
+def _synthesise(run, data, sampler_kwargs, filters, seed, batch_size):
+    from medbalance.synthesis.oversampler import GenerativeOverSampler
+
+    sampler = GenerativeOverSampler(run, filters=filters, random_state=seed, batch_size=batch_size, **sampler_kwargs)
+    sampler.fit(data)
+    t0 = time.perf_counter()
+    syn = sampler.sample()
+    dt = time.perf_counter() - t0
+    return sampler, syn, dt
+
+
+def _finish(out: Path, sampler, syn, run, dt, real, overwrite, options):
+    from medbalance.synthesis.export import export_dataset, model_card
+
+    rate = sampler.report_.generated / dt if dt > 0 else float("nan")
+    info = {
+        "plan": {str(k): int(v) for k, v in sampler.sampling_strategy_.items()},
+        "report": sampler.report_.to_dict(),
+        "options": options,
+        "generation_images_per_s": round(rate, 2),
+    }
+    manifest = export_dataset(
+        out, syn, sampler.provenance_, real=real, generator_name=run.method.name,
+        checkpoint_sha256=run.checkpoint_sha256, model_card=model_card(run), synthesis_info=info, overwrite=overwrite,
+    )
+    console.print(f"[bold]plan[/bold] (new samples per class): {info['plan']}")
+    console.print(f"[bold]filters[/bold]: {sampler.report_.summary()}")
+    console.print(f"generation speed: {rate:.1f} images/s")
+    if sampler.report_.shortfall():
+        console.print("[yellow]warning[/yellow]: the requested counts were not reached (see synthesis.json)")
+    typer.echo(str(manifest))
+
+
+@app.command("generate")
+def generate_cmd(
+    run_dir: Path = typer.Argument(..., help="a run folder made by `medbalance train`"),
+    n: int = typer.Option(..., "--n", min=1, help="how many samples"),
+    cls: str = typer.Option(..., "--class", help="class name to generate"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default RUN_DIR/generated/<class>_n<N>_seed<S>)"),
+    data: Optional[str] = typer.Option(None, "--data", help="where to draw label maps from (default: the run's data)"),
+    mask_source: str = typer.Option("real", help="real | elastic | edited | folder"),
+    mask_folder: Optional[str] = typer.Option(None, help="folder of label-map PNGs for --mask-source folder"),
+    mask_pool: str = typer.Option("same_class", help="same_class | any"),
+    filters: list[str] = typer.Option([], "--filter", help="classifier:PATH | discriminator | memorization (repeatable)"),
+    min_confidence: float = typer.Option(0.5, help="classifier filter threshold"),
+    memorization_percentile: float = typer.Option(1.0, help="memorization gate: percentile of held-out NN distances"),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(64, min=1),
+    checkpoint: str = typer.Option("latest", help="latest | best | path to a checkpoint folder"),
+    device: str = typer.Option("auto"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Generate N synthetic samples of one class (with masks for mask-conditioned models)."""
+    run = _load_run(run_dir, checkpoint, device)
+    ds = _run_data(run, data)
+    train = _ids_subset(ds, run.train_ids) if run.train_ids else ds
+    if cls not in ds.class_names:
+        raise ConfigError(f"unknown class {cls!r}; the run's classes are {', '.join(ds.class_names)}")
+    out = out or (run_dir / "generated" / f"{cls}_n{n}_seed{seed}")
+    flt = _build_filters(filters, run, ds, min_confidence, memorization_percentile)
+    kw = dict(inject=(cls, n), mask_source=mask_source, mask_pool=mask_pool, mask_folder=mask_folder)
+    sampler, syn, dt = _synthesise(run, train, kw, flt, seed, batch_size)
+    _finish(out, sampler, syn, run, dt, None, overwrite, {**kw, "inject": [cls, n], "seed": seed, "filters": filters})
+
+
+@app.command("rebalance")
+def rebalance_cmd(
+    data: str = typer.Argument(..., help="the dataset to rebalance (manifest CSV, folder, npz, nifti root, 'phantom')"),
+    out: Path = typer.Argument(..., help="output folder (written atomically)"),
+    run_dir: Path = typer.Option(..., "--run", help="a run folder made by `medbalance train`"),
+    strategy: str = typer.Option(
+        "auto", help="auto | minority | 'not minority' | 'not majority' | all | a float (2 classes) | class=total,..."
+    ),
+    ratio: Optional[float] = typer.Option(None, help="synthetic = ratio x real (overrides --strategy)"),
+    ratio_mode: str = typer.Option("per_class", help="per_class | overall"),
+    inject: Optional[str] = typer.Option(None, help="CLASS=N: add N samples of one class only"),
+    mask_source: str = typer.Option("real", help="real | elastic | edited | folder"),
+    mask_folder: Optional[str] = typer.Option(None),
+    mask_pool: str = typer.Option("same_class", help="same_class | any"),
+    filters: list[str] = typer.Option([], "--filter", help="classifier:PATH | discriminator | memorization (repeatable)"),
+    min_confidence: float = typer.Option(0.5),
+    memorization_percentile: float = typer.Option(1.0),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(64, min=1),
+    include_real: bool = typer.Option(True, "--include-real/--no-real", help="also write the real samples"),
+    checkpoint: str = typer.Option("latest"),
+    device: str = typer.Option("auto"),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Bring the classes of DATA to the requested distribution with a trained generator; write OUT/manifest.csv."""
+    from medbalance.synthesis.strategy import parse_strategy
+
+    run = _load_run(run_dir, checkpoint, device)
+    ds = _run_data(run, data)
+    kw: dict = dict(mask_source=mask_source, mask_pool=mask_pool, mask_folder=mask_folder)
+    if inject:
+        c, _, k = inject.partition("=")
+        try:
+            kw["inject"] = (c, int(k))
+        except ValueError:
+            raise ConfigError(f"--inject {inject!r} is not CLASS=N") from None
+    elif ratio is not None:
+        kw.update(ratio=ratio, ratio_mode=ratio_mode)
+    else:
+        kw["sampling_strategy"] = parse_strategy(strategy)
+    flt = _build_filters(filters, run, ds, min_confidence, memorization_percentile)
+    sampler, syn, dt = _synthesise(run, ds, kw, flt, seed, batch_size)
+    opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}
+    _finish(out, sampler, syn, run, dt, ds if include_real else None, overwrite, {**opts, "seed": seed, "filters": filters})

@@ -1,0 +1,209 @@
+"""Train/val/test splits: stratified by class and, when groups (patients) are known, group-disjoint.
+
+* No groups: each class is shuffled (seeded) and cut with largest-remainder rounding, so
+  every split gets ``round(f * n_c)`` samples of class ``c`` (+-1) and every split with a
+  positive fraction gets at least one sample of every class.
+* Groups: a deterministic greedy assignment. Groups are visited in a seeded random order,
+  larger groups first (by power-of-two size bucket), and each goes to the split where it
+  most reduces the squared per-class deviation from the target counts (deviations are
+  normalised by the class size, so minority classes weigh as much as majority ones). A
+  repair pass then makes sure every split holds every class. A group never lands on two
+  sides.
+
+``subsample_class`` keeps a seeded random fraction of one class (e.g. "minority subsampled
+to 10 %" experiments).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from medbalance.errors import ConfigError, DataError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _as_numpy(labels: Any) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        return labels.detach().cpu().numpy().astype(np.int64)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+    f = np.asarray(list(fractions), dtype=np.float64)
+    if f.shape != (3,):
+        raise ConfigError(f"fractions must be three numbers (train, val, test), got {list(fractions)}")
+    if np.any(f < 0) or not np.isfinite(f).all():
+        raise ConfigError(f"fractions must be non-negative, got {f.tolist()}")
+    if abs(f.sum() - 1.0) > 1e-6:
+        raise ConfigError(f"fractions must sum to 1, got {f.tolist()} (sum {f.sum():g})")
+    if f[0] <= 0:
+        raise ConfigError("the train fraction must be positive")
+    return f
+
+
+def allocate(n: int, fractions: np.ndarray) -> np.ndarray:
+    """Split ``n`` items by ``fractions`` (largest remainder), at least 1 per positive fraction."""
+    raw = fractions * n
+    out = np.floor(raw).astype(np.int64)
+    rem = n - out.sum()
+    order = np.argsort(-(raw - out), kind="stable")
+    out[order[:rem]] += 1
+    for s in np.flatnonzero((fractions > 0) & (out == 0)):
+        donor = int(np.argmax(out))
+        out[donor] -= 1
+        out[s] += 1
+    return out
+
+
+def split_indices(
+    labels: Any,
+    groups: Sequence[str] | None = None,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    path: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Core of :func:`stratified_split` on plain labels (and optional group ids)."""
+    y = _as_numpy(labels)
+    f = _check_fractions(fractions)
+    n_classes = int(y.max()) + 1 if y.size else 0
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
+    n_sides = int((f > 0).sum())
+    side_names = ", ".join(SPLIT_NAMES[s] for s in range(3) if f[s] > 0)
+    rng = np.random.default_rng(seed)
+    if y.size == 0:
+        raise DataError("cannot split an empty dataset", path=path)
+    if groups is not None and len(groups) != len(y):
+        raise DataError(f"{len(groups)} group ids for {len(y)} samples", path=path)
+
+    parts: list[list[np.ndarray]] = [[], [], []]
+    if groups is None:
+        for c in range(n_classes):
+            idx = np.flatnonzero(y == c)
+            if idx.size == 0:
+                continue
+            if idx.size < n_sides:
+                raise DataError(
+                    f"class {names[c]!r} has only {idx.size} sample(s); cannot split it into "
+                    f"{side_names} (needs at least {n_sides})",
+                    path=path,
+                )
+            idx = rng.permutation(idx)
+            cuts = np.cumsum(allocate(idx.size, f))[:-1]
+            for s, part in enumerate(np.split(idx, cuts)):
+                parts[s].append(part)
+        return {name: np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for name, p in zip(SPLIT_NAMES, parts)}
+
+    # ---------------- group-aware greedy assignment
+    gnames, ginv = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    n_groups = len(gnames)
+    G = np.zeros((n_groups, n_classes), dtype=np.int64)
+    np.add.at(G, (ginv, y), 1)
+    totals = G.sum(0)
+    for c in range(n_classes):
+        if totals[c] == 0:
+            continue
+        n_with = int((G[:, c] > 0).sum())
+        if n_with < n_sides:
+            raise DataError(
+                f"class {names[c]!r} occurs in only {n_with} group(s) (patients); cannot put it in "
+                f"{side_names} without splitting a group (needs at least {n_sides})",
+                path=path,
+            )
+    weight = 1.0 / np.maximum(totals, 1).astype(np.float64) ** 2
+    target = f[:, None] * totals[None, :].astype(np.float64)  # (3, C)
+    counts = np.zeros((3, n_classes), dtype=np.float64)
+    sizes = G.sum(1)
+    perm = rng.permutation(n_groups)
+    bucket = np.floor(np.log2(sizes[perm]))
+    order = perm[np.argsort(-bucket, kind="stable")]
+    assign = np.full(n_groups, -1, dtype=np.int64)
+    allowed = np.flatnonzero(f > 0)
+    for g in order:
+        gc = G[g].astype(np.float64)
+        # change of the weighted squared deviation when adding the group to each side
+        delta = (((counts + gc - target) ** 2 - (counts - target) ** 2) * weight).sum(1)
+        s = int(allowed[np.argmin(delta[allowed])])
+        assign[g] = s
+        counts[s] += gc
+
+    # repair: every positive side must hold every (non-empty) class
+    for _ in range(4 * n_classes * 3):
+        missing = [(s, c) for s in allowed for c in range(n_classes) if totals[c] > 0 and counts[s, c] == 0]
+        if not missing:
+            break
+        s, c = missing[0]
+        # donor side: the one with the most groups holding class c
+        cand = np.flatnonzero((G[:, c] > 0) & (assign != s))
+        ng = {d: int((assign[cand] == d).sum()) for d in allowed if d != s}
+        donor = max(ng, key=lambda d: ng[d])
+        if ng[donor] < 2:
+            break
+        pool = cand[assign[cand] == donor]
+        g = int(pool[np.argmin(sizes[pool])])  # move the smallest such group
+        counts[donor] -= G[g]
+        counts[s] += G[g]
+        assign[g] = s
+    for s in allowed:
+        for c in range(n_classes):
+            if totals[c] > 0 and counts[s, c] == 0:
+                raise DataError(
+                    f"could not place class {names[c]!r} in the {SPLIT_NAMES[s]} split without splitting a group",
+                    path=path,
+                )
+    sample_side = assign[ginv]
+    return {name: np.flatnonzero(sample_side == s).astype(np.int64) for s, name in enumerate(SPLIT_NAMES)}
+
+
+def stratified_split(
+    dataset: Any, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Stratified (and, if ``dataset.groups`` is set, group-disjoint) train/val/test indices.
+
+    Returns ``{"train": idx, "val": idx, "test": idx}`` (sorted int64 arrays, disjoint, covering
+    the dataset). Deterministic for a given ``seed``.
+    """
+    return split_indices(
+        dataset.labels,
+        groups=getattr(dataset, "groups", None),
+        fractions=fractions,
+        seed=seed,
+        class_names=getattr(dataset, "class_names", None),
+        path=(getattr(dataset, "meta", None) or {}).get("path"),
+    )
+
+
+def split_counts(splits: dict[str, np.ndarray], labels: Any, class_names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per-split class counts, e.g. for logging ``{"train": {"glioma": 998, ...}, ...}``."""
+    y = _as_numpy(labels)
+    return {
+        k: {name: int(c) for name, c in zip(class_names, np.bincount(y[v], minlength=len(class_names)))}
+        for k, v in splits.items()
+    }
+
+
+def subsample_class(
+    indices: Any, labels: Any, class_index: int, fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Keep every index of other classes and a seeded random ``fraction`` of ``class_index``.
+
+    ``labels`` are the labels of the whole dataset (indexed by ``indices``). At least one sample
+    of the class is kept. Returns sorted int64 indices.
+    """
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
+    idx = np.asarray(indices, dtype=np.int64)
+    y = _as_numpy(labels)[idx]
+    sel = idx[y == class_index]
+    if sel.size == 0:
+        raise DataError(f"class index {class_index} has no samples among the given indices")
+    keep = max(1, int(round(fraction * sel.size)))
+    chosen = np.random.default_rng(seed).choice(sel, size=keep, replace=False)
+    return np.sort(np.concatenate([idx[y != class_index], chosen]))
+
+
+__all__ = ["SPLIT_NAMES", "allocate", "split_counts", "split_indices", "stratified_split", "subsample_class"]

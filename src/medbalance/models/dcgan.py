@@ -1,0 +1,271 @@
+"""DCGAN (Radford et al. 2016), unconditional or class-conditional, the MelanoGANs baseline.
+
+Generator: ``z`` (+ class embedding, concatenated) -> ConvT 4x4 -> one [ConvT k4 s2 p1 + BN + ReLU]
+block per doubling -> ConvT to ``C`` channels + tanh. Discriminator mirrored: Conv k4 s2 p1 +
+LeakyReLU(0.2) (BatchNorm from the second block) down to 4x4, then a Conv k4 -> one logit; the
+conditional D adds a class-projection term (Miyato & Koyama 2018) on the 4x4 features. Widths
+double per halving of the resolution up to ``max_mult * ngf``. Loss: standard GAN (BCE) with the
+non-saturating G loss; Adam 2e-4, beta1 0.5. See docs/models/dcgan_family.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from medbalance.config import BaseConfig
+from medbalance.data.dataset import DataInfo
+from medbalance.errors import ConfigError
+from medbalance.models.base import GANMethod, set_requires_grad
+from medbalance.models.layers import (
+    ProjectionHead,
+    check_labels,
+    chunked,
+    cpu_noise,
+    dcgan_init_,
+    eval_mode,
+    is_power_of_two,
+    log2i,
+    module_device,
+    square_pow2_size,
+)
+from medbalance.models.losses import d_loss, g_loss
+from medbalance.models.registry import MODELS, ModelSpec
+
+
+# ---------------------------------------------------------------------------- networks
+class DCGANGenerator(nn.Module):
+    """``forward(z (B, z_dim), labels (B,) | None) -> (B, C, size, size)`` in [-1, 1]."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        out_channels: int,
+        size: int,
+        ngf: int = 64,
+        max_mult: int = 8,
+        num_classes: int = 0,
+        embed_dim: int = 0,
+        tanh: bool = True,
+    ):
+        super().__init__()
+        if not is_power_of_two(size) or size < 8:
+            raise ConfigError(f"DCGAN generator size must be a power of two >= 8, got {size}")
+        self.z_dim, self.size, self.num_classes = z_dim, size, num_classes
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes > 0 and embed_dim > 0 else None
+        n_up = log2i(size) - 2  # 4x4 -> size
+        widths = [ngf * min(max_mult, 2 ** (n_up - 1 - i)) for i in range(n_up)]  # at 4, 8, ..., size/2
+        zin = z_dim + (embed_dim if self.embed is not None else 0)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(zin, widths[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        layers.append(nn.ConvTranspose2d(widths[-1], out_channels, 4, 2, 1, bias=False))
+        if tanh:
+            layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+        dcgan_init_(self)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ConfigError("conditional generator needs labels")
+            z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
+        return self.net(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """``forward(x, labels | None) -> (B,)`` real/fake logits; ``features(x) -> (B, F, 4, 4)``.
+
+    ``num_classes > 0`` adds a projection term (class-conditional D); ``aux_classes > 0`` adds
+    the ACGAN auxiliary classifier head (``classify``), a linear layer on the 4x4 features.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        size: int,
+        ndf: int = 64,
+        max_mult: int = 8,
+        num_classes: int = 0,
+        aux_classes: int = 0,
+    ):
+        super().__init__()
+        if not is_power_of_two(size) or size < 8:
+            raise ConfigError(f"DCGAN discriminator size must be a power of two >= 8, got {size}")
+        n_down = log2i(size) - 2  # size -> 4x4
+        widths = [ndf * min(max_mult, 2**j) for j in range(n_down)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, True)]
+        self.trunk = nn.Sequential(*layers)
+        self.out = nn.Conv2d(widths[-1], 1, 4, 1, 0)
+        self.proj = ProjectionHead(num_classes, widths[-1]) if num_classes > 0 else None
+        self.aux = nn.Linear(widths[-1] * 16, aux_classes) if aux_classes > 0 else None
+        self.feat_channels = widths[-1]
+        dcgan_init_(self)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def logits(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.out(h).flatten()
+        if self.proj is not None:
+            if labels is None:
+                raise ConfigError("conditional discriminator needs labels")
+            out = out + self.proj(h, labels)
+        return out
+
+    def class_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.aux is None:
+            raise ConfigError("this discriminator has no auxiliary classifier head")
+        return self.aux(h.flatten(1))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(self.features(x), labels)
+
+
+# ---------------------------------------------------------------------------- params
+class GANCommonParams(BaseConfig):
+    z_dim: int = Field(100, ge=1, description="latent dimension")
+    ngf: int = Field(64, ge=1, description="generator width at the last (largest) block")
+    ndf: int = Field(64, ge=1, description="discriminator width at the first block")
+    max_mult: int = Field(8, ge=1, description="widths grow x2 per halving of resolution up to max_mult * ngf/ndf")
+    embed_dim: int = Field(50, ge=1, description="class-embedding size concatenated to z (conditional G)")
+    loss: Literal["bce", "hinge", "lsgan"] = Field("bce", description="GAN objective (bce = standard, non-saturating G)")
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+class DCGANParams(GANCommonParams):
+    conditional: bool = Field(
+        False, description="class-conditional: label embedding concatenated to z in G, class projection in D"
+    )
+
+
+# ---------------------------------------------------------------------------- method
+class DCGAN(GANMethod):
+    """DCGAN (Radford et al. 2016); optional class conditioning (embedding->G, projection->D)."""
+
+    name = "dcgan"
+    needs = ("label",)
+
+    def __init__(self, params: DCGANParams, info: DataInfo):
+        super().__init__(params, info)
+        self.size = square_pow2_size(info, self.name)
+        self.num_classes = max(1, info.num_classes)
+        self.conditional = self._is_conditional()
+        self.G = self.build_generator()
+        self.D = self.build_discriminator()
+
+    def _is_conditional(self) -> bool:
+        return bool(self.params.conditional)
+
+    def build_generator(self) -> nn.Module:
+        p = self.params
+        return DCGANGenerator(
+            p.z_dim, self.info.channels, self.size, p.ngf, p.max_mult,
+            num_classes=self.num_classes if self.conditional else 0, embed_dim=p.embed_dim,
+        )
+
+    def build_discriminator(self) -> nn.Module:
+        p = self.params
+        return DCGANDiscriminator(
+            self.info.channels, self.size, p.ndf, p.max_mult, num_classes=self.num_classes if self.conditional else 0
+        )
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D}
+
+    def configure_optimizers(self):
+        p = self.params
+        betas = (p.beta1, p.beta2)
+        return {
+            "D": (torch.optim.Adam(self.D.parameters(), lr=p.lr_d, betas=betas), self.D),
+            "G": (torch.optim.Adam(self.G.parameters(), lr=p.lr_g, betas=betas), self.G),
+        }
+
+    def _cond(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch["label"] if self.conditional else None
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        real = batch["image"]
+        y = self._cond(batch)  # fakes use the batch's labels: same class distribution as the reals
+        kind = self.params.loss
+        z = torch.randn(real.shape[0], self.params.z_dim, device=real.device)
+        # --- D step
+        with self.autocast():
+            fake = self.G(z, y)
+            d_real = self.D(real, y)
+            d_fake = self.D(fake.detach(), y)
+            loss_d = d_loss(d_real, d_fake, kind)
+        self.optimize("D", loss_d)
+        # --- G step (D frozen: no weight gradients computed for it)
+        set_requires_grad(self.D, False)
+        try:
+            with self.autocast():
+                loss_g = g_loss(self.D(fake, y), kind)
+            self.optimize("G", loss_g)
+        finally:
+            set_requires_grad(self.D, True)
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": d_real.detach().float().mean(),
+            "d_fake": d_fake.detach().float().mean(),
+        }
+
+    # ------------------------------------------------------------------ sampling / scoring
+    def _gen_labels(self, labels: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        labels = torch.as_tensor(labels)
+        if not self.conditional:
+            if labels.ndim != 1:
+                raise ConfigError(f"generate: labels must be 1-D, got shape {tuple(labels.shape)}")
+            return None
+        return check_labels(labels, self.num_classes, "generate").to(device)
+
+    @torch.no_grad()
+    def generate(self, labels, masks=None, conditions=None, generator=None, G=None) -> torch.Tensor:
+        G = G or self.G
+        device = module_device(G)
+        labels = torch.as_tensor(labels)
+        y = self._gen_labels(labels, device)
+        z = cpu_noise((labels.shape[0], self.params.z_dim), generator, device)
+        with eval_mode(G), self.autocast():
+            out = G(z, y)
+        return out.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
+        """Real/fake logits ``(N,)`` of the discriminator (eval mode; higher = judged real).
+
+        Class-conditional models need ``labels`` (the logit includes the class projection)."""
+        y = None
+        if self.conditional:
+            y = check_labels(None if labels is None else torch.as_tensor(labels), self.num_classes, "discriminate")
+        with eval_mode(self.D):
+            return chunked(lambda x, yy: self.D(x.float(), yy), [images, y], module_device(self.D), batch_size)
+
+
+MODELS.add(
+    "dcgan",
+    ModelSpec(
+        method=DCGAN,
+        params=DCGANParams,
+        presets={
+            # Radford et al.; MelanoGANs' 256 px DCGAN [INF]: 4x4x1024 at 256 px -> max_mult 16
+            "paper": {"z_dim": 100, "ngf": 64, "ndf": 64, "max_mult": 16},
+            "cpu": {"z_dim": 64, "ngf": 32, "ndf": 32, "max_mult": 8},
+        },
+        description="DCGAN, unconditional or class-conditional (MelanoGANs baseline)",
+        paper="Radford et al. 2016 (arXiv 1511.06434); Baur et al. MelanoGANs 2018 (arXiv 1804.04338)",
+    ),
+)

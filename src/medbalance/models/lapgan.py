@@ -1,0 +1,368 @@
+"""LAPGAN (Denton, Chintala, Szlam & Fergus 2015) and a jointly trained variant, as compared in
+MelanoGANs (Baur et al. 2018).
+
+Laplacian pyramid: ``pyr_down`` = 5-tap binomial blur + subsample by 2, ``pyr_up`` = zero
+insertion + 4x the same blur (Burt & Adelson 1983). For a Gaussian pyramid ``I_0 = x``,
+``I_{k+1} = down(I_k)``, the band-pass levels are ``h_k = I_k - up(I_{k+1})`` and
+``I_k = up(I_{k+1}) + h_k`` reconstructs the image exactly.
+
+Generators (all held by one :class:`LaplacianGenerator`, so EMA and sampling see one module):
+a DCGAN generator at the coarsest level (``base_size``), and for each finer level a
+conditional conv net ``G_k(z_k, up(I_{k+1}), y) -> h_k`` (noise and class embedding are extra
+input planes). Discriminators: a DCGAN D at the coarsest level, and per finer level a DCGAN D on
+``concat(I_k, up(I_{k+1}))`` (+ class projection when conditional).
+
+- ``lapgan``: levels trained independently on *real* pyramids (Denton et al.): level k's
+  generator is conditioned on ``up(real I_{k+1})``. The per-level losses are summed and share
+  one Adam per player; since no parameter appears in two levels' losses this is exactly
+  independent training.
+- ``lapgan-joint``: the levels are chained end to end (``I_k~ = up(I_{k+1}~) + G_k(...)`` from the
+  coarsest *generated* image), with a discriminator at every scale and the losses summed, so
+  gradients of finer levels reach the coarser generators. This is our reading of MelanoGANs'
+  "modification of LAPGAN" ([MEM], unverified; see docs/models/dcgan_family.md).
+
+Sampling always chains the levels from a generated coarsest image.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from medbalance.config import BaseConfig
+from medbalance.data.dataset import DataInfo
+from medbalance.errors import ConfigError
+from medbalance.models.base import GANMethod, set_requires_grad
+from medbalance.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from medbalance.models.layers import (
+    ClassPlanes,
+    check_labels,
+    chunked,
+    cpu_noise,
+    dcgan_init_,
+    eval_mode,
+    is_power_of_two,
+    log2i,
+    module_device,
+    square_pow2_size,
+)
+from medbalance.models.losses import d_loss, g_loss
+from medbalance.models.registry import MODELS, ModelSpec
+
+# ---------------------------------------------------------------------------- pyramid
+_BINOMIAL5 = (1.0, 4.0, 6.0, 4.0, 1.0)
+
+
+def _blur(x: torch.Tensor, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
+    c = x.shape[1]
+    k1 = torch.tensor(_BINOMIAL5, device=x.device, dtype=x.dtype) / 16.0
+    k = (torch.outer(k1, k1) * gain).expand(c, 1, 5, 5).contiguous()
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, stride=stride, groups=c)
+
+
+def pyr_down(x: torch.Tensor) -> torch.Tensor:
+    """Blur with the 5-tap binomial kernel and keep every second pixel: (B,C,H,W) -> (B,C,H/2,W/2)."""
+    return _blur(x, stride=2)
+
+
+def pyr_up(x: torch.Tensor) -> torch.Tensor:
+    """Insert zeros between pixels and blur with 4x the binomial kernel: (B,C,H,W) -> (B,C,2H,2W)."""
+    b, c, h, w = x.shape
+    up = x.new_zeros(b, c, 2 * h, 2 * w)
+    up[:, :, ::2, ::2] = x
+    return _blur(up, gain=4.0)
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(bands, coarsest)``: ``bands[k] = I_k - up(I_{k+1})`` from finest (k=0) to coarsest
+    band-pass level, and the low-pass image ``I_levels``."""
+    bands = []
+    cur = x
+    for _ in range(levels):
+        low = pyr_down(cur)
+        bands.append(cur - pyr_up(low))
+        cur = low
+    return bands, cur
+
+
+def reconstruct(bands: list[torch.Tensor], coarsest: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`laplacian_pyramid`: ``I_k = up(I_{k+1}) + h_k`` from coarse to fine."""
+    cur = coarsest
+    for h in reversed(bands):
+        cur = pyr_up(cur) + h
+    return cur
+
+
+def gaussian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """``[I_levels, ..., I_1, I_0 = x]`` (coarse to fine)."""
+    out = [x]
+    for _ in range(levels):
+        out.append(pyr_down(out[-1]))
+    return out[::-1]
+
+
+# ---------------------------------------------------------------------------- networks
+class LaplacianRefiner(nn.Module):
+    """``G_k``: ``(noise planes (B,nz,H,W), low (B,C,H,W), labels) -> band-pass residual (B,C,H,W)``.
+
+    ``layers`` hidden [Conv3x3 + BN + ReLU] at full resolution, then a linear Conv3x3 (residuals
+    are signed, no tanh)."""
+
+    def __init__(self, channels: int, nz: int, width: int, layers: int, num_classes: int = 0, class_planes: int = 0):
+        super().__init__()
+        self.nz = nz
+        self.planes = ClassPlanes(num_classes, class_planes) if num_classes > 0 and class_planes > 0 else None
+        cin = channels + nz + (class_planes if self.planes is not None else 0)
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods += [nn.Conv2d(cin if i == 0 else width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        mods.append(nn.Conv2d(width if layers > 0 else cin, channels, 3, 1, 1))
+        self.net = nn.Sequential(*mods)
+        dcgan_init_(self)
+
+    def forward(self, noise: torch.Tensor, low: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [low, noise.to(low.dtype)]
+        if self.planes is not None:
+            if labels is None:
+                raise ConfigError("conditional LAPGAN generator needs labels")
+            parts.append(self.planes(labels, low.shape[-2:], dtype=low.dtype))
+        return self.net(torch.cat(parts, dim=1))
+
+
+class LaplacianGenerator(nn.Module):
+    """All LAPGAN generators: the coarse DCGAN generator and one refiner per finer level.
+
+    ``forward(z, noises, labels)`` chains them and returns the images of every level, coarse to
+    fine (``noises[i]`` feeds ``refiners[i]``, whose output side is ``base_size * 2**(i+1)``)."""
+
+    def __init__(self, coarse: DCGANGenerator, refiners: list[LaplacianRefiner], base_size: int):
+        super().__init__()
+        self.coarse = coarse
+        self.refiners = nn.ModuleList(refiners)
+        self.base_size = base_size
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.base_size * 2**i for i in range(len(self.refiners) + 1)]
+
+    def forward(
+        self, z: torch.Tensor, noises: list[torch.Tensor], labels: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        imgs = [self.coarse(z, labels)]
+        for ref, nz in zip(self.refiners, noises):
+            low = pyr_up(imgs[-1])
+            imgs.append(low + ref(nz, low, labels))
+        return imgs
+
+
+class LaplacianDiscriminator(nn.Module):
+    """The coarse DCGAN discriminator and one conditional discriminator per finer level
+    (``refiners[i]`` scores ``concat(I, up(I_coarser))`` at side ``base_size * 2**(i+1)``)."""
+
+    def __init__(self, coarse: DCGANDiscriminator, refiners: list[DCGANDiscriminator]):
+        super().__init__()
+        self.coarse = coarse
+        self.refiners = nn.ModuleList(refiners)
+
+
+# ---------------------------------------------------------------------------- params
+class LAPGANParams(BaseConfig):
+    base_size: int = Field(8, ge=8, description="side of the coarsest pyramid level (power of two < image size)")
+    z_dim: int = Field(100, ge=1, description="latent dimension of the coarse DCGAN")
+    ngf: int = Field(64, ge=1, description="coarse DCGAN generator width")
+    ndf: int = Field(64, ge=1, description="coarse DCGAN discriminator width (and per-level D width)")
+    max_mult: int = Field(8, ge=1, description="DCGAN width multiplier cap")
+    ref_ngf: int = Field(64, ge=1, description="width of each refinement generator")
+    ref_layers: int = Field(3, ge=1, description="hidden conv layers per refinement generator")
+    ref_nz: int = Field(1, ge=1, description="noise planes fed to each refinement generator")
+    conditional: bool = Field(
+        False, description="class-conditional: embedding->z (coarse G), embedding planes (refiners), projection (all D)"
+    )
+    embed_dim: int = Field(50, ge=1, description="class embedding concatenated to z in the coarse G")
+    class_planes: int = Field(4, ge=1, description="class-embedding planes fed to each refinement generator")
+    loss: Literal["bce", "hinge", "lsgan"] = "bce"
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+# ---------------------------------------------------------------------------- method
+class LAPGAN(GANMethod):
+    """LAPGAN: Laplacian-pyramid GAN, levels trained independently on real pyramids."""
+
+    name = "lapgan"
+    needs = ("label",)
+    joint = False
+
+    def __init__(self, params: LAPGANParams, info: DataInfo):
+        super().__init__(params, info)
+        p = params
+        self.size = square_pow2_size(info, self.name)
+        if not is_power_of_two(p.base_size) or p.base_size >= self.size:
+            raise ConfigError(
+                f"{self.name}: base_size must be a power of two >= 8 and smaller than the image side "
+                f"{self.size}; got {p.base_size}"
+            )
+        self.levels = log2i(self.size // p.base_size)
+        self.num_classes = max(1, info.num_classes)
+        self.conditional = bool(p.conditional)
+        k = self.num_classes if self.conditional else 0
+        c = info.channels
+        sizes = [p.base_size * 2**i for i in range(self.levels + 1)]
+        coarse_g = DCGANGenerator(p.z_dim, c, p.base_size, p.ngf, p.max_mult, num_classes=k, embed_dim=p.embed_dim)
+        refs = [LaplacianRefiner(c, p.ref_nz, p.ref_ngf, p.ref_layers, k, p.class_planes) for _ in sizes[1:]]
+        self.G = LaplacianGenerator(coarse_g, refs, p.base_size)
+        self.D = LaplacianDiscriminator(
+            DCGANDiscriminator(c, p.base_size, p.ndf, p.max_mult, num_classes=k),
+            [DCGANDiscriminator(2 * c, s, p.ndf, p.max_mult, num_classes=k) for s in sizes[1:]],
+        )
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D}
+
+    def configure_optimizers(self):
+        p = self.params
+        betas = (p.beta1, p.beta2)
+        return {
+            "D": (torch.optim.Adam(self.D.parameters(), lr=p.lr_d, betas=betas), self.D),
+            "G": (torch.optim.Adam(self.G.parameters(), lr=p.lr_g, betas=betas), self.G),
+        }
+
+    def _noises(self, n: int, device, generator=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        p = self.params
+        if generator is None:
+            z = torch.randn(n, p.z_dim, device=device)
+            planes = [torch.randn(n, p.ref_nz, s, s, device=device) for s in self.G.sizes[1:]]
+        else:
+            z = cpu_noise((n, p.z_dim), generator, device)
+            planes = [cpu_noise((n, p.ref_nz, s, s), generator, device) for s in self.G.sizes[1:]]
+        return z, planes
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        real = batch["image"]
+        y = batch["label"] if self.conditional else None
+        kind = self.params.loss
+        G, D = self.G, self.D
+        with torch.no_grad():
+            gauss = gaussian_pyramid(real.float(), self.levels)  # coarse -> fine
+            real_lows = [pyr_up(g) for g in gauss[:-1]]  # real_lows[i] conditions refiners[i]
+        z, planes = self._noises(real.shape[0], real.device)
+        with self.autocast():
+            fakes = [G.coarse(z, y)]
+            fake_lows = []
+            for i, ref in enumerate(G.refiners):
+                low = pyr_up(fakes[-1]) if self.joint else real_lows[i]
+                fake_lows.append(low)
+                fakes.append(low + ref(planes[i], low, y))
+            per_d = [d_loss(D.coarse(gauss[0], y), D.coarse(fakes[0].detach(), y), kind)]
+            for i, dk in enumerate(D.refiners):
+                r = dk(torch.cat([gauss[i + 1], real_lows[i]], 1), y)
+                f = dk(torch.cat([fakes[i + 1].detach(), fake_lows[i].detach()], 1), y)
+                per_d.append(d_loss(r, f, kind))
+            loss_d = torch.stack(per_d).sum()
+        self.optimize("D", loss_d)
+        set_requires_grad(D, False)
+        try:
+            with self.autocast():
+                per_g = [g_loss(D.coarse(fakes[0], y), kind)]
+                for i, dk in enumerate(D.refiners):
+                    per_g.append(g_loss(dk(torch.cat([fakes[i + 1], fake_lows[i]], 1), y), kind))
+                loss_g = torch.stack(per_g).sum()
+            self.optimize("G", loss_g)
+        finally:
+            set_requires_grad(D, True)
+        out = {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
+        for s, ld, lg in zip(G.sizes, per_d, per_g):
+            out[f"loss_d_{s}"] = ld.detach()
+            out[f"loss_g_{s}"] = lg.detach()
+        return out
+
+    def _labels(self, labels, what: str, device) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        return check_labels(None if labels is None else torch.as_tensor(labels), self.num_classes, what).to(device)
+
+    @torch.no_grad()
+    def generate(self, labels, masks=None, conditions=None, generator=None, G=None) -> torch.Tensor:
+        G = G or self.G
+        device = module_device(G)
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1:
+            raise ConfigError(f"generate: labels must be 1-D, got shape {tuple(labels.shape)}")
+        y = self._labels(labels, "generate", device)
+        p = self.params
+        n = labels.shape[0]
+        z = cpu_noise((n, p.z_dim), generator, device)
+        planes = [cpu_noise((n, p.ref_nz, s, s), generator, device) for s in G.sizes[1:]]
+        with eval_mode(G), self.autocast():
+            out = G(z, planes, y)[-1]
+        return out.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def generate_pyramid(self, labels, generator=None, G=None) -> list[torch.Tensor]:
+        """Generated images at every level, coarse to fine (for inspection)."""
+        G = G or self.G
+        device = module_device(G)
+        labels = torch.as_tensor(labels)
+        y = self._labels(labels, "generate", device)
+        n = labels.shape[0]
+        z = cpu_noise((n, self.params.z_dim), generator, device)
+        planes = [cpu_noise((n, self.params.ref_nz, s, s), generator, device) for s in G.sizes[1:]]
+        with eval_mode(G), self.autocast():
+            return [im.float() for im in G(z, planes, y)]
+
+    @torch.no_grad()
+    def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
+        """Sum over scales of the discriminators' logits on the images' own pyramid, ``(N,)``."""
+        y = None
+        if self.conditional:
+            y = check_labels(None if labels is None else torch.as_tensor(labels), self.num_classes, "discriminate")
+
+        def score(x: torch.Tensor, yy: torch.Tensor | None) -> torch.Tensor:
+            gauss = gaussian_pyramid(x.float(), self.levels)
+            s = self.D.coarse(gauss[0], yy)
+            for i, dk in enumerate(self.D.refiners):
+                s = s + dk(torch.cat([gauss[i + 1], pyr_up(gauss[i])], 1), yy)
+            return s
+
+        with eval_mode(self.D):
+            return chunked(score, [images, y], module_device(self.D), batch_size)
+
+
+class LAPGANJoint(LAPGAN):
+    """LAPGAN with all levels trained end to end on generated coarser images (MelanoGANs' modified LAPGAN, [MEM])."""
+
+    name = "lapgan-joint"
+    joint = True
+
+
+_PRESETS = {
+    # Denton et al. 2015 / MelanoGANs [INF]: DCGAN at the coarsest level, small conv refiners
+    "paper": {"base_size": 16, "z_dim": 100, "ngf": 64, "ndf": 64, "ref_ngf": 64, "ref_layers": 3},
+    "cpu": {"base_size": 8, "z_dim": 64, "ngf": 32, "ndf": 32, "ref_ngf": 32, "ref_layers": 3},
+}
+MODELS.add(
+    "lapgan",
+    ModelSpec(
+        method=LAPGAN,
+        params=LAPGANParams,
+        presets=_PRESETS,
+        description="LAPGAN: Laplacian-pyramid GAN, levels trained independently on real pyramids",
+        paper="Denton et al. 2015 (arXiv 1506.05751); compared in MelanoGANs (arXiv 1804.04338)",
+    ),
+)
+MODELS.add(
+    "lapgan-joint",
+    ModelSpec(
+        method=LAPGANJoint,
+        params=LAPGANParams,
+        presets=_PRESETS,
+        description="LAPGAN with all levels trained end to end (discriminator at every scale)",
+        paper="Baur et al. MelanoGANs 2018 (arXiv 1804.04338), 'modified LAPGAN' [unverified reading]",
+    ),
+)

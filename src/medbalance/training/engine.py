@@ -1,0 +1,507 @@
+"""The training engine: one loop for every :class:`~medbalance.models.base.GANMethod`.
+
+The method owns its networks, losses and optimisers (``training_step``); the engine owns the
+rest: the in-memory data order, device and precision, distributed gradient averaging, the EMA
+of G, checkpoints and resume, sample grids, ``losses.csv``/TensorBoard and the progress bar.
+
+Data order: batch ``s`` (0-based global step) is the slice ``[p*B, (p+1)*B)`` of a seeded
+permutation of the training indices for epoch ``e``, where ``e, p = divmod(s, n_train // B)``
+(``drop_last``). The permutation is a pure function of ``(train.seed, e)``, so a resumed run
+reads exactly the batches an uninterrupted run would. With N processes, rank ``r`` takes the
+contiguous shard ``[r*B/N, (r+1)*B/N)`` of every global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medbalance.data.dataset import ImageDataset
+from medbalance.errors import CheckpointError, ConfigError, DataError
+from medbalance.models.base import GANMethod
+from medbalance.training import checkpoint as ckpt
+from medbalance.training import distributed as ddp
+from medbalance.training.config import RunConfig
+from medbalance.training.logging import RunLogger, render_grid, save_png
+from medbalance.utils.device import autocast, resolve_precision, select_device
+from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
+from medbalance.utils.seed import seed_everything
+
+# Config keys that must not change when a run is resumed (everything else may, e.g. train.steps).
+RESUME_FIXED_KEYS = ("data", "model", "train.seed", "train.batch_size", "train.val_fraction", "train.ema_decay")
+
+
+# --------------------------------------------------------------------------- seeds / data order
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (numpy SeedSequence: well mixed, order sensitive)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def seeded_generator(*parts: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(derive_seed(*parts))
+    return g
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch: a pure function of (seed, epoch)."""
+    return torch.randperm(n, generator=seeded_generator(seed, 0xDA7A, epoch))
+
+
+def split_train_heldout(dataset: ImageDataset, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Seeded stratified split of sample indices into (train, held-out, description).
+
+    Stratified by class; when the dataset has groups (patients), whole groups are held out
+    (each group stratified by its majority class) so no patient straddles the split. Per class
+    ``round(val_fraction * n_class)`` units are held out, always leaving at least one in train.
+    """
+    n = len(dataset)
+    if val_fraction <= 0:
+        return np.arange(n), np.zeros(0, dtype=np.int64), "none"
+    rng = np.random.default_rng(derive_seed(seed, 0x5B117))
+    labels = dataset.labels.numpy()
+    if dataset.groups is not None:
+        groups = np.asarray(dataset.groups, dtype=object)
+        uniq, inv = np.unique(groups.astype(str), return_inverse=True)
+        counts = np.zeros((len(uniq), dataset.num_classes), dtype=np.int64)
+        np.add.at(counts, (inv, labels), 1)
+        unit_label = counts.argmax(1)
+        kind = "group-stratified"
+    else:
+        inv = np.arange(n)
+        unit_label = labels
+        kind = "stratified"
+    held_units = []
+    for c in range(dataset.num_classes):
+        units = np.flatnonzero(unit_label == c)
+        k = min(int(round(val_fraction * len(units))), max(len(units) - 1, 0))
+        if k > 0:
+            held_units.append(rng.permutation(units)[:k])
+    held_mask_units = np.zeros(len(unit_label), dtype=bool)
+    if held_units:
+        held_mask_units[np.concatenate(held_units)] = True
+    held = held_mask_units[inv]
+    return np.flatnonzero(~held), np.flatnonzero(held), kind
+
+
+# --------------------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of a network's weights: ``ema = decay*ema + (1-decay)*w``.
+
+    Parameters are updated with one vectorised ``torch._foreach_lerp_``; buffers (BatchNorm
+    statistics) are copied from the live network.
+    """
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.module = copy.deepcopy(net).eval()
+        self.module.requires_grad_(False)
+        self._ema_params = list(self.module.parameters())
+        self._ema_buffers = list(self.module.buffers())
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        params = [p.detach() for p in net.parameters()]
+        torch._foreach_lerp_(self._ema_params, params, 1.0 - self.decay)
+        for be, b in zip(self._ema_buffers, net.buffers()):
+            be.copy_(b)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    best_checkpoint: Path | None
+    losses: dict[str, float]  # means over the last logging window
+    images_per_s: float  # global images per second over this invocation (excludes setup)
+    seconds: float
+    method: GANMethod
+    ema_G: nn.Module | None
+    train_ids: list[str] = field(default_factory=list)
+    heldout_ids: list[str] = field(default_factory=list)
+
+    @property
+    def G(self) -> nn.Module:
+        return self.ema_G if self.ema_G is not None else self.method.networks()["G"]
+
+
+# --------------------------------------------------------------------------- trainer
+class Trainer:
+    """Train ``cfg.model`` on ``dataset`` (loaded from ``cfg.data`` when None).
+
+    ``resume=True`` continues from ``<out_dir>/checkpoints/latest``; on CPU the continued run
+    produces the same losses and weights as an uninterrupted one.
+    """
+
+    def __init__(self, cfg: RunConfig, dataset: ImageDataset | None = None, resume: bool = False):
+        self.cfg = cfg
+        self.resume = resume
+        tc = cfg.train
+        self.run_dir = Path(cfg.out_dir)
+        requested = select_device(tc.device) if tc.device != "auto" else select_device("auto")
+        self.dist = ddp.init_distributed(requested.type)
+        if requested.type == "cuda" and self.dist.enabled:
+            requested = torch.device("cuda", self.dist.local_rank)
+        self.device = requested
+        self.precision = resolve_precision(tc.precision, self.device)
+
+        if tc.batch_size % self.dist.world_size:
+            raise ConfigError(
+                f"train.batch_size={tc.batch_size} is not divisible by the number of processes ({self.dist.world_size})"
+            )
+        self.local_batch = tc.batch_size // self.dist.world_size
+
+        if dataset is None:
+            from medbalance.data.sources import load_dataset
+
+            dataset = load_dataset(cfg.data)
+        self.dataset = dataset
+        self.info = dataset.info()
+
+        train_idx, held_idx, self.split_kind = split_train_heldout(dataset, tc.val_fraction, tc.seed)
+        self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
+        self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
+        self.n_train = len(self.train_idx)
+        if self.n_train < tc.batch_size:
+            raise ConfigError(
+                f"train.batch_size={tc.batch_size} is larger than the training set ({self.n_train} samples)"
+            )
+        self.steps_per_epoch = self.n_train // tc.batch_size
+
+        # ---- method (identical init on every rank, then broadcast from rank 0 anyway)
+        from medbalance.models.registry import build_method
+
+        seed_everything(tc.seed)
+        method = build_method(cfg.model.name, cfg.model.preset, dict(cfg.model.params), self.info)
+        self._check_needs(method)
+        if self.dist.enabled:
+            method = ddp.convert_sync_batchnorm_(method, self.device)
+        method.to(self.device)
+        if tc.channels_last:
+            method.to(memory_format=torch.channels_last)
+        ddp.broadcast_module_(method, self.dist)
+        method.autocast = lambda: autocast(self.device, self.precision)
+        method.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        method.grad_sync = ddp.make_grad_sync(self.dist)
+        method.setup_optimizers()
+        if "G" not in method.networks():
+            raise ConfigError(f"model {cfg.model.name!r}: networks() must contain 'G'")
+        self.method = method
+        self.ema = EMA(method.networks()["G"], tc.ema_decay) if tc.ema_decay else None
+        # the training RNG stream (noise etc.): per rank, a function of the seed only
+        torch.manual_seed(derive_seed(tc.seed, 0x7EA1, self.dist.rank))
+        self._perm_cache: tuple[int, torch.Tensor] | None = None
+        self._fixed = self._fixed_sample_inputs()
+
+    # ------------------------------------------------------------------ helpers
+    def _check_needs(self, method: GANMethod) -> None:
+        ds = self.dataset
+        if "mask" in method.needs and ds.masks is None:
+            raise DataError(f"model {self.cfg.model.name!r} needs masks but the dataset has none", path=self.cfg.data.path)
+        if "condition" in method.needs and ds.conditions is None:
+            raise DataError(
+                f"model {self.cfg.model.name!r} needs conditions but the dataset has none (set data.condition_column)",
+                path=self.cfg.data.path,
+            )
+
+    def batch_indices(self, step: int, rank: int | None = None) -> torch.Tensor:
+        """Dataset indices of this rank's shard of global batch ``step`` (0-based)."""
+        rank = self.dist.rank if rank is None else rank
+        B = self.cfg.train.batch_size
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            self._perm_cache = (epoch, epoch_permutation(self.cfg.train.seed, epoch, self.n_train))
+        glob = self._perm_cache[1][pos * B : (pos + 1) * B]
+        local = glob[rank * self.local_batch : (rank + 1) * self.local_batch]
+        return self.train_idx[local]
+
+    def get_batch(self, step: int) -> dict[str, torch.Tensor]:
+        idx = self.batch_indices(step)
+        ds = self.dataset
+        nb = self.device.type == "cuda"
+        img = ds.images[idx].to(self.device, non_blocking=nb)
+        if self.cfg.train.channels_last and img.dim() == 4:
+            img = img.contiguous(memory_format=torch.channels_last)
+        batch = {"image": img, "label": ds.labels[idx].to(self.device, non_blocking=nb), "index": idx.to(self.device)}
+        if ds.masks is not None:
+            batch["mask"] = ds.masks[idx].to(self.device, non_blocking=nb)
+        if ds.conditions is not None:
+            batch["condition"] = ds.conditions[idx].to(self.device, non_blocking=nb)
+        return batch
+
+    def _fixed_sample_inputs(self) -> dict[str, torch.Tensor | None]:
+        """Fixed classes (one row per class) and real masks/conditions for the sample grids.
+
+        Masks/conditions come from held-out samples of the row's class when there are any,
+        else from training samples of that class (else from any sample).
+        """
+        ds, cols = self.dataset, self.cfg.train.sample_columns
+        g = seeded_generator(self.cfg.train.seed, 0x5A3E)
+        order = torch.randperm(len(ds), generator=g)
+        held = torch.zeros(len(ds), dtype=torch.bool)
+        held[self.held_idx] = True
+        picks = []
+        for c in range(ds.num_classes):
+            of_c = order[ds.labels[order] == c]
+            pool = of_c[held[of_c]] if bool(held[of_c].any()) else of_c
+            if len(pool) == 0:
+                pool = order
+            picks.append(pool[torch.arange(cols) % len(pool)])
+        idx = torch.cat(picks)
+        labels = torch.arange(ds.num_classes).repeat_interleave(cols)
+        needs = self.method.needs if hasattr(self, "method") else ()
+        return {
+            "labels": labels,
+            "masks": ds.masks[idx] if ds.masks is not None and "mask" in needs else None,
+            "conditions": ds.conditions[idx] if ds.conditions is not None and "condition" in needs else None,
+        }
+
+    @property
+    def G_for_sampling(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.method.networks()["G"]
+
+    @torch.no_grad()
+    def sample_grid(self, step: int) -> np.ndarray:
+        """Generate the fixed-input grid (EMA G when present). Does not touch the global RNG."""
+        f = self._fixed
+        G = self.G_for_sampling
+        was_training = G.training
+        G.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                imgs = self.method.generate(
+                    f["labels"].to(self.device),
+                    masks=None if f["masks"] is None else f["masks"].to(self.device),
+                    conditions=None if f["conditions"] is None else f["conditions"].to(self.device),
+                    generator=seeded_generator(self.cfg.train.seed, 0xF1ED),
+                    G=G,
+                )
+        finally:
+            G.train(was_training)
+        return render_grid(imgs.float().cpu(), self.info.num_classes, self.cfg.train.sample_columns, f["masks"])
+
+    # ------------------------------------------------------------------ run folder
+    def _prepare_run_dir(self) -> int:
+        """Write config/info/ids (fresh run) or check them (resume). Returns the start step."""
+        ckpt_root = self.run_dir / "checkpoints"
+        has_ckpt = ckpt.read_pointer(ckpt_root, "latest") is not None
+        if self.resume:
+            saved_cfg_path = self.run_dir / "config.yaml"
+            if not saved_cfg_path.is_file() or not has_ckpt:
+                raise CheckpointError("nothing to resume: no config.yaml or checkpoints/latest", path=self.run_dir)
+            saved = RunConfig.from_yaml(saved_cfg_path)
+            self._check_resume_compatible(saved, saved_cfg_path)
+        elif has_ckpt:
+            raise ConfigError(
+                "run folder already has checkpoints; pass --resume to continue it or --out for a new run",
+                path=self.run_dir,
+            )
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.run_dir / "config.yaml")
+            atomic_write_json(self.run_dir / "data_info.json", self.info.to_dict())
+            ids = self.dataset.ids
+            atomic_write_json(
+                self.run_dir / "train_ids.json",
+                {
+                    "split": self.split_kind,
+                    "val_fraction": self.cfg.train.val_fraction,
+                    "seed": self.cfg.train.seed,
+                    "n_train": int(len(self.train_idx)),
+                    "n_heldout": int(len(self.held_idx)),
+                    "train": [ids[i] for i in self.train_idx.tolist()],
+                    "heldout": [ids[i] for i in self.held_idx.tolist()],
+                },
+            )
+        return 0
+
+    def _check_resume_compatible(self, saved: RunConfig, path: Path) -> None:
+        a, b = saved.model_dump(mode="json"), self.cfg.model_dump(mode="json")
+        for key in RESUME_FIXED_KEYS:
+            va, vb = a, b
+            for k in key.split("."):
+                va, vb = va[k], vb[k]
+            if va != vb:
+                raise ConfigError(f"cannot resume: {key} differs from the run's saved config", path=path)
+
+    def _load_checkpoint(self) -> tuple[int, float | None]:
+        folder = ckpt.resolve_checkpoint(self.run_dir, "latest")
+        state = ckpt.read_checkpoint_state(folder)
+        nets = self.method.networks()
+        for name, net in nets.items():
+            ckpt.load_module_(net, folder / f"{name}.safetensors", device=self.device)
+        if self.ema is not None:
+            ckpt.load_module_(self.ema.module, folder / "G_ema.safetensors", device=self.device)
+        ckpt.load_optimizers_(folder, state, self.method.optimizers)
+        if self.method.scaler is not None and state.get("scaler"):
+            self.method.scaler.load_state_dict(state["scaler"])
+        rng = ckpt.load_rng_tensors(folder)
+        key = f"torch_cpu/rank{self.dist.rank}"
+        if key in rng and state.get("world_size", 1) == self.dist.world_size:
+            torch.set_rng_state(rng[key])
+            ckpt.set_python_numpy_rng_state(state["rng"])
+            if self.device.type == "cuda":
+                cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda/"))]
+                if cuda:
+                    torch.cuda.set_rng_state(cuda[min(self.dist.local_rank, len(cuda) - 1)], self.device)
+        else:  # different number of processes: the run continues, but not bit-identically
+            torch.manual_seed(derive_seed(self.cfg.train.seed, 0x7EA1, self.dist.rank, state["step"]))
+        best_val = None
+        best_name = ckpt.read_pointer(self.run_dir / "checkpoints", "best")
+        if best_name is not None and (self.run_dir / "checkpoints" / best_name / "state.json").is_file():
+            m = read_json(self.run_dir / "checkpoints" / best_name / "state.json").get("metric") or {}
+            best_val = m.get("value")
+        return int(state["step"]), best_val
+
+    def _save_checkpoint(self, step: int, metric: dict[str, Any] | None, losses: dict[str, float]) -> Path | None:
+        rng_states = ddp.all_gather_tensor(torch.get_rng_state(), self.dist)
+        if not self.dist.is_main:
+            return None
+        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        extra = {
+            "world_size": self.dist.world_size,
+            "seed": self.cfg.train.seed,
+            "data": {
+                "epoch": epoch,
+                "position_in_epoch": pos,
+                "steps_per_epoch": self.steps_per_epoch,
+                "n_train": self.n_train,
+                "order": "torch.randperm(n_train, generator=seed(train.seed, epoch)); drop_last",
+            },
+            "precision": self.precision,
+            "device": str(self.device),
+            "metric": metric,
+            "losses": losses,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        return ckpt.save_checkpoint(
+            self.run_dir / "checkpoints",
+            step,
+            self.method.networks(),
+            None if self.ema is None else self.ema.module,
+            self.method.optimizers,
+            self.method.scaler,
+            [s.cpu() for s in rng_states],
+            cuda,
+            extra,
+        )
+
+    def _metric_name(self, keys: list[str]) -> str | None:
+        want = self.cfg.train.best_metric
+        if want is not None:
+            if want not in keys:
+                raise ConfigError(f"train.best_metric={want!r} is not a logged loss; logged: {', '.join(keys)}")
+            return want
+        for k in keys:
+            if k in ("G", "loss_G", "G_loss", "g_loss") or k.startswith("G_") or k.startswith("loss_G"):
+                return k
+        return keys[0] if keys else None
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> RunResult:
+        tc = self.cfg.train
+        start = self._prepare_run_dir()
+        best_val: float | None = None
+        if self.resume:
+            start, best_val = self._load_checkpoint()
+        main = self.dist.is_main
+        logger = RunLogger(self.run_dir, tc.steps, start, tc.tensorboard, enabled=main)
+        ckpt_root = self.run_dir / "checkpoints"
+        method = self.method
+        method.train()
+        acc: dict[str, torch.Tensor] = {}
+        n_acc = 0
+        metric_sum, metric_n = 0.0, 0
+        last_losses: dict[str, float] = {}
+        last_ckpt: Path | None = None
+        t_start = time.perf_counter()
+        t_win = t_start
+        images_total = 0
+        try:
+            for step in range(start, tc.steps):
+                batch = self.get_batch(step)
+                losses = method.training_step(batch, step)
+                if self.ema is not None:
+                    self.ema.update(method.networks()["G"])
+                for k, v in losses.items():
+                    v = v.detach().float()
+                    acc[k] = acc[k] + v if k in acc else v
+                n_acc += 1
+                images_total += tc.batch_size
+                s1 = step + 1
+                is_ckpt = s1 % tc.checkpoint_every == 0 or s1 == tc.steps
+                if s1 % tc.log_every == 0 or is_ckpt:
+                    keys = list(acc)
+                    vec = torch.stack([acc[k] for k in keys]) / n_acc if keys else torch.zeros(0)
+                    vals = ddp.all_reduce_mean(vec, self.dist).tolist()  # the only host sync
+                    now = time.perf_counter()
+                    ips = n_acc * tc.batch_size / max(now - t_win, 1e-9)
+                    last_losses = dict(zip(keys, vals))
+                    logger.log(s1, last_losses, ips)
+                    mname = self._metric_name(keys)
+                    if mname is not None:
+                        metric_sum += last_losses[mname] * n_acc
+                        metric_n += n_acc
+                    acc, n_acc, t_win = {}, 0, now
+                if main and (s1 % tc.sample_every == 0 or s1 == tc.steps):
+                    grid = self.sample_grid(s1)
+                    save_png(self.run_dir / "samples" / f"step_{s1:06d}.png", grid)
+                    logger.image("samples", grid, s1)
+                if is_ckpt:
+                    mname = self._metric_name(list(last_losses))
+                    metric = None
+                    if mname is not None and metric_n:
+                        metric = {"name": mname, "value": metric_sum / metric_n, "over_steps": metric_n}
+                    folder = self._save_checkpoint(s1, metric, last_losses)
+                    if main and folder is not None:
+                        last_ckpt = folder
+                        if metric is not None and (best_val is None or metric["value"] < best_val):
+                            best_val = metric["value"]
+                            atomic_write_text(ckpt_root / "best", folder.name + "\n")
+                        ckpt.prune_checkpoints(ckpt_root, tc.keep_last)
+                    ddp.barrier(self.dist)
+                    metric_sum, metric_n = 0.0, 0
+        finally:
+            logger.close()
+        seconds = time.perf_counter() - t_start
+        method.eval()
+        best_name = ckpt.read_pointer(ckpt_root, "best")
+        ids = self.dataset.ids
+        return RunResult(
+            run_dir=self.run_dir,
+            step=tc.steps,
+            checkpoint=last_ckpt if last_ckpt is not None else _pointer_path(ckpt_root, "latest"),
+            best_checkpoint=None if best_name is None else ckpt_root / best_name,
+            losses=last_losses,
+            images_per_s=images_total / max(seconds, 1e-9),
+            seconds=seconds,
+            method=method,
+            ema_G=None if self.ema is None else self.ema.module,
+            train_ids=[ids[i] for i in self.train_idx.tolist()],
+            heldout_ids=[ids[i] for i in self.held_idx.tolist()],
+        )
+
+
+def _pointer_path(ckpt_root: Path, name: str) -> Path | None:
+    p = ckpt.read_pointer(ckpt_root, name)
+    return None if p is None else ckpt_root / p
+
+
+def train(cfg: RunConfig, dataset: ImageDataset | None = None, resume: bool = False) -> RunResult:
+    """Train ``cfg`` (the Python API of ``medbalance train``). Returns a :class:`RunResult`."""
+    trainer = Trainer(cfg, dataset, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.dist.enabled:
+            ddp.shutdown_distributed()

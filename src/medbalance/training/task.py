@@ -1,0 +1,428 @@
+"""Training of the downstream task networks (classifier, segmentation U-Net).
+
+Built for being called many times by the downstream experiments: the whole dataset stays as
+tensors, batches are index slices (no DataLoader workers), augmentation is vectorised on the
+batch, evaluation runs in large no-grad batches. Deterministic for a given seed on CPU.
+
+Model selection uses the validation set: balanced accuracy (classification) or mean
+foreground Dice (segmentation). Without a validation set the last epoch is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from medbalance.config import BaseConfig
+from medbalance.data.dataset import ImageDataset
+from medbalance.errors import ConfigError, DataError
+from medbalance.models.tasknets import Classifier, SegmentationUNet, save_task_model
+from medbalance.utils.device import autocast, resolve_precision, select_device
+from medbalance.utils.io import atomic_write_json
+from medbalance.utils.progress import make_progress
+from medbalance.utils.seed import seed_everything
+
+CLASSIFIER_ARCHES = Classifier.ARCHES
+SEGMENTOR_ARCHES = ("unet", "basic_unet")
+
+
+class TaskConfig(BaseConfig):
+    """How to train a downstream task network."""
+
+    task: Literal["classification", "segmentation"] = "classification"
+    arch: Optional[str] = Field(
+        None, description="classification: small_cnn | densenet121 | resnet18 | resnet34; "
+        "segmentation: unet | basic_unet; null = small_cnn / unet"
+    )
+    channels: Optional[list[int]] = Field(None, description="network widths; null = the architecture's small default")
+    seg_mode: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="softmax: exclusive labels, CE + Dice; sigmoid: independent channels, BCE + soft Jaccard"
+    )
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    dropout: float = Field(0.2, ge=0, lt=1, description="classifier dropout before the last layer / U-Net dropout")
+    class_weights: bool = Field(False, description="inverse-frequency class weights in the loss")
+    augment: bool = Field(True, description="random flips, rot90 (square images) and small affine")
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    patience: Optional[int] = Field(None, ge=1, description="stop after this many epochs without improvement")
+    progress: bool = True
+
+
+@dataclass
+class TaskResult:
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_epoch: int
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- helpers
+def compute_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights ``n / (C * n_c)`` (scikit-learn 'balanced'); absent classes get 0."""
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].double()
+    present = counts > 0
+    w = torch.zeros(num_classes, dtype=torch.float64)
+    n, c = counts.sum(), present.sum()
+    w[present] = n / (c * counts[present])
+    return w.float()
+
+
+def build_task_model(cfg: TaskConfig, ds: ImageDataset) -> nn.Module:
+    dims = len(ds.spatial_shape)
+    if cfg.task == "classification":
+        arch = cfg.arch or "small_cnn"
+        if arch not in CLASSIFIER_ARCHES:
+            raise ConfigError(f"unknown classification arch {arch!r}; allowed: {', '.join(CLASSIFIER_ARCHES)}")
+        kw: dict[str, Any] = {}
+        if cfg.channels:
+            kw["channels"] = cfg.channels
+        return Classifier(ds.channels, ds.num_classes, arch=arch, spatial_dims=dims, dropout=cfg.dropout, **kw)
+    arch = cfg.arch or "unet"
+    if arch not in SEGMENTOR_ARCHES:
+        raise ConfigError(f"unknown segmentation arch {arch!r}; allowed: {', '.join(SEGMENTOR_ARCHES)}")
+    K = ds.num_mask_labels
+    nl = K if cfg.seg_mode == "softmax" else K - 1
+    channels = cfg.channels or ([16, 32, 64, 128] if arch == "unet" else [16, 16, 32, 64, 128, 16])
+    model = SegmentationUNet(
+        ds.channels, nl, mode=cfg.seg_mode, spatial_dims=dims, channels=channels,
+        dropout=cfg.dropout if arch == "unet" else 0.0, backbone=arch,
+    )
+    bad = [s for s in ds.spatial_shape if s % model.min_divisor]
+    if bad:
+        raise ConfigError(
+            f"segmentation {arch} with {len(channels)} levels needs image sizes divisible by {model.min_divisor}, "
+            f"got {ds.spatial_shape} (change --image-size or channels)"
+        )
+    return model
+
+
+def _check_data(ds: ImageDataset, cfg: TaskConfig, what: str) -> None:
+    if len(ds) == 0:
+        raise DataError(f"the {what} set is empty")
+    if cfg.task == "segmentation":
+        if ds.masks is None or ds.num_mask_labels < 2:
+            raise DataError(f"segmentation needs label maps, but the {what} set has no masks")
+    elif ds.num_classes < 2:
+        raise DataError(f"classification needs >= 2 classes, the {what} set has {ds.class_names}")
+
+
+def augment_batch(
+    x: torch.Tensor, m: torch.Tensor | None, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample random flips of every spatial axis, rot90 in-plane (square), and a small
+    in-plane affine (rotation +-10 deg, scale 0.9-1.1, shift +-5 %); masks use nearest.
+
+    Random numbers come from ``gen`` (CPU), so the result is reproducible.
+    """
+    B = x.shape[0]
+    dims = x.dim() - 2
+    dev = x.device
+
+    def coin(p: float = 0.5) -> torch.Tensor:
+        return (torch.rand(B, generator=gen) < p).to(dev)
+
+    for ax in range(dims):
+        f = coin()
+        shape = (B,) + (1,) * (x.dim() - 1)
+        x = torch.where(f.view(shape), x.flip(2 + ax), x)
+        if m is not None:
+            m = torch.where(f.view((B,) + (1,) * (m.dim() - 1)), m.flip(1 + ax), m)
+    if x.shape[-1] == x.shape[-2]:
+        k = torch.randint(0, 4, (B,), generator=gen).to(dev)
+        xs = [x] + [x.rot90(r, dims=(-2, -1)) for r in (1, 2, 3)]
+        x = torch.stack(xs)[k, torch.arange(B, device=dev)]
+        if m is not None:
+            ms = [m] + [m.rot90(r, dims=(-2, -1)) for r in (1, 2, 3)]
+            m = torch.stack(ms)[k, torch.arange(B, device=dev)]
+    # small affine in the (H, W) plane
+    ang = (torch.rand(B, generator=gen) * 2 - 1) * math.radians(10)
+    sc = 1 + (torch.rand(B, generator=gen) * 2 - 1) * 0.1
+    sh = (torch.rand(B, 2, generator=gen) * 2 - 1) * 0.1  # grid units: 0.1 = 5 % of the side
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    if dims == 2:
+        theta = torch.stack(
+            [torch.stack([cos, -sin, sh[:, 0]], 1), torch.stack([sin, cos, sh[:, 1]], 1)], 1
+        )
+    else:  # rotate x/y, keep depth (z is the first grid coordinate in the last slot: x, y, z)
+        z, o = torch.zeros(B), torch.ones(B)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, z, sh[:, 0]], 1), torch.stack([sin, cos, z, sh[:, 1]], 1), torch.stack([z, z, o, z], 1)],
+            1,
+        )
+    theta = theta.to(dev, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # pad with the background intensity of each image (its minimum), not zero (= mid-grey in [-1, 1])
+    bg = x.flatten(1).amin(1).view((B,) + (1,) * (x.dim() - 1))
+    x = F.grid_sample(x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + bg
+    if m is not None:
+        m = F.grid_sample(m.unsqueeze(1).to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        m = m.squeeze(1).round().long()
+    return x, m
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, images: torch.Tensor, batch_size: int, amp) -> list[torch.Tensor]:
+    dev = _device_of(model)
+    out = []
+    for s in range(0, images.shape[0], batch_size):
+        with amp():
+            out.append(model(images[s : s + batch_size].to(dev)).float().cpu())
+    return out
+
+
+def _eval_ctx(model: nn.Module, precision: str | None):
+    dev = _device_of(model)
+    prec = resolve_precision(precision or "fp32", dev)
+    return lambda: autocast(dev, prec)
+
+
+@torch.no_grad()
+def predict_classifier(
+    model: nn.Module, ds: ImageDataset | torch.Tensor, batch_size: int = 256, precision: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities (N, C) float32 and predicted class indices (N,) int64 (on CPU)."""
+    images = ds.images if isinstance(ds, ImageDataset) else ds
+    was = model.training
+    model.eval()
+    try:
+        logits = torch.cat(_logits(model, images, batch_size, _eval_ctx(model, precision)))
+    finally:
+        model.train(was)
+    probs = logits.softmax(1)
+    return probs, probs.argmax(1)
+
+
+@torch.no_grad()
+def predict_segmentor(
+    model: SegmentationUNet, ds: ImageDataset | torch.Tensor, batch_size: int = 64, precision: str | None = None
+) -> torch.Tensor:
+    """Label maps (N, *spatial) int64 (indices into the dataset's ``mask_values``), on CPU."""
+    images = ds.images if isinstance(ds, ImageDataset) else ds
+    was = model.training
+    model.eval()
+    try:
+        parts = [model.predict_labels(lg) for lg in _logits(model, images, batch_size, _eval_ctx(model, precision))]
+    finally:
+        model.train(was)
+    return torch.cat(parts)
+
+
+def classification_metrics(labels: torch.Tensor, probs: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
+
+    y = labels.numpy()
+    pred = probs.argmax(1).numpy()
+    C = len(class_names)
+    present = np.unique(y)
+    out: dict[str, Any] = {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+    }
+    rec = recall_score(y, pred, labels=list(range(C)), average=None, zero_division=0)
+    out["recall"] = {n: (float(rec[k]) if k in present else None) for k, n in enumerate(class_names)}
+    if len(present) == C:
+        p = probs.double().numpy()
+        p = p / p.sum(1, keepdims=True)
+        out["auc"] = float(roc_auc_score(y, p[:, 1]) if C == 2 else roc_auc_score(y, p, multi_class="ovr"))
+    else:
+        out["auc"] = None
+    return out
+
+
+def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, mask_values: list[int]) -> dict[str, Any]:
+    """Per-label Dice: ``dice`` = mean over labels of the per-image Dice averaged over images whose
+    ground truth contains the label (MONAI ``compute_dice``, ignore_empty); ``dice_global`` = Dice of
+    the pooled voxels of the whole set per label (penalises false positives on empty images)."""
+    from monai.metrics import compute_dice
+
+    K = len(mask_values)
+    oh_p = F.one_hot(pred.long(), K).movedim(-1, 1)
+    oh_t = F.one_hot(target.long(), K).movedim(-1, 1)
+    per = compute_dice(oh_p, oh_t, include_background=False, ignore_empty=True)  # (N, K-1), NaN if GT empty
+    per_label = torch.nanmean(per.float(), 0)
+    red = tuple(d for d in range(oh_p.dim()) if d != 1)
+    inter = (oh_p & oh_t).sum(red)[1:].double()
+    tot = (oh_p.sum(red) + oh_t.sum(red))[1:].double()
+    glob = torch.where(tot > 0, 2 * inter / tot.clamp_min(1), torch.full_like(tot, float("nan")))
+    names = [str(v) for v in mask_values[1:]]
+
+    def f(v):
+        v = float(v)
+        return None if math.isnan(v) else v
+
+    dice = torch.nanmean(per_label) if not torch.isnan(per_label).all() else torch.tensor(float("nan"))
+    dg = torch.nanmean(glob) if not torch.isnan(glob).all() else torch.tensor(float("nan"))
+    return {
+        "dice": f(dice),
+        "dice_global": f(dg),
+        "dice_per_label": {n: f(v) for n, v in zip(names, per_label)},
+        "dice_global_per_label": {n: f(v) for n, v in zip(names, glob)},
+    }
+
+
+def evaluate_task_model(model: nn.Module, ds: ImageDataset, task: str, batch_size: int = 128) -> dict[str, Any]:
+    if task == "classification":
+        probs, _ = predict_classifier(model, ds, batch_size)
+        return classification_metrics(ds.labels, probs, ds.class_names)
+    pred = predict_segmentor(model, ds, batch_size)
+    return segmentation_metrics(pred, ds.masks, ds.mask_values)
+
+
+def selection_score(metrics: dict[str, Any], task: str) -> float:
+    v = metrics.get("balanced_accuracy" if task == "classification" else "dice")
+    return float("-inf") if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+# ---------------------------------------------------------------------------- training
+def train_task_model(
+    train: ImageDataset, val: ImageDataset | None, cfg: TaskConfig, out_dir: str | Path | None = None
+) -> TaskResult:
+    """Train a classifier or segmentor on ``train``; select the best epoch on ``val``.
+
+    With ``out_dir``, writes ``model.safetensors`` + ``model.json`` (meta: task, class names, mask
+    values, input channels/size, train/val ids, metrics) and ``history.json`` there.
+    """
+    _check_data(train, cfg, "training")
+    if val is not None:
+        _check_data(val, cfg, "validation")
+        if val.class_names != train.class_names or val.images.shape[1:] != train.images.shape[1:]:
+            raise DataError("validation set differs from the training set in classes, channels or size")
+        if cfg.task == "segmentation" and val.mask_values != train.mask_values:
+            raise DataError(f"validation mask values {val.mask_values} differ from training {train.mask_values}")
+    device = select_device(cfg.device)
+    prec = resolve_precision(cfg.precision, device)
+    amp = lambda: autocast(device, prec)  # noqa: E731
+    seed_everything(cfg.seed)
+    model = build_task_model(cfg, train).to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(train)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = n // bs  # drop the ragged last batch (BatchNorm needs > 1 sample)
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine" else None
+
+    cw = None
+    if cfg.class_weights:
+        if cfg.task == "classification":
+            cw = compute_class_weights(train.labels, train.num_classes)
+        else:
+            K = train.num_mask_labels
+            cw = compute_class_weights(train.masks, K)
+            if cfg.seg_mode == "sigmoid":  # pos_weight per foreground channel: negatives / positives
+                counts = torch.bincount(train.masks.reshape(-1), minlength=K)[:K].double()
+                tot = counts.sum()
+                cw = torch.where(counts[1:] > 0, (tot - counts[1:]) / counts[1:].clamp_min(1), torch.ones(K - 1)).float()
+        cw = cw.to(device)
+
+    def loss_fn(logits: torch.Tensor, xb_lab: torch.Tensor, mb: torch.Tensor | None) -> torch.Tensor:
+        if cfg.task == "classification":
+            return F.cross_entropy(logits.float(), xb_lab, weight=cw)
+        return model.loss(logits, mb, class_weights=cw)
+
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch, best_state, best_metrics = float("-inf"), -1, None, {}
+    since_best = 0
+    images, labels, masks = train.images, train.labels, train.masks
+    with make_progress() as bar:
+        t = bar.add_task(f"train {cfg.task}", total=total) if cfg.progress else None
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=gen)
+            run_loss = torch.zeros((), device=device)
+            for b in range(steps_per_epoch):
+                idx = perm[b * bs : (b + 1) * bs]
+                xb = images[idx].to(device, non_blocking=True)
+                yb = labels[idx].to(device)
+                mb = masks[idx].to(device) if (masks is not None and cfg.task == "segmentation") else None
+                if cfg.augment:
+                    xb, mb = augment_batch(xb, mb, gen)
+                with amp():
+                    logits = model(xb)
+                loss = loss_fn(logits, yb, mb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                run_loss += loss.detach()
+                if t is not None:
+                    bar.advance(t)
+            rec: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": float(run_loss) / max(steps_per_epoch, 1),
+                "lr": opt.param_groups[0]["lr"],
+            }
+            if val is not None:
+                m = evaluate_task_model(model, val, cfg.task, cfg.eval_batch_size)
+                rec.update({f"val_{k}": v for k, v in m.items()})
+                score = selection_score(m, cfg.task)
+                if score > best_score or best_state is None:
+                    best_score, best_epoch, best_metrics = score, epoch, m
+                    best_state = copy.deepcopy(model.state_dict())
+                    since_best = 0
+                else:
+                    since_best += 1
+            rec["seconds"] = round(time.perf_counter() - t0, 3)
+            history.append(rec)
+            if t is not None:
+                key = "val_balanced_accuracy" if cfg.task == "classification" else "val_dice"
+                shown = rec.get(key)
+                bar.update(
+                    t,
+                    description=f"train {cfg.task} ep {epoch}/{cfg.epochs} loss {rec['train_loss']:.3f}"
+                    + (f" {key[4:]} {shown:.3f}" if isinstance(shown, float) else ""),
+                )
+            if cfg.patience is not None and val is not None and since_best >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    model.eval()
+    result = TaskResult(model=model, history=history, best_epoch=best_epoch, val_metrics=best_metrics)
+    if out_dir is not None:
+        save_task_model(out_dir, model, task_model_meta(train, val, cfg, result))
+        atomic_write_json(Path(out_dir) / "history.json", history)
+    return result
+
+
+def task_model_meta(train: ImageDataset, val: ImageDataset | None, cfg: TaskConfig, result: TaskResult) -> dict[str, Any]:
+    """Metadata stored in model.json: what the model was trained on and how well it did."""
+    return {
+        "task": cfg.task,
+        "class_names": list(train.class_names),
+        "mask_values": train.mask_values,
+        "seg_mode": cfg.seg_mode if cfg.task == "segmentation" else None,
+        "in_channels": train.channels,
+        "spatial_shape": list(train.spatial_shape),
+        "intensity": train.intensity.to_dict(),
+        "train_ids": list(train.ids),
+        "val_ids": None if val is None else list(val.ids),
+        "n_train_synthetic": int(train.is_synthetic().sum()),
+        "best_epoch": result.best_epoch,
+        "val_metrics": result.val_metrics,
+        "config": cfg.model_dump(mode="json"),
+    }

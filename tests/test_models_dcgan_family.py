@@ -1,0 +1,244 @@
+"""DCGAN, ACGAN, LAPGAN and jointly trained LAPGAN: shapes, losses, pyramid, optimisation, sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medbalance.data.dataset import DataInfo
+from medbalance.errors import ConfigError
+from medbalance.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from medbalance.models.lapgan import gaussian_pyramid, laplacian_pyramid, pyr_down, pyr_up, reconstruct
+from medbalance.models.losses import class_loss, d_loss, feature_matching_loss, g_loss
+from medbalance.models.registry import MODELS, build_method, ensure_registered, resolve_params
+
+TINY = {"z_dim": 8, "ngf": 8, "ndf": 8, "max_mult": 4, "embed_dim": 4}
+TINY_LAP = {"z_dim": 8, "ngf": 8, "ndf": 8, "max_mult": 4, "ref_ngf": 8, "ref_layers": 2, "base_size": 8}
+
+
+def info(c=3, size=32, k=3) -> DataInfo:
+    return DataInfo(channels=c, spatial_shape=(size, size), class_names=[f"c{i}" for i in range(k)])
+
+
+def tiny(name: str, c=3, size=32, k=3, **extra):
+    base = TINY_LAP if name.startswith("lapgan") else TINY
+    torch.manual_seed(0)
+    m = build_method(name, "cpu", {**base, **extra}, info(c, size, k))
+    m.setup_optimizers()
+    return m
+
+
+def batch(n=4, c=3, size=32, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(n, c, size, size, generator=g) * 2 - 1, "label": torch.arange(n) % k}
+
+
+# ---------------------------------------------------------------------------- registry
+def test_registered_with_presets():
+    ensure_registered()
+    for name in ("dcgan", "acgan", "lapgan", "lapgan-joint"):
+        spec = MODELS.get(name)
+        assert set(spec.presets) >= {"paper", "cpu"} and spec.paper and spec.description
+        for preset in ("paper", "cpu"):
+            resolve_params(name, preset, {})
+    assert resolve_params("dcgan", "paper", {}).ngf == 64
+    assert resolve_params("dcgan", "paper", {}).z_dim == 100
+    with pytest.raises(ConfigError, match="unknown key"):
+        resolve_params("dcgan", "cpu", {"ngff": 3})
+
+
+# ---------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("c", [1, 3, 4])
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("k", [0, 3])
+def test_dcgan_network_shapes(c, size, k):
+    G = DCGANGenerator(8, c, size, ngf=8, max_mult=4, num_classes=k, embed_dim=4)
+    D = DCGANDiscriminator(c, size, ndf=8, max_mult=4, num_classes=k, aux_classes=5)
+    y = torch.tensor([0, 2]) if k else None
+    x = G(torch.randn(2, 8), y)
+    assert x.shape == (2, c, size, size) and x.abs().max() <= 1
+    assert D(x, y).shape == (2,)
+    assert D.features(x).shape[-2:] == (4, 4)
+    assert D.class_logits(D.features(x)).shape == (2, 5)
+    # one ConvTranspose per doubling from 4x4 (the first maps z to 4x4)
+    n_convt = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in G.modules())
+    assert n_convt == int(math.log2(size)) - 1
+
+
+def test_generator_256_forward():
+    G = DCGANGenerator(8, 3, 256, ngf=4, max_mult=4)
+    assert G(torch.randn(1, 8)).shape == (1, 3, 256, 256)
+
+
+@pytest.mark.parametrize("name", ["dcgan", "acgan", "lapgan", "lapgan-joint"])
+@pytest.mark.parametrize("c", [1, 4])
+def test_methods_generate_and_discriminate_shapes(name, c):
+    extra = {} if name == "acgan" else {"conditional": True}
+    m = tiny(name, c=c, size=32, **extra)
+    x = m.generate(torch.tensor([0, 1, 2, 2, 1]), generator=torch.Generator().manual_seed(1))
+    assert x.shape == (5, c, 32, 32) and x.dtype == torch.float32
+    assert -1 <= x.min() and x.max() <= 1
+    assert m.discriminate(x, torch.tensor([0, 1, 2, 2, 1])).shape == (5,)
+    assert set(m.networks()) == {"G", "D"}
+    if name == "acgan":
+        assert m.classify(x).shape == (5, 3)
+
+
+def test_lapgan_levels_64():
+    m = tiny("lapgan", c=1, size=64)
+    assert m.G.sizes == [8, 16, 32, 64] and len(m.D.refiners) == 3
+    levels = m.generate_pyramid(torch.zeros(2, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    assert [t.shape[-1] for t in levels] == [8, 16, 32, 64]
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (16, 16), (32, 64), (8, 32, 32)])
+def test_bad_image_size_is_config_error(shape):
+    bad = DataInfo(channels=1, spatial_shape=shape, class_names=["a", "b"])
+    for name in ("dcgan", "acgan", "lapgan"):
+        with pytest.raises(ConfigError, match="power of two|2D"):
+            build_method(name, "cpu", {}, bad)
+
+
+def test_lapgan_base_size_must_be_smaller():
+    with pytest.raises(ConfigError, match="base_size"):
+        build_method("lapgan", "cpu", {"base_size": 32}, info(size=32))
+
+
+# ---------------------------------------------------------------------------- losses
+def test_class_loss_hand_computation():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    expected = 0.5 * (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-3)))
+    assert class_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    # softmax-then-NLL (the reference-code bug) gives a different, wrong number
+    wrong = F.nll_loss(F.softmax(logits, 1), labels).item()
+    assert abs(wrong - expected) > 0.5
+
+
+def test_gan_losses_hand_computation():
+    r, f = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0])
+    sig = torch.sigmoid
+    bce_d = -(torch.log(sig(r)).mean() + torch.log(1 - sig(f)).mean())
+    assert d_loss(r, f, "bce").item() == pytest.approx(bce_d.item(), rel=1e-5)
+    assert g_loss(f, "bce").item() == pytest.approx(-torch.log(sig(f)).mean().item(), rel=1e-5)
+    assert d_loss(r, f, "hinge").item() == pytest.approx((0 + 3) / 2 + (1.5 + 4) / 2)
+    assert g_loss(f, "hinge").item() == pytest.approx(-1.75)
+    assert d_loss(r, f, "lsgan").item() == pytest.approx(0.5 * (0 + 9) / 2 + 0.5 * (0.25 + 9) / 2)
+    a, b = [torch.ones(2, 3)], [torch.zeros(2, 3)]
+    assert feature_matching_loss(a, b).item() == pytest.approx(1.0)
+    with pytest.raises(ConfigError):
+        d_loss(r, f, "wgan")
+
+
+# ---------------------------------------------------------------------------- pyramid
+def test_laplacian_pyramid_reconstructs_exactly():
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 2 - 1
+    bands, low = laplacian_pyramid(x, 2)
+    assert [b.shape[-1] for b in bands] == [32, 16] and low.shape[-1] == 8
+    assert torch.allclose(reconstruct(bands, low), x, atol=1e-12)
+    # the band-pass levels are not trivial (the low-pass really loses detail)
+    assert bands[0].abs().mean() > 0.05
+    gauss = gaussian_pyramid(x, 2)
+    assert [g.shape[-1] for g in gauss] == [8, 16, 32] and torch.equal(gauss[0], low)
+
+
+def test_pyramid_ops_preserve_constants_and_smooth_signals():
+    c = torch.full((1, 2, 16, 16), 0.3, dtype=torch.float64)
+    assert torch.allclose(pyr_down(c), torch.full((1, 2, 8, 8), 0.3, dtype=torch.float64))
+    assert torch.allclose(pyr_up(c), torch.full((1, 2, 32, 32), 0.3, dtype=torch.float64))
+    # a slow ramp survives down+up nearly unchanged in the interior
+    ramp = torch.linspace(-1, 1, 32, dtype=torch.float64).expand(1, 1, 32, 32)
+    rec = pyr_up(pyr_down(ramp))
+    assert (rec - ramp)[..., 4:-4, 4:-4].abs().max() < 1e-9
+
+
+# ---------------------------------------------------------------------------- optimisation
+def test_dcgan_discriminator_learns_fixed_batch():
+    m = tiny("dcgan", conditional=True)
+    b = batch()
+    with torch.no_grad():
+        fake = m.G(torch.randn(4, 8), b["label"])
+    losses = []
+    for _ in range(15):
+        loss = d_loss(m.D(b["image"], b["label"]), m.D(fake, b["label"]))
+        m.optimize("D", loss)
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_acgan_class_loss_decreases():
+    m = tiny("acgan", fake_labels="batch")
+    n = 8
+    y = torch.arange(n) % 2
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(n, 3, 32, 32, generator=g) * 0.4 - 0.2 + torch.where(y == 0, 0.6, -0.6)[:, None, None, None]
+    b = {"image": img, "label": y}
+
+    def real_cls_loss():
+        with torch.no_grad():
+            return class_loss(m.D.class_logits(m.D.features(img)), y).item()
+
+    before = real_cls_loss()
+    outs = [m.training_step(b, s) for s in range(12)]
+    assert all(torch.isfinite(v).all() for o in outs for v in o.values())
+    assert all(v.ndim == 0 and not v.requires_grad for v in outs[-1].values())
+    assert real_cls_loss() < 0.5 * before
+
+
+def test_dcgan_training_step_under_bf16_autocast():
+    m = tiny("dcgan")
+    m.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    before = [p.clone() for p in m.G.parameters()]
+    out = m.training_step(batch(), 0)
+    assert set(out) >= {"loss_d", "loss_g"} and all(torch.isfinite(v) for v in out.values())
+    assert any(not torch.equal(a, p) for a, p in zip(before, m.G.parameters()))
+
+
+@pytest.mark.parametrize("name,coarse_moves", [("lapgan", False), ("lapgan-joint", True)])
+def test_lapgan_joint_backpropagates_through_levels(name, coarse_moves):
+    """With the coarse D's output layer zeroed and D frozen, the coarse G gets gradient only
+    through the finer levels: joint training moves it, independent training does not."""
+    m = tiny(name, conditional=True)
+    with torch.no_grad():
+        m.D.coarse.out.weight.zero_()
+        m.D.coarse.out.bias.zero_()
+        m.D.coarse.proj.embed.weight.zero_()
+    for grp in m.optimizers["D"].param_groups:
+        grp["lr"] = 0.0
+    before = [p.clone() for p in m.G.coarse.parameters()]
+    ref_before = [p.clone() for p in m.G.refiners.parameters()]
+    m.training_step(batch(), 0)
+    moved = any(not torch.equal(a, p) for a, p in zip(before, m.G.coarse.parameters()))
+    assert moved == coarse_moves
+    assert any(not torch.equal(a, p) for a, p in zip(ref_before, m.G.refiners.parameters()))
+
+
+# ---------------------------------------------------------------------------- sampling
+@pytest.mark.parametrize("name", ["dcgan", "acgan", "lapgan-joint"])
+def test_generate_reproducible_and_label_dependent(name):
+    extra = {} if name == "acgan" else {"conditional": True}
+    m = tiny(name, **extra)
+    labels = torch.tensor([0, 0, 1, 2])
+    a = m.generate(labels, generator=torch.Generator().manual_seed(7))
+    b = m.generate(labels, generator=torch.Generator().manual_seed(7))
+    c = m.generate(labels, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    other = m.generate(torch.tensor([1, 2, 0, 0]), generator=torch.Generator().manual_seed(7))
+    assert not torch.allclose(a, other)  # same noise, different classes -> different images
+    assert m.G.training  # generate() restored the mode
+    with pytest.raises(ConfigError, match="out of range"):
+        m.generate(torch.tensor([3]))
+    if name != "acgan":
+        with pytest.raises(ConfigError, match="labels are required"):
+            m.discriminate(a)
+
+
+def test_unconditional_generate_ignores_label_values():
+    m = tiny("dcgan")
+    a = m.generate(torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(3))
+    b = m.generate(torch.tensor([2, 2, 2]), generator=torch.Generator().manual_seed(3))
+    assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)
+    assert m.generate(torch.zeros(0, dtype=torch.long)).shape == (0, 3, 32, 32)
