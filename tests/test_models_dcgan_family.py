@@ -162,11 +162,11 @@ def test_dcgan_discriminator_learns_fixed_batch():
     with torch.no_grad():
         fake = m.G(torch.randn(4, 8), b["label"])
     losses = []
-    for _ in range(15):
+    for _ in range(8):
         loss = d_loss(m.D(b["image"], b["label"]), m.D(fake, b["label"]))
         m.optimize("D", loss)
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.6 * losses[0]
 
 
 def test_acgan_class_loss_decreases():
@@ -182,7 +182,7 @@ def test_acgan_class_loss_decreases():
             return class_loss(m.D.class_logits(m.D.features(img)), y).item()
 
     before = real_cls_loss()
-    outs = [m.training_step(b, s) for s in range(12)]
+    outs = [m.training_step(b, s) for s in range(8)]
     assert all(torch.isfinite(v).all() for o in outs for v in o.values())
     assert all(v.ndim == 0 and not v.requires_grad for v in outs[-1].values())
     assert real_cls_loss() < 0.5 * before

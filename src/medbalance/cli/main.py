@@ -9,12 +9,13 @@ from medbalance.cli.app import app
 # Every command module registers its commands on ``app`` when imported.
 COMMAND_MODULES = [
     "medbalance.cli.data_cmds",  # inspect, datasets make
-    "medbalance.cli.train_cmds",  # train, train-task
+    "medbalance.cli.train_cmds",  # train
     "medbalance.cli.synth_cmds",  # generate, rebalance
     "medbalance.cli.eval_cmds",  # evaluate
-    "medbalance.cli.downstream_cmds",  # downstream, report, demo
+    "medbalance.cli.downstream_cmds",  # downstream
     "medbalance.cli.feature_cmds",  # feature-augment
     "medbalance.cli.task_cmds",  # train-task
+    "medbalance.cli.report_cmds",  # report, demo
 ]
 
 for _mod in COMMAND_MODULES:

@@ -296,9 +296,21 @@ def _brain(us, vs, P, wr):
     return csf * P["I_csf"] + (1 - csf) * tissue, csf
 
 
-def _smooth_noise(B: int, S: int, grid: int, gen: torch.Generator) -> torch.Tensor:
-    g = torch.randn(B, 1, grid, grid, generator=gen)
-    return F.interpolate(g, size=(S, S), mode="bicubic", align_corners=False)[:, 0]
+def _fields(P: dict[str, torch.Tensor], B: int, S: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multiplicative (texture * bias field) and lesion-texture fields, built at low resolution and
+    upsampled once (bilinear): coarse + fine tissue texture, smooth bias field, lesion mottling."""
+    m = max(8, S // 3)
+
+    def up(x: torch.Tensor, size: int) -> torch.Tensor:
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+    coarse = up(torch.randn(B, 2, max(4, S // 8), max(4, S // 8), generator=gen), m)
+    fine = torch.randn(B, 1, m, m, generator=gen)
+    bias = F.interpolate(P["bias_grid"][:, None], size=(m, m), mode="bicubic", align_corners=True)
+    tissue = (1 + 0.035 * coarse[:, :1] + 0.02 * fine) * torch.exp(P["bias_amp"][:, None] * bias / 1.5)
+    lesion = 1 + 0.06 * coarse[:, 1:]
+    out = up(torch.cat([tissue, lesion], 1), S)
+    return out[:, 0], out[:, 1]
 
 
 # ---------------------------------------------------------------------------------- lesions
@@ -415,6 +427,7 @@ def _render_chunk(kind: str, P: dict[str, torch.Tensor], S: int, gen: torch.Gene
     scalp = (head - skull_out).clamp_min(0)
     img = ic * brain + bone * P["I_bone"] + dip * (P["I_dip"] - P["I_bone"]) + scalp * P["I_scalp"]
 
+    field, les_tex = _fields(P, B, S, gen)
     labels = ic_hard.long()
     for dist, scale, lab, inten, soft_px, role in lesion_layers:
         w_d = soft_px * px_w / scale  # edge width in units of the normalised distance
@@ -425,14 +438,12 @@ def _render_chunk(kind: str, P: dict[str, torch.Tensor], S: int, gen: torch.Gene
             hard = hard & par_hard
         alpha = alpha * ic
         hard = hard & ic_hard
-        tex = 1 + 0.06 * _smooth_noise(B, S, max(4, S // 6), gen) if role in ("core", "oedema") else 1
+        tex = les_tex if role in ("core", "oedema") else 1
         img = img * (1 - alpha) + alpha * inten * tex
         labels = torch.where(hard, torch.full_like(labels, lab), labels)
 
     # tissue texture, bias field, Rician noise
-    tex = 1 + 0.035 * _smooth_noise(B, S, max(4, S // 8), gen) + 0.02 * _smooth_noise(B, S, max(4, S // 3), gen)
-    bias = F.interpolate(P["bias_grid"][:, None], size=(S, S), mode="bicubic", align_corners=True)[:, 0]
-    img = img * tex * torch.exp(P["bias_amp"] * bias / 1.5)
+    img = img * field
     sig = P["noise"]
     n1 = torch.randn(B, S, S, generator=gen)
     n2 = torch.randn(B, S, S, generator=gen)

@@ -166,20 +166,14 @@ def intensity_for(
     return IntensityInfo(kind=kind, lo=float(data_lo), hi=float(data_hi))
 
 
-def _native_batch(arrays: Sequence[np.ndarray], channels: int, rescale16: bool) -> torch.Tensor:
-    """Stack same-shaped native arrays ((H,W) or (H,W,3)) into float (n, C, H, W) source units."""
-    a = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))
-    if a.ndim == 3:  # grayscale
-        a = a[:, None]
-        if channels == 3:
-            a = a.expand(-1, 3, -1, -1)
-    else:
-        a = a.permute(0, 3, 1, 2)
-        if channels == 1:
-            a = torch.einsum("c,nchw->nhw", _LUMA, a)[:, None]
-    if rescale16:
-        a = a * 257.0
-    return a
+def native_to_chw(arr: np.ndarray, channels: int) -> torch.Tensor:
+    """Native ``(H, W)`` / ``(H, W, 3)`` array -> ``(C, H, W)`` or broadcastable ``(H, W)`` tensor (source units)."""
+    t = torch.from_numpy(arr if arr.dtype == np.uint8 else arr.astype(np.float32))
+    if arr.ndim == 2:
+        return t  # broadcasts over channels when copied into (C, H, W)
+    if channels == 1:
+        return torch.einsum("c,hwc->hw", _LUMA, t.float())
+    return t.permute(2, 0, 1)
 
 
 def build_image_tensor(
@@ -189,41 +183,57 @@ def build_image_tensor(
     policy: str,
     intensity: IntensityInfo,
     kind: str,
-    chunk: int = 256,
+    chunk: int = 64,
 ) -> torch.Tensor:
-    """Convert, scale to [-1, 1] and fit every image into one float32 ``(N, C, th, tw)`` tensor.
+    """Convert, fit and scale every image into one float32 ``(N, C, th, tw)`` tensor in [-1, 1].
 
-    Images are grouped by (size, grayscale?) and processed in vectorised chunks.
+    Geometry is done in source units (padding with ``intensity.lo``, which scales to -1);
+    images that need resizing are processed in vectorised chunks grouped by size. The final
+    scaling (:meth:`IntensityInfo.scale`, same arithmetic) runs in place on the whole tensor.
     """
     n = len(images)
     out = torch.empty((n, channels, *target_hw), dtype=torch.float32)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, im in enumerate(images):
-        groups[(im.hw, im.gray, im.kind)].append(i)
-    for (_, _, ikind), idx in groups.items():
-        rescale16 = kind == "uint16" and ikind == "uint8"
+        groups[im.hw].append(i)
+    for hw, idx in groups.items():
+        if hw == tuple(target_hw):
+            for i in idx:
+                out[i].copy_(native_to_chw(images[i].array, channels))
+                if kind == "uint16" and images[i].kind == "uint8":
+                    out[i].mul_(257.0)
+            continue
         for s in range(0, len(idx), chunk):
             sel = idx[s : s + chunk]
-            x = _native_batch([images[i].array for i in sel], channels, rescale16)
-            x = intensity.scale(x)
-            out[torch.as_tensor(sel)] = fit_images(x, target_hw, policy, fill=-1.0)
+            buf = torch.empty((len(sel), channels, *hw), dtype=torch.float32)
+            for j, i in enumerate(sel):
+                buf[j].copy_(native_to_chw(images[i].array, channels))
+                if kind == "uint16" and images[i].kind == "uint8":
+                    buf[j].mul_(257.0)
+            out.index_copy_(0, torch.as_tensor(sel), fit_images(buf, target_hw, policy, fill=intensity.lo))
+    # in place, same arithmetic as IntensityInfo.scale
+    out.sub_(intensity.lo).mul_(2.0 / (intensity.hi - intensity.lo)).sub_(1.0)
     return out
 
 
 def build_mask_tensor(
-    masks: Sequence[np.ndarray], target_hw: tuple[int, int], policy: str, chunk: int = 256
+    masks: Sequence[np.ndarray], target_hw: tuple[int, int], policy: str, chunk: int = 64
 ) -> torch.Tensor:
-    """Fit index masks (already encoded) into one int64 ``(N, th, tw)`` tensor."""
+    """Fit index masks (already encoded) into one int64 ``(N, th, tw)`` tensor (nearest, pad 0)."""
     n = len(masks)
     out = torch.empty((n, *target_hw), dtype=torch.int64)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, m in enumerate(masks):
         groups[m.shape].append(i)
-    for idx in groups.values():
+    for hw, idx in groups.items():
+        if hw == tuple(target_hw):
+            for i in idx:
+                out[i].copy_(torch.from_numpy(masks[i]))
+            continue
         for s in range(0, len(idx), chunk):
             sel = idx[s : s + chunk]
             m = torch.from_numpy(np.stack([masks[i] for i in sel]).astype(np.int64))
-            out[torch.as_tensor(sel)] = fit_masks(m, target_hw, policy)
+            out.index_copy_(0, torch.as_tensor(sel), fit_masks(m, target_hw, policy))
     return out
 
 
