@@ -15,6 +15,15 @@ from medbalance.models.lapgan import gaussian_pyramid, laplacian_pyramid, pyr_do
 from medbalance.models.losses import class_loss, d_loss, feature_matching_loss, g_loss
 from medbalance.models.registry import MODELS, build_method, ensure_registered, resolve_params
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: OpenMP threads only add synchronisation (100x slower on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = {"z_dim": 8, "ngf": 8, "ndf": 8, "max_mult": 4, "embed_dim": 4}
 TINY_LAP = {"z_dim": 8, "ngf": 8, "ndf": 8, "max_mult": 4, "ref_ngf": 8, "ref_layers": 2, "base_size": 8}
 
@@ -162,11 +171,11 @@ def test_dcgan_discriminator_learns_fixed_batch():
     with torch.no_grad():
         fake = m.G(torch.randn(4, 8), b["label"])
     losses = []
-    for _ in range(8):
+    for _ in range(15):
         loss = d_loss(m.D(b["image"], b["label"]), m.D(fake, b["label"]))
         m.optimize("D", loss)
         losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0]
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_acgan_class_loss_decreases():
@@ -182,7 +191,7 @@ def test_acgan_class_loss_decreases():
             return class_loss(m.D.class_logits(m.D.features(img)), y).item()
 
     before = real_cls_loss()
-    outs = [m.training_step(b, s) for s in range(8)]
+    outs = [m.training_step(b, s) for s in range(12)]
     assert all(torch.isfinite(v).all() for o in outs for v in o.values())
     assert all(v.ndim == 0 and not v.requires_grad for v in outs[-1].values())
     assert real_cls_loss() < 0.5 * before

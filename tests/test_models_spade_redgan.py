@@ -167,7 +167,7 @@ def test_redgan_output_changes_with_global_class():
 def test_d_hinge_loss_decreases_with_g_frozen():
     torch.manual_seed(0)
     info = make_info(1, 32, 2)
-    m = build_method("spade", "cpu", {**SPADE_TINY, "lr_g": 0.0}, info)
+    m = build_method("spade", "cpu", {**SPADE_TINY, "lr_g": 0.0, "lr_d": 1e-3}, info)
     m.setup_optimizers()
     g_before = copy.deepcopy(m.G.state_dict())
     batch = make_batch(info, b=4)
@@ -183,9 +183,16 @@ def test_g_loss_decreases_with_d_frozen():
     info = make_info(1, 32, 2)
     m = build_method("spade", "cpu", {**SPADE_TINY, "lr_d": 0.0, "lr_g": 1e-3}, info)
     m.setup_optimizers()
+    d_before = copy.deepcopy(m.D.state_dict())
     batch = make_batch(info, b=4)
-    g = torch.stack([m.training_step(batch, i)["G"] for i in range(12)])
-    assert g[-3:].mean() < g[:3].mean() * 0.8, g
+    batch["mask"].zero_()
+    batch["mask"][:, 8:24, 8:24] = 1
+    batch["image"] = batch["mask"][:, None].float() * 1.6 - 0.8  # a learnable mask -> image mapping
+    g = torch.stack([m.training_step(batch, i)["G"] for i in range(16)])  # hinge_G + 10 * FM
+    assert g[-3:].mean() < g[:3].mean() * 0.75, g
+    for k, v in m.D.state_dict().items():
+        if not k.endswith(("_u", "_v")):  # spectral-norm power-iteration vectors do move
+            torch.testing.assert_close(v, d_before[k])
 
 
 def test_ttur_optimizers():
@@ -296,3 +303,39 @@ def test_ema_copy_and_safetensors_roundtrip(tmp_path):
     m2.G.load_state_dict(tensors)
     torch.testing.assert_close(m2.generate(None, batch["mask"]), m.generate(None, batch["mask"]))
     assert isinstance(m, SPADE)
+
+
+def test_segmentor_from_train_task_folder(tmp_path):
+    from medbalance.errors import CheckpointError
+    from medbalance.models.tasknets import Classifier, SegmentationUNet, save_task_model
+
+    info = make_info(1, 32, 3)
+    unet = SegmentationUNet(1, 3, mode="softmax", channels=(4, 8), num_res_units=0)
+    save_task_model(tmp_path / "seg", unet, {"task": "segmentation", "mask_values": [0, 1, 2]})
+    m = build_method("redgan", "cpu", {**TINY, "segmentor": str(tmp_path / "seg")}, info)
+    assert m.seg_channels == 3 and m.D.nets[0].layers[0][0].in_channels == 3 + 1 + 3
+    x = make_batch(info)["image"]
+    torch.testing.assert_close(m.S(x), unet.eval()(x))  # same weights, identity input map for [-1, 1]
+
+    with pytest.raises(ConfigError, match="label values"):
+        build_method("redgan", "cpu", {**TINY, "segmentor": str(tmp_path / "seg")}, make_info(1, 32, 2))
+    save_task_model(tmp_path / "cls", Classifier(1, 3), {"task": "classification"})
+    with pytest.raises(ConfigError, match="must be a segmentation model"):
+        build_method("redgan", "cpu", {**TINY, "segmentor": str(tmp_path / "cls")}, info)
+    with pytest.raises(CheckpointError):
+        build_method("redgan", "cpu", {**TINY, "segmentor": str(tmp_path / "missing")}, info)
+
+
+def test_segmentor_input_range_adapter():
+    info = make_info(1, 32, 2)
+    seen = {}
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen["x"] = x
+            return x.repeat(1, 2, 1, 1)
+
+    m = RedGAN(resolve_params("redgan", "cpu", {**TINY, "segmentor_input_range": (0.0, 255.0)}), info, Probe())
+    img = torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 1, 3).expand(1, 1, 32, 3).repeat(1, 1, 1, 11)[..., :32]
+    m.S(img)
+    torch.testing.assert_close(seen["x"][0, 0, 0, :3], torch.tensor([0.0, 127.5, 255.0]))

@@ -137,3 +137,23 @@ def test_bad_options():
         MaskSampler(ds, source="edited", edit_ops=["shear"])
     with pytest.raises(ConfigError, match="anatomy values"):
         MaskSampler(ds, anatomy_values=[9])
+
+
+def test_add_anatomy_label_from_image():
+    from medbalance.data.anatomy import add_anatomy_label
+
+    ds = _dataset(anatomy=False)  # binary lesion masks [0, 255], brain visible in the image
+    out = add_anatomy_label(ds, 1)
+    assert out.mask_values == [0, 1, 255] and out.meta["anatomy_values"] == [1]
+    m = out.masks.numpy()
+    brain = ds.images.numpy()[:, 0] > -0.8
+    lesion = ds.masks.numpy() == 1
+    assert np.array_equal(m == 2, lesion)  # lesion keeps its (re-indexed) label
+    anat = m == 1  # the rest of the brain gets the anatomy label (up to the opening at the rim)
+    assert not (anat & lesion).any() and not (anat & ~brain).any()
+    assert (anat | lesion).sum() / brain.sum() > 0.97
+    with pytest.raises(ConfigError, match="already a mask value"):
+        add_anatomy_label(ds, 255)
+    s = MaskSampler(out, source="edited", edit_ops=["move"])
+    for d in s.draw(4, None, np.random.default_rng(0)):
+        assert not (s.lesion_of(d.mask) & ~s.tissue_of(out.ids.index(d.parent_id))).any()

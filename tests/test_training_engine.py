@@ -304,7 +304,7 @@ def test_real_model_cpu_preset_smoke(tmp_path, name):
         "out_dir": str(tmp_path / name),
         "model": {"name": name, "preset": "cpu", "params": params},
         "train": {"steps": 3, "batch_size": 2, "precision": "fp32", "checkpoint_every": 3, "sample_every": 3,
-                  "log_every": 1, "tensorboard": False, "ema_decay": 0.9, "sample_columns": 2},
+                  "log_every": 1, "tensorboard": False, "ema_decay": 0.9, "sample_columns": 1},
     })
     try:
         res = train(cfg, ds)

@@ -22,6 +22,12 @@ def _list_models() -> None:
     for name, help_ in MODELS.describe().items():
         spec = MODELS.get(name)
         presets = ", ".join(sorted(spec.presets))
+        if spec.description:
+            help_ = spec.description.strip().split("\n")[0]
+        elif help_.startswith("ModelSpec("):  # Registry fell back to the dataclass docstring
+            help_ = (spec.method.__doc__ or "").strip().split("\n")[0]
+        if spec.paper:
+            help_ += f" ({spec.paper})"
         typer.echo(f"{name:<{width}}  [{presets}]  {help_}")
 
 

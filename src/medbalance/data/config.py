@@ -54,9 +54,16 @@ class DataConfig(BaseConfig):
     label_column: str = "label"
     id_column: Optional[str] = "id"
     condition_column: Optional[str] = None
-    group_column: Optional[str] = None
+    group_column: Optional[str] = Field("group", description="patient/case column (used when present)")
     classes: Optional[list[str]] = Field(None, description="declared class names (order = class index)")
     mask_values: Optional[list[int]] = Field(None, description="declared label-map values; null = inferred")
+    anatomy_values: Optional[list[int]] = Field(
+        None, description="mask values that denote anatomy/tissue (e.g. [1] for the phantom's brain label)"
+    )
+    anatomy_label: Optional[int] = Field(
+        None, description="add this label to background pixels inside the anatomy (from the image), as Red-GAN does"
+    )
+    anatomy_threshold: float = Field(-0.8, description="tissue = image > threshold in [-1, 1] (for anatomy_label)")
     channels: Literal["auto", 1, 3] = "auto"
     # geometry
     image_size: Optional[int] = Field(None, ge=8, description="resize to a square of this size; null = keep")

@@ -260,39 +260,57 @@ def channel_notes(images: Sequence[LoadedImage], channels: int) -> list[str]:
     return out
 
 
+def infer_mask_values(value_sets: Iterable[set[int]], declared: Sequence[int] | None) -> list[int]:
+    """``declared`` (validated: starts with background 0) or the sorted union of ``value_sets`` with 0 first."""
+    if declared is not None:
+        return validate_declared_mask_values(declared)
+    union: set[int] = {0}
+    for s in value_sets:
+        union |= s
+    return sorted(union)
+
+
+class MaskEncoder:
+    """Maps label values to indices into ``values`` (lookup table for small non-negative values)."""
+
+    def __init__(self, values: Sequence[int]):
+        self.values = [int(v) for v in values]
+        vmin, vmax = min(self.values), max(self.values)
+        self.lut = None
+        if vmin >= 0 and vmax < (1 << 20):
+            self.lut = np.zeros(vmax + 1, dtype=np.int64)
+            self.lut[np.asarray(self.values)] = np.arange(len(self.values), dtype=np.int64)
+        else:
+            self.order = np.argsort(self.values)
+            self.sorted = np.asarray(self.values)[self.order]
+
+    def __call__(self, mask: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Indices of ``mask`` (int64), written into ``out`` when given. Values must be in ``values``."""
+        if len(self.values) == 2 and self.values[0] == 0:  # binary: index = (value != 0), fastest path
+            res = mask != 0
+        elif self.lut is not None:
+            res = self.lut[mask]
+        else:
+            res = self.order[np.searchsorted(self.sorted, mask)]
+        if out is None:
+            return res.astype(np.int64, copy=False)
+        np.copyto(out, res, casting="unsafe")
+        return out
+
+
 def encode_masks(
     masks: Sequence[np.ndarray],
     value_sets: Sequence[set[int]],
     declared: Sequence[int] | None,
 ) -> tuple[list[int], list[np.ndarray]]:
-    """Map label values to indices into ``mask_values``.
+    """Map label values to indices into ``mask_values`` (see :func:`infer_mask_values`).
 
-    ``declared`` (``cfg.mask_values``) must start with 0 (background); values outside it
-    must have been rejected per file already (see :func:`check_mask_values`). Without a
-    declaration the values are the sorted union over the dataset, with 0 always first.
-    Returns ``(mask_values, index_arrays)`` (uint8 when < 256 labels, else int32).
+    Values outside a declared set must have been rejected per file already (see
+    :func:`check_mask_values`). Returns ``(mask_values, int64 index arrays)``.
     """
-    if declared is not None:
-        values = validate_declared_mask_values(declared)
-    else:
-        union: set[int] = {0}
-        for s in value_sets:
-            union |= s
-        values = sorted(union)
-    vmin, vmax = min(values), max(values)
-    out_dtype = np.uint8 if len(values) <= 256 else np.int32
-    encoded: list[np.ndarray] = []
-    if vmin >= 0 and vmax < (1 << 20):
-        lut = np.zeros(vmax + 1, dtype=out_dtype)
-        lut[np.asarray(values)] = np.arange(len(values), dtype=out_dtype)
-        for m in masks:
-            encoded.append(lut[m])
-    else:
-        order = np.argsort(values)
-        sv = np.asarray(values)[order]
-        for m in masks:
-            encoded.append(order[np.searchsorted(sv, m)].astype(out_dtype))
-    return list(values), encoded
+    values = infer_mask_values(value_sets, declared)
+    enc = MaskEncoder(values)
+    return values, [enc(m) for m in masks]
 
 
 def validate_declared_mask_values(declared: Sequence[int]) -> list[int]:
@@ -417,7 +435,9 @@ __all__ = [
     "count_notes",
     "decide_channels",
     "decode_image",
+    "MaskEncoder",
     "encode_masks",
+    "infer_mask_values",
     "mask_value_set",
     "parallel_map",
     "read_image",

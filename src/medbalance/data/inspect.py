@@ -28,26 +28,25 @@ def _finite(x: float) -> float | None:
 
 
 def _content_duplicates(ds: ImageDataset) -> list[list[int]]:
-    """Groups (size >= 2) of sample indices whose image tensors are byte-identical."""
+    """Groups (size >= 2) of sample indices whose image tensors are byte-identical (SHA-1 of the bytes)."""
     seen: dict[str, list[int]] = defaultdict(list)
-    imgs = ds.images
     for i in range(len(ds)):
-        a = imgs[i].detach().cpu().contiguous().numpy()
-        seen[hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest()].append(i)
+        a = ds.images[i].detach().cpu().contiguous().numpy()
+        seen[hashlib.sha1(memoryview(a).cast("B")).hexdigest()].append(i)
     return [v for v in seen.values() if len(v) > 1]
 
 
-def _mask_fractions(masks: torch.Tensor, n_values: int, chunk: int = 256) -> torch.Tensor:
+def _mask_fractions(masks: torch.Tensor, n_values: int, chunk: int = 64) -> torch.Tensor:
     """(N, H, W) index masks -> (N, n_values) fraction of pixels holding each mask index."""
     n = masks.shape[0]
-    pix = int(np.prod(masks.shape[1:])) if masks.dim() > 1 else 1
+    pix = int(np.prod(masks.shape[1:]))
     out = torch.zeros(n, n_values, dtype=torch.float64)
     for s in range(0, n, chunk):
-        m = masks[s : s + chunk]
-        k = m.shape[0]
-        m = m.reshape(k, -1).long()
-        flat = (torch.arange(k).unsqueeze(1) * n_values + m.clamp(0, n_values - 1)).reshape(-1)
-        out[s : s + k] = torch.bincount(flat, minlength=k * n_values).reshape(k, n_values).double() / pix
+        m = masks[s : s + chunk].reshape(min(chunk, n - s), -1)
+        for j in range(1, n_values):
+            out[s : s + m.shape[0], j] = (m == j).sum(1).double()
+    out /= pix
+    out[:, 0] = 1.0 - out[:, 1:].sum(1)
     return out
 
 

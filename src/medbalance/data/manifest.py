@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from medbalance.data.config import DataConfig
 from medbalance.data.dataset import ImageDataset
@@ -187,7 +188,10 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
     _require_column(header, cfg.image_column, "image_column", path)
     _require_column(header, cfg.label_column, "label_column", path)
     _require_column(header, cfg.condition_column, "condition_column", path)
-    _require_column(header, cfg.group_column, "group_column", path)
+    if cfg.group_column is not None and cfg.group_column != "group":  # the default column is optional
+        _require_column(header, cfg.group_column, "group_column", path)
+    group_column = cfg.group_column if cfg.group_column in header else None
+    has_synthetic_col = "synthetic" in header
     if not rows:
         raise DataError("empty manifest: the header has no rows below it", path=path)
     if cfg.mask_values is not None:
@@ -258,11 +262,17 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
             if not extra["condition"]:
                 bad(f"empty {cfg.condition_column!r} cell")
                 continue
-        if cfg.group_column is not None:
-            extra["group"] = row[cfg.group_column]
+        if group_column is not None:
+            extra["group"] = row[group_column]
             if not extra["group"]:
-                bad(f"empty {cfg.group_column!r} cell")
+                bad(f"empty {group_column!r} cell")
                 continue
+        if has_synthetic_col:
+            flag = (row["synthetic"] or "0").strip().lower()
+            if flag not in ("0", "1", "true", "false", "yes", "no"):
+                bad(f"'synthetic' cell {flag!r} is not 0/1/true/false")
+                continue
+            extra["synthetic"] = flag in ("1", "true", "yes")
         seen_ids[sid] = line
         items.append(Item(image=img_path, mask=mask_path, where=where, extra=extra))
     raise_or_skip(problems, cfg, meta)
@@ -299,7 +309,7 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
         condition_names = natural_sorted(conds)
         cmap = {c: i for i, c in enumerate(condition_names)}
         conditions = [cmap[c] for c in conds]
-    groups = [it.extra["group"] for it, _ in good] if cfg.group_column is not None else None
+    groups = [it.extra["group"] for it, _ in good] if group_column is not None else None
 
     # ---- masks: empty cells are all-background
     masks = sets = None
@@ -320,7 +330,7 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
     elif has_mask_col:
         meta.setdefault("notes", []).append(f"column {cfg.mask_column!r} is empty in every row: no masks")
 
-    return assemble_dataset(
+    ds = assemble_dataset(
         cfg,
         images=[d.image for _, d in good],
         labels=labels,
@@ -333,6 +343,10 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
         condition_names=condition_names,
         groups=groups,
     )
+    if has_synthetic_col:
+        ds.synthetic = torch.tensor([bool(it.extra["synthetic"]) for it, _ in good], dtype=torch.bool)
+        ds.meta["n_synthetic"] = int(ds.synthetic.sum())
+    return ds
 
 
 __all__ = ["Item", "Problem", "decode_item", "inside", "load_manifest", "natural_sorted", "read_manifest_rows"]

@@ -249,7 +249,9 @@ def _push(us, vs, cu, cv, amount, sigma):
 def _brain(us, vs, P, wr):
     """Brain interior evaluated at (possibly warped) head-frame coordinates.
 
-    Returns intensity (B,S,S) and the CSF fraction (1 = CSF, 0 = parenchyma).
+    Works on any layout where ``P[k]`` broadcasts against ``us`` and ``P[k][:, j]`` selects a
+    harmonic (grids with (B,1,1) parameters, or flat pixel lists with per-pixel parameters).
+    Returns intensity and the CSF fraction (1 = CSF, 0 = parenchyma).
     """
     rho, phi = _rho(us, vs, P)
     q = P["gq"]
@@ -335,6 +337,7 @@ def _render_chunk(kind: str, P: dict[str, torch.Tensor], S: int, gen: torch.Gene
     rho, phi = _rho(u, v, P)
     px_w = 2.0 / S
     wr = 0.55 * px_w / torch.minimum(P["a"], P["b"])  # one pixel in rho units (soft edges)
+    P = dict(P, wr=wr)
     ic_hard = rho < INTRACRANIAL_RHO
     ic = _soft(INTRACRANIAL_RHO - rho, wr)
 
@@ -416,7 +419,20 @@ def _render_chunk(kind: str, P: dict[str, torch.Tensor], S: int, gen: torch.Gene
     else:  # pragma: no cover - guarded by class_names
         raise ConfigError(f"unknown phantom lesion type {kind!r}")
 
-    brain, csf = _brain(us, vs, P, wr)
+    # the brain is evaluated only where it can be seen (inside the skull): ~1/3 of the pixels
+    sel = rho < INTRACRANIAL_RHO + 6 * wr
+    bidx = sel.nonzero(as_tuple=True)[0]
+    Pf = {}
+    for k, val in P.items():
+        if val.dim() == 3 and val.shape[1:] == (1, 1):
+            Pf[k] = val.reshape(B)[bidx]
+        elif val.dim() == 4 and val.shape[2:] == (1, 1):
+            Pf[k] = val.reshape(B, -1)[bidx]
+    brain_f, csf_f = _brain(us.expand_as(sel)[sel], vs.expand_as(sel)[sel], Pf, Pf["wr"])
+    brain = P["I_csf"].expand(B, S, S).clone()
+    brain[sel] = brain_f
+    csf = torch.ones(B, S, S)
+    csf[sel] = csf_f
     par_hard = csf < 0.5
     # skull and scalp (never warped)
     skull_out = _soft(_SKULL_OUTER - rho, wr)

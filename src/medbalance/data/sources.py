@@ -7,6 +7,7 @@ A source is a function ``(cfg: DataConfig) -> ImageDataset``. ``source='auto'`` 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -52,9 +53,19 @@ def detect_source(path: str | None) -> str:
 def load_dataset(cfg: DataConfig | str | None = None, **overrides) -> ImageDataset:
     """Load a dataset from a config, or from a path with keyword overrides of :class:`DataConfig`."""
     _ensure_registered()
-    if cfg is None or isinstance(cfg, str):
-        cfg = DataConfig(path=cfg, **overrides)
+    if cfg is None or isinstance(cfg, (str, os.PathLike)):
+        cfg = DataConfig(path=None if cfg is None else str(cfg), **overrides)
     elif overrides:
         cfg = cfg.model_copy(update=overrides)
     source = cfg.source if cfg.source != "auto" else detect_source(cfg.path)
-    return SOURCES.get(source)(cfg)
+    ds = SOURCES.get(source)(cfg)
+    if cfg.anatomy_values is not None:
+        missing = set(cfg.anatomy_values) - set(ds.mask_values or [])
+        if missing:
+            raise DataError(f"anatomy_values {sorted(missing)} are not mask values {ds.mask_values}", path=cfg.path)
+        ds.meta["anatomy_values"] = list(cfg.anatomy_values)
+    if cfg.anatomy_label is not None:
+        from medbalance.data.anatomy import add_anatomy_label
+
+        ds = add_anatomy_label(ds, cfg.anatomy_label, cfg.anatomy_threshold)
+    return ds

@@ -29,14 +29,16 @@ from medbalance.data.config import DataConfig
 from medbalance.data.dataset import ImageDataset, IntensityInfo
 from medbalance.data.imageio import (
     LoadedImage,
+    MaskEncoder,
     channel_notes,
     count_notes,
     decide_channels,
-    encode_masks,
+    infer_mask_values,
+    parallel_map,
 )
 from medbalance.errors import ConfigError, DataError
 
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
+_LUMA_NP = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 POLICIES = ("pad", "stretch", "crop")
 
 
@@ -76,12 +78,26 @@ def resize_images(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size_hw, mode="bilinear", antialias=True, align_corners=False)
 
 
+def nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each output pixel for ``nearest-exact`` resizing (pixel centres aligned)."""
+    src = torch.floor((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out)).long()
+    return src.clamp_(0, n_in - 1)
+
+
 def resize_masks(m: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of an integer ``(N, H, W)`` label batch (values are never mixed)."""
-    if tuple(m.shape[-2:]) == tuple(size_hw):
+    """Nearest-neighbour resize of an integer ``(N, H, W)`` label batch (values are never mixed).
+
+    Same result as ``F.interpolate(mode="nearest-exact")`` but done by indexing, so it works
+    on any integer dtype without a float round trip.
+    """
+    h, w = m.shape[-2:]
+    if (h, w) == tuple(size_hw):
         return m
-    out = F.interpolate(m[:, None].float(), size=size_hw, mode="nearest-exact")[:, 0]
-    return out.round().to(m.dtype)
+    rows, cols = nearest_index(h, size_hw[0]), nearest_index(w, size_hw[1])
+    if m.device.type == "cpu":  # numpy gather: no intra-op thread pool overhead for this memory-bound op
+        a = m.numpy()
+        return torch.from_numpy(np.ascontiguousarray(a[..., rows.numpy(), :][..., cols.numpy()]))
+    return m.index_select(-2, rows.to(m.device)).index_select(-1, cols.to(m.device))
 
 
 def fit_images(x: torch.Tensor, target_hw: tuple[int, int], policy: str, fill: float = -1.0) -> torch.Tensor:
@@ -166,14 +182,16 @@ def intensity_for(
     return IntensityInfo(kind=kind, lo=float(data_lo), hi=float(data_hi))
 
 
-def native_to_chw(arr: np.ndarray, channels: int) -> torch.Tensor:
-    """Native ``(H, W)`` / ``(H, W, 3)`` array -> ``(C, H, W)`` or broadcastable ``(H, W)`` tensor (source units)."""
-    t = torch.from_numpy(arr if arr.dtype == np.uint8 else arr.astype(np.float32))
+def fill_chw(dst: np.ndarray, arr: np.ndarray, channels: int, rescale16: bool = False) -> None:
+    """Write a native ``(H, W)`` / ``(H, W, 3)`` array into float32 ``dst`` ``(C, H, W)`` (source units)."""
     if arr.ndim == 2:
-        return t  # broadcasts over channels when copied into (C, H, W)
-    if channels == 1:
-        return torch.einsum("c,hwc->hw", _LUMA, t.float())
-    return t.permute(2, 0, 1)
+        dst[...] = arr  # broadcasts over channels (grayscale replicated)
+    elif channels == 1:
+        dst[0] = arr @ _LUMA_NP  # ITU-R 601 luma
+    else:
+        dst[...] = arr.transpose(2, 0, 1)
+    if rescale16:
+        dst *= 257.0
 
 
 def build_image_tensor(
@@ -187,53 +205,67 @@ def build_image_tensor(
 ) -> torch.Tensor:
     """Convert, fit and scale every image into one float32 ``(N, C, th, tw)`` tensor in [-1, 1].
 
-    Geometry is done in source units (padding with ``intensity.lo``, which scales to -1);
-    images that need resizing are processed in vectorised chunks grouped by size. The final
-    scaling (:meth:`IntensityInfo.scale`, same arithmetic) runs in place on the whole tensor.
+    Geometry is done in source units (padding with ``intensity.lo``, which scales to -1).
+    Images already at the target size are copied straight into the output (numpy, on a
+    thread pool); the others are resized in vectorised chunks grouped by size. The final
+    scaling (same arithmetic as :meth:`IntensityInfo.scale`) runs in place on the whole tensor.
     """
     n = len(images)
     out = torch.empty((n, channels, *target_hw), dtype=torch.float32)
+    on = out.numpy()
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, im in enumerate(images):
         groups[im.hw].append(i)
+
+    def rescale(i: int) -> bool:
+        return kind == "uint16" and images[i].kind == "uint8"
+
+    def direct(i: int) -> None:
+        fill_chw(on[i], images[i].array, channels, rescale(i))
+
+    same = groups.pop(tuple(target_hw), [])
+    parallel_map(direct, same, "preparing images")
     for hw, idx in groups.items():
-        if hw == tuple(target_hw):
-            for i in idx:
-                out[i].copy_(native_to_chw(images[i].array, channels))
-                if kind == "uint16" and images[i].kind == "uint8":
-                    out[i].mul_(257.0)
-            continue
         for s in range(0, len(idx), chunk):
             sel = idx[s : s + chunk]
-            buf = torch.empty((len(sel), channels, *hw), dtype=torch.float32)
+            buf = np.empty((len(sel), channels, *hw), dtype=np.float32)
             for j, i in enumerate(sel):
-                buf[j].copy_(native_to_chw(images[i].array, channels))
-                if kind == "uint16" and images[i].kind == "uint8":
-                    buf[j].mul_(257.0)
-            out.index_copy_(0, torch.as_tensor(sel), fit_images(buf, target_hw, policy, fill=intensity.lo))
+                fill_chw(buf[j], images[i].array, channels, rescale(i))
+            fitted = fit_images(torch.from_numpy(buf), target_hw, policy, fill=intensity.lo)
+            on[sel] = fitted.numpy()
     # in place, same arithmetic as IntensityInfo.scale
     out.sub_(intensity.lo).mul_(2.0 / (intensity.hi - intensity.lo)).sub_(1.0)
     return out
 
 
 def build_mask_tensor(
-    masks: Sequence[np.ndarray], target_hw: tuple[int, int], policy: str, chunk: int = 64
+    masks: Sequence[np.ndarray],
+    mask_values: Sequence[int],
+    target_hw: tuple[int, int],
+    policy: str,
+    chunk: int = 64,
 ) -> torch.Tensor:
-    """Fit index masks (already encoded) into one int64 ``(N, th, tw)`` tensor (nearest, pad 0)."""
+    """Encode raw label maps as indices into ``mask_values`` and fit them into one int64 ``(N, th, tw)``
+    tensor (nearest neighbour, padding with background index 0)."""
+    enc = MaskEncoder(mask_values)
     n = len(masks)
     out = torch.empty((n, *target_hw), dtype=torch.int64)
+    on = out.numpy()
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, m in enumerate(masks):
         groups[m.shape].append(i)
-    for hw, idx in groups.items():
-        if hw == tuple(target_hw):
-            for i in idx:
-                out[i].copy_(torch.from_numpy(masks[i]))
-            continue
+    same = groups.pop(tuple(target_hw), [])
+    parallel_map(lambda i: enc(masks[i], out=on[i]), same, "preparing masks")
+    for idx in groups.values():
         for s in range(0, len(idx), chunk):
             sel = idx[s : s + chunk]
-            m = torch.from_numpy(np.stack([masks[i] for i in sel]).astype(np.int64))
-            out.index_copy_(0, torch.as_tensor(sel), fit_masks(m, target_hw, policy))
+            raw = np.stack([masks[i] for i in sel])
+            if raw.dtype not in (np.uint8, np.int32, np.int64):
+                raw = raw.astype(np.int64)
+            # geometry on raw values: padding with 0 == background (mask_values[0] is 0)
+            fitted = fit_masks(torch.from_numpy(raw), target_hw, policy).numpy()
+            for j, i in enumerate(sel):
+                enc(fitted[j], out=on[i])
     return out
 
 
@@ -297,12 +329,12 @@ def assemble_dataset(
     mask_t, mask_values = None, None
     if masks is not None:
         sets = mask_value_sets if mask_value_sets is not None else [set(np.unique(m).tolist()) for m in masks]
-        mask_values, encoded = encode_masks(masks, sets, cfg.mask_values)
+        mask_values = infer_mask_values(sets, cfg.mask_values)
         if {1, 255} <= set(mask_values) and len(mask_values) == 3 and cfg.mask_values is None:
             warnings.append("masks mix 0/1 and 0/255 binary encodings: inferred 3 mask values [0, 1, 255]")
         if len(mask_values) == 1:
             warnings.append("every mask is empty (background only)")
-        mask_t = build_mask_tensor(encoded, target, cfg.resize_policy)
+        mask_t = build_mask_tensor(masks, mask_values, target, cfg.resize_policy)
 
     cond_t = None if conditions is None else torch.as_tensor(list(conditions), dtype=torch.int64)
     return ImageDataset(

@@ -62,9 +62,10 @@ def match_geometry(real: ImageDataset, other: ImageDataset, what: str, warnings:
 
 
 def _mixed_size_warning(ds: ImageDataset, what: str, warnings: list[str]) -> None:
-    sizes = ds.meta.get("original_sizes") or ds.meta.get("source_sizes")
-    if isinstance(sizes, (list, dict)) and len(sizes) > 1:
-        warnings.append(f"{what} data came in mixed image sizes {list(sizes)[:4]} (resized on load)")
+    sizes = ds.meta.get("original_shapes")  # {"HxW": count}, recorded by the data loaders
+    if isinstance(sizes, dict) and len(sizes) > 1:
+        shown = ", ".join(f"{k} ({v})" for k, v in list(sizes.items())[:4])
+        warnings.append(f"{what} data came in mixed image sizes {shown}; resized on load")
 
 
 def evaluate_datasets(

@@ -91,12 +91,15 @@ class PixelExtractor(Extractor):
         self.batch_size = 512
 
     def encode_batch(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="area")
+        # area-downsample to size x size; smaller images are used as they are (never upsampled)
+        h, w = x.shape[-2:]
+        target = (min(self.size, h), min(self.size, w))
+        if (h, w) != target:
+            x = F.interpolate(x, size=target, mode="area")
         return x.flatten(1)
 
 
-EXTRACTORS.add("pixels", PixelExtractor, help="raw pixels area-downsampled to 32x32 and flattened (cheap)")
+EXTRACTORS.add("pixels", PixelExtractor, help="raw pixels area-downsampled to 32x32 (never upsampled) and flattened")
 
 
 # ============================================================================ Inception v3 (FID)
@@ -299,9 +302,8 @@ def load_inception_state(model: FIDInceptionV3, sd: dict[str, torch.Tensor], pat
                 f"not FID Inception-v3 weights: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}",
                 path=path,
             )
-    full = dict(expected)
-    full.update({k: v.to(expected[k].dtype) for k, v in sd.items()})
-    model.load_state_dict(full, strict=True)
+    full = {k: sd[k].to(expected[k].dtype) if k in sd else torch.zeros((), dtype=torch.long) for k in expected}
+    model.load_state_dict(full, strict=True, assign=True)
 
 
 class InceptionExtractor(Extractor):
@@ -316,8 +318,10 @@ class InceptionExtractor(Extractor):
             )
         path = Path(src)
         sd = _read_state_dict(path)
-        self.model = FIDInceptionV3().eval()
-        load_inception_state(self.model, sd, path=path)
+        with torch.device("meta"):  # no random init: every tensor comes from the file
+            model = FIDInceptionV3()
+        load_inception_state(model, sd, path=path)
+        self.model = model.eval()
         from medbalance.utils.io import sha256_file
 
         self.key = f"inception-v3-{sha256_file(path)[:16]}"

@@ -10,7 +10,8 @@ any change of images, size or intensity scaling gives a new key. Writes are atom
 Nearest neighbours
 ------------------
 :func:`knn` finds the ``k`` nearest reference rows of every query row with blocked matrix
-products (``||a||^2 - 2 a.b + ||b||^2``, clamped at 0). The scan runs in float32 (fast BLAS);
+products (``||a||^2 - 2 a.b + ||b||^2``). The scan ranks ``||b||^2 - 2 a.b`` (one fused float32 ``addmm``;
+``||a||^2`` does not change a row's ranking);
 the best ``k + margin`` candidates of every query are then re-ranked with distances computed
 exactly in float64 from the differences ``a - b``, so exact duplicates get distance 0 and the
 float32 cancellation error cannot reorder the returned neighbours (unless more than ``margin``
@@ -131,7 +132,7 @@ def knn(
         raise ValueError(f"k={k} neighbours requested from {avail} reference rows")
     kc = min(k + margin, avail)
     q32, r32 = q.float(), r.float()
-    rn = (r32 * r32).sum(1)
+    rn = (r32 * r32).sum(1)[None, :]
     out_d = np.empty((nq, k), dtype=np.float64)
     out_i = np.empty((nq, k), dtype=np.int64)
     starts = range(0, nq, block)
@@ -141,8 +142,8 @@ def knn(
         starts = track(starts, progress, total=len(starts))
     for s in starts:
         e = min(s + block, nq)
-        qb = q32[s:e]
-        d2 = (qb * qb).sum(1, keepdim=True) - 2.0 * (qb @ r32.T) + rn[None, :]
+        # ||r||^2 - 2 q.r in one fused matmul: ||q||^2 is constant per row and does not change the ranking
+        d2 = torch.addmm(rn, q32[s:e], r32.T, beta=1.0, alpha=-2.0)
         if exclude_self:
             rows = torch.arange(e - s)
             d2[rows, rows + s] = float("inf")

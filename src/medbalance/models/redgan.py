@@ -79,8 +79,8 @@ class FrozenSegmentor(nn.Module):
         return self.net(images)
 
 
-def load_segmentor(path: str | Path) -> nn.Module:
-    """Load a task model saved by ``medbalance train-task`` (must be a segmentation model)."""
+def load_segmentor(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a task model saved by ``medbalance train-task segmentation``: ``(module, meta)``."""
     try:
         from medbalance.models.tasknets import load_task_model
     except ModuleNotFoundError as e:  # pragma: no cover - depends on the installed package
@@ -88,10 +88,15 @@ def load_segmentor(path: str | Path) -> nn.Module:
             raise
         raise ConfigError("cannot load segmentors: medbalance.models.tasknets is not available", path=path) from None
     net, meta = load_task_model(path)
-    task = (meta or {}).get("task")
+    meta = dict(meta or {})
+    task = meta.get("task")
     if task is not None and task != "segmentation":
-        raise ConfigError(f"Red-GAN's segmentor must be a segmentation model; this is a {task!r} model", path=path)
-    return net
+        raise ConfigError(
+            f"Red-GAN's segmentor must be a segmentation model; this is a {task!r} model "
+            "(train one with `medbalance train-task segmentation ...`)",
+            path=path,
+        )
+    return net, meta
 
 
 class RedGAN(SPADE):
@@ -114,7 +119,15 @@ class RedGAN(SPADE):
         if segmentor is not None:
             self.attach_segmentor(segmentor)
         elif params.segmentor is not None:
-            self.attach_segmentor(load_segmentor(params.segmentor), source=params.segmentor)
+            net, meta = load_segmentor(params.segmentor)
+            seg_values = meta.get("mask_values")
+            if seg_values is not None and list(seg_values) != list(info.mask_values or []):
+                raise ConfigError(
+                    f"the segmentor was trained on label values {list(seg_values)} but this dataset's masks have "
+                    f"{list(info.mask_values or [])}; its outputs would not mean the same structures",
+                    path=params.segmentor,
+                )
+            self.attach_segmentor(net, source=params.segmentor)
 
     # ------------------------------------------------------------------ construction
     def _class_count(self) -> int:

@@ -434,7 +434,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(method.networks()["G"])
                 for k, v in losses.items():
-                    v = v.detach().float()
+                    v = torch.as_tensor(v, device=self.device).detach().float().reshape(())
                     acc[k] = acc[k] + v if k in acc else v
                 n_acc += 1
                 images_total += tc.batch_size
