@@ -26,3 +26,23 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A SPADE run trained for a few steps on a tiny phantom (32 px), with held-out ids recorded."""
+    from medbalance.training.config import RunConfig
+    from medbalance.training.engine import train
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = RunConfig.from_dict(
+        {
+            "out_dir": str(out),
+            "data": {"path": "phantom", "phantom": {"n": 48, "size": 32, "seed": 1}},
+            "model": {"name": "spade", "preset": "cpu"},
+            "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "sample_every": 4, "val_fraction": 0.25,
+                      "tensorboard": False},
+        }
+    )
+    train(cfg)
+    return out

@@ -121,6 +121,10 @@ def test_memorization_gate_rejects_exact_copy():
 def test_unconditional_model_is_refused():
     run = _run()
     run.method.needs = ("mask",)
+    GenerativeOverSampler(run).fit(_real())  # class carried by same-class masks: allowed
+    with pytest.raises(ConfigError, match="not class-conditional"):
+        GenerativeOverSampler(run, mask_pool="any").fit(_real())
+    run.method.needs = ()
     with pytest.raises(ConfigError, match="not class-conditional"):
         GenerativeOverSampler(run).fit(_real())
 

@@ -153,14 +153,25 @@ def test_class_weights_match_sklearn():
 
 def test_augment_keeps_image_and_mask_aligned():
     ds = blobs(16, 0)
-    x, m = augment_batch(ds.images, ds.masks, torch.Generator().manual_seed(0))
+    x, m = augment_batch(ds.images, ds.masks, torch.Generator().manual_seed(0), all_flips=True, rot90=True)
     assert x.shape == ds.images.shape and m.shape == ds.masks.shape and m.dtype == torch.long
     assert not torch.equal(m, ds.masks)  # something happened
     agree = ((x[:, 0] > 0).long() == m).float().mean()
     assert agree > 0.97
     # same generator seed -> same augmentation
-    x2, m2 = augment_batch(ds.images, ds.masks, torch.Generator().manual_seed(0))
+    x2, m2 = augment_batch(ds.images, ds.masks, torch.Generator().manual_seed(0), all_flips=True, rot90=True)
     assert torch.equal(x, x2) and torch.equal(m, m2)
+    # default: left-right flips only (+ small affine): an up-down asymmetric image keeps its
+    # vertical orientation; with all flips + rot90 about 5/8 of the samples lose it
+    img = torch.full((64, 1, 32, 32), -1.0)
+    img[:, :, :8, :] = 1.0  # bright top rows
+
+    def top_brighter(a):
+        return a[:, 0, :16].mean((1, 2)) > a[:, 0, 16:].mean((1, 2))
+
+    assert top_brighter(augment_batch(img, None, torch.Generator().manual_seed(1))[0]).all()
+    frac = top_brighter(augment_batch(img, None, torch.Generator().manual_seed(1), True, True)[0]).float().mean()
+    assert 0.15 < frac < 0.65
 
 
 def test_segmentation_metrics_against_manual():

@@ -141,10 +141,14 @@ class GenerativeOverSampler:
             raise DataError(
                 f"the dataset's classes {dataset.class_names} differ from the generator's {info.class_names}"
             )
-        if "label" not in self._needs():
+        needs = self._needs()
+        # A mask-conditioned model without a class input (SPADE, pix2pix) can still render class k when its
+        # label maps come from class k (the class is carried by the lesion in the mask).
+        if "label" not in needs and not ("mask" in needs and self.mask_pool == "same_class" and self.mask_source != "folder"):
             raise ConfigError(
                 f"model {self.method.name!r} is not class-conditional, so it cannot rebalance classes "
-                "(train a conditional model, e.g. acgan, spade or redgan)"
+                "(train a class-conditional model such as acgan, redgan or conditional dcgan; mask-conditioned "
+                "models need mask_pool='same_class')"
             )
         if "mask" in self._needs() and self.mask_source != "folder" and dataset.masks is None:
             raise DataError(f"model {self.method.name!r} needs label maps but the dataset has no masks")

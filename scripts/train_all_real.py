@@ -1,0 +1,287 @@
+"""Sanity run of every registered generator's ``cpu`` preset on real data and on the phantom.
+
+    python scripts/train_all_real.py                         # everything, ~40 min on 2 busy cores
+    python scripts/train_all_real.py --datasets phantom --models dcgan,spade --budget 60
+    python scripts/train_all_real.py --out /tmp/mb_real --json /tmp/mb_real/summary.json
+
+For each dataset the script trains, via the real engine (``medbalance.training.engine.train`` with a
+``RunConfig``), each model for about ``--budget`` seconds of wall time (the number of steps is set from
+a short timed calibration of ``method.training_step`` on a throw-away copy), saves sample grids in the
+run folder and then measures, on generated samples:
+
+* class following: accuracy of a small classifier (trained on the real training split, reported with
+  its accuracy on the real validation split) on images generated for a requested class;
+* mask following (mask-conditioned models): foreground Dice between a segmentor's prediction on the
+  generated image and the lesion part of the conditioning mask, next to the same segmentor's Dice on
+  the real images those masks belong to.
+
+Red-GAN needs a frozen segmentor; the one trained here (``medbalance.training.task``) is used for
+both Red-GAN and the mask-following check. Brain-tumour-MRI masks are tumour-only, so the
+mask-conditioned models are trained with ``data.anatomy_label: 1`` (head label added from the image),
+and SPADE is also trained without it for comparison.
+
+Sample grids and run folders stay under ``--out`` (default /tmp/mb_real): never in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+BRAIN = "/work/shared/datasets/brain-tumor-mri/labels.csv"
+SHARED_BRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "brain-tumor-mri" / "labels.csv"
+
+# model name -> params over the cpu preset; "mask" = mask-conditioned (trained on anatomy-labelled masks)
+MODELS: dict[str, dict[str, Any]] = {
+    "dcgan": {"params": {"conditional": True}, "mask": False},
+    "acgan": {"params": {}, "mask": False},
+    "lapgan": {"params": {"conditional": True}, "mask": False},
+    "lapgan-joint": {"params": {"conditional": True}, "mask": False},
+    "pix2pix": {"params": {}, "mask": True},
+    "spade": {"params": {}, "mask": True},
+    "redgan": {"params": {}, "mask": True},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def data_cfg(name: str, anatomy: bool, image_size: int):
+    from medbalance.data.config import DataConfig
+
+    if name == "phantom":
+        return DataConfig(path="phantom", phantom={"size": image_size})
+    path = BRAIN if Path(BRAIN).is_file() else str(SHARED_BRAIN)
+    return DataConfig(path=path, image_size=image_size, anatomy_label=1 if anatomy else None)
+
+
+def lesion_values(ds) -> list[int]:
+    """Mask values that are lesion (not background, not anatomy)."""
+    anat = set(ds.meta.get("anatomy_values", []) or [])
+    if ds.meta.get("source") == "phantom" or "phantom" in str(ds.meta.get("path", "")):
+        anat |= {1}
+    return [v for v in ds.mask_values if v != 0 and v not in anat]
+
+
+def lesion_map(masks: torch.Tensor, mask_values: list[int], lesion: list[int]) -> torch.Tensor:
+    idx = torch.tensor([i for i, v in enumerate(mask_values) if v in lesion])
+    return torch.isin(masks, idx)
+
+
+def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dice of two boolean stacks pooled over the whole stack."""
+    inter = (a & b).sum().item()
+    tot = a.sum().item() + b.sum().item()
+    return float("nan") if tot == 0 else 2.0 * inter / tot
+
+
+def train_helpers(ds, out: Path, seg_epochs: int, cls_epochs: int) -> dict[str, Any]:
+    """A classifier and (with masks) a segmentor on a stratified 85/15 split of ``ds``."""
+    from medbalance.cli.task_cmds import split_train_val
+    from medbalance.training.task import (
+        TaskConfig,
+        evaluate_task_model,
+        predict_classifier,
+        train_task_model,
+    )
+
+    train, val = split_train_val(ds, 0.15, 0)
+    t0 = time.perf_counter()
+    ccfg = TaskConfig(task="classification", epochs=cls_epochs, batch_size=32, progress=False)
+    cres = train_task_model(train, val, ccfg)
+    _, pred = predict_classifier(cres.model, val)
+    acc_real = float((pred == val.labels).float().mean())
+    log(f"  classifier: {cls_epochs} epochs, real val accuracy {acc_real:.3f} ({time.perf_counter() - t0:.0f} s)")
+    helpers: dict[str, Any] = {"classifier": cres.model, "cls_val_acc": acc_real, "val": val}
+    if ds.masks is not None:
+        t0 = time.perf_counter()
+        scfg = TaskConfig(task="segmentation", epochs=seg_epochs, batch_size=32, progress=False)
+        seg_dir = out / "segmentor"
+        sres = train_task_model(train, val, scfg, out_dir=seg_dir)
+        m = evaluate_task_model(sres.model, val, "segmentation")
+        log(f"  segmentor: {seg_epochs} epochs, val dice {m.get('dice')} ({time.perf_counter() - t0:.0f} s)")
+        helpers.update(segmentor=sres.model, seg_dir=seg_dir, seg_val=m)
+    return helpers
+
+
+@torch.no_grad()
+def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=None) -> dict[str, Any]:
+    """Classifier accuracy on generated images per requested class, and lesion Dice vs the input mask."""
+    from medbalance.training.task import predict_classifier, predict_segmentor
+
+    method = res.method
+    g = torch.Generator().manual_seed(1234)
+    C = ds.num_classes
+    labels = torch.arange(C).repeat_interleave(per_class)
+    src = torch.cat([torch.nonzero(ds.labels == c).flatten()[torch.randperm(int((ds.labels == c).sum()), generator=g)[:per_class]] for c in range(C)])
+    masks = ds.masks[src] if ("mask" in method.needs and ds.masks is not None) else None
+    imgs = method.generate(labels, masks=masks, generator=torch.Generator().manual_seed(7), G=res.G)
+    out: dict[str, Any] = {}
+    _, pred = predict_classifier(helpers["classifier"], imgs)
+    per = [(pred[labels == c] == c).float().mean().item() for c in range(C)]
+    out["class_acc_fake"] = float((pred == labels).float().mean())
+    out["class_acc_fake_per_class"] = [round(x, 3) for x in per]
+    out["pred_histogram"] = torch.bincount(pred, minlength=C).tolist()
+    out["fake_mean"], out["fake_std"] = float(imgs.mean()), float(imgs.std())
+    if masks is not None and "segmentor" in helpers:
+        sds = seg_ds if seg_ds is not None else ds  # the dataset the segmentor's labels index into
+        lv = lesion_values(sds)
+        seg = helpers["segmentor"]
+        pf = predict_segmentor(seg, imgs)
+        pr = predict_segmentor(seg, ds.images[src])
+        target = lesion_map(masks, ds.mask_values, lesion_values(ds))
+        out["lesion_dice_fake"] = round(dice(lesion_map(pf, sds.mask_values, lv), target), 3)
+        out["lesion_dice_real"] = round(dice(lesion_map(pr, sds.mask_values, lv), target), 3)
+    return out
+
+
+def calibrate(cfg, ds, n: int = 3) -> float:
+    """Seconds per training step of the engine's method (throw-away Trainer, same config)."""
+    from medbalance.training.engine import Trainer
+
+    tr = Trainer(cfg, ds)
+    tr.method.train()
+    tr.method.training_step(tr.get_batch(0), 0)  # warm-up
+    t = time.perf_counter()
+    for s in range(1, n + 1):
+        tr.method.training_step(tr.get_batch(s), s)
+    return (time.perf_counter() - t) / n
+
+
+def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=None, tag: str = "") -> dict[str, Any]:
+    from medbalance.training.config import RunConfig
+    from medbalance.training.engine import train
+
+    params = dict(MODELS[name]["params"])
+    if name == "redgan":
+        params["segmentor"] = str(helpers["seg_dir"])
+    run_dir = out / f"{name}{tag}"
+    base = dict(
+        out_dir=str(run_dir),
+        data=dcfg.model_dump(mode="json"),
+        model={"name": name, "preset": "cpu", "params": params},
+        train={"steps": 10, "batch_size": args.batch_size, "precision": args.precision, "tensorboard": False,
+               "log_every": 10, "seed": 0},
+    )
+    cfg = RunConfig.from_dict(base)
+    t0 = time.perf_counter()
+    sec_per_step = calibrate(cfg, ds)
+    steps = max(20, int(args.budget / sec_per_step))
+    log(f"{dname}/{name}{tag}: {sec_per_step:.2f} s/step (calibration {time.perf_counter() - t0:.0f} s) -> {steps} steps")
+    base["train"].update(steps=steps, checkpoint_every=steps, sample_every=max(1, steps // 2), log_every=10)
+    cfg = RunConfig.from_dict(base)
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    res = train(cfg, ds)
+    grids = sorted((run_dir / "samples").glob("*.png"))
+    rec: dict[str, Any] = {
+        "dataset": dname,
+        "model": name + tag,
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "seconds": round(res.seconds, 1),
+        "images_per_s": round(res.images_per_s, 1),
+        "losses": {k: round(v, 4) for k, v in res.losses.items()},
+        "grid": str(grids[-1]) if grids else None,
+        "params": {k: v for k, v in params.items() if k != "segmentor"},
+    }
+    rec.update(conditioning_check(res, ds, helpers, args.per_class, seg_ds))
+    log(f"  done: {rec['seconds']} s, {rec['images_per_s']} img/s, class acc on fakes {rec['class_acc_fake']:.3f}"
+        + (f", lesion dice fake {rec['lesion_dice_fake']} / real {rec['lesion_dice_real']}" if "lesion_dice_fake" in rec else "")
+        + f"; grid {rec['grid']}")
+    return rec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="brain,phantom", help="comma list of brain, phantom")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma list of registered models")
+    ap.add_argument("--out", default="/tmp/mb_real")
+    ap.add_argument("--json", default=None, help="summary JSON (default <out>/summary.json)")
+    ap.add_argument("--budget", type=float, default=150.0, help="seconds of training per model (brain)")
+    ap.add_argument("--phantom-budget", type=float, default=60.0, help="seconds of training per model (phantom)")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--per-class", type=int, default=32, help="generated images per class for the checks")
+    ap.add_argument("--seg-epochs", type=int, default=4)
+    ap.add_argument("--cls-epochs", type=int, default=4)
+    ap.add_argument("--no-compare-anatomy", action="store_true", help="skip SPADE without the anatomy label")
+    args = ap.parse_args()
+    os.environ.setdefault("MEDBALANCE_QUIET", "1")
+    torch.set_num_threads(args.threads)
+    from medbalance.data.sources import load_dataset
+
+    out_root = Path(args.out)
+    json_path = Path(args.json) if args.json else out_root / "summary.json"
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        sys.exit(f"error: unknown models {unknown}; allowed: {', '.join(MODELS)}")
+    records: list[dict[str, Any]] = []
+    if json_path.is_file():  # keep records of other datasets from earlier invocations
+        records = [r for r in json.loads(json_path.read_text()).get("runs", [])]
+    t_all = time.perf_counter()
+    for dname in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        if dname not in ("brain", "phantom"):
+            sys.exit(f"error: unknown dataset {dname!r}; allowed: brain, phantom")
+        if dname == "brain" and not Path(BRAIN).is_file() and not SHARED_BRAIN.is_file():
+            log("brain-tumor-mri not found, skipped")
+            continue
+        budget = args.budget if dname == "brain" else args.phantom_budget
+        out = out_root / dname
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        # brain: mask models use the anatomy label (tumour-only masks otherwise); phantom masks have anatomy
+        anat = dname == "brain"
+        dcfg_plain = data_cfg(dname, False, args.image_size)
+        ds_plain = load_dataset(dcfg_plain)
+        dcfg_anat, ds_anat = (data_cfg(dname, True, args.image_size), None) if anat else (dcfg_plain, ds_plain)
+        if anat and any(MODELS[m]["mask"] for m in models):
+            ds_anat = load_dataset(dcfg_anat)
+        log(f"{dname}: {len(ds_plain)} images {tuple(ds_plain.images.shape[1:])}, classes {ds_plain.class_counts()}, "
+            f"mask values {ds_plain.mask_values} / with anatomy {None if ds_anat is None else ds_anat.mask_values} "
+            f"(loaded in {time.perf_counter() - t0:.0f} s)")
+        helpers = train_helpers(ds_anat if ds_anat is not None else ds_plain, out, args.seg_epochs, args.cls_epochs)
+        seg_info = {"cls_val_acc": helpers["cls_val_acc"], "seg_val": helpers.get("seg_val")}
+        a = argparse.Namespace(**{**vars(args), "budget": budget})
+        for name in models:
+            mask = MODELS[name]["mask"]
+            ds, dcfg = (ds_anat, dcfg_anat) if mask else (ds_plain, dcfg_plain)
+            try:
+                rec = run_model(name, ds, dcfg, dname, out, a, helpers, seg_ds=ds_anat)
+            except Exception as e:  # keep going: one failing model must not hide the others
+                log(f"  FAILED {dname}/{name}: {type(e).__name__}: {e}")
+                rec = {"dataset": dname, "model": name, "error": f"{type(e).__name__}: {e}"}
+            rec["anatomy_label"] = bool(mask and anat)
+            rec.update(helpers_ref=seg_info)
+            records = [r for r in records if not (r["dataset"] == dname and r["model"] == rec["model"])] + [rec]
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps({"runs": records}, indent=1, default=str))
+            if name == "spade" and anat and not args.no_compare_anatomy:
+                try:
+                    rec = run_model(name, ds_plain, dcfg_plain, dname, out, a, helpers, seg_ds=ds_anat, tag="-no-anatomy")
+                except Exception as e:
+                    log(f"  FAILED {dname}/spade-no-anatomy: {type(e).__name__}: {e}")
+                    rec = {"dataset": dname, "model": "spade-no-anatomy", "error": f"{type(e).__name__}: {e}"}
+                rec["anatomy_label"] = False
+                rec.update(helpers_ref=seg_info)
+                records = [r for r in records if not (r["dataset"] == dname and r["model"] == rec["model"])] + [rec]
+                json_path.write_text(json.dumps({"runs": records}, indent=1, default=str))
+    log(f"all done in {time.perf_counter() - t_all:.0f} s; summary {json_path}")
+
+
+if __name__ == "__main__":
+    main()
