@@ -20,7 +20,6 @@ few epochs on the training images), and prints a Markdown table (the one in docs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -32,10 +32,10 @@ def build_task_configs(
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}; allowed: data, task, val_fraction", path=config)
     raw = apply_overrides(raw, overrides)
+    if not isinstance(raw.get("data") or {}, dict) or not isinstance(raw.get("task") or {}, dict):
+        raise ConfigError("data: and task: must be mappings", path=config)
     d = dict(raw.get("data") or {})
     t = dict(raw.get("task") or {})
-    if not isinstance(raw.get("data", {}) or {}, dict) or not isinstance(raw.get("task", {}) or {}, dict):
-        raise ConfigError("data: and task: must be mappings", path=config)
     d["path"] = data
     d.update({k: v for k, v in data_cli.items() if v is not None})
     t["task"] = task

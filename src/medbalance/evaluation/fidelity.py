@@ -8,7 +8,7 @@ sets can never be swapped by position.
   the features are Inception-v3 pool features). Computed in float64 with a symmetric eigh-based
   formulation: ``tr sqrt(S1 S2) = tr sqrt(sqrt(S1) S2 sqrt(S1))``, the latter a symmetric PSD
   matrix whose square-root trace is the sum of the square roots of its eigenvalues. This equals
-  ``scipy.linalg.sqrtm``'s value and is ~6x faster at 2048-d.
+  ``scipy.linalg.sqrtm``'s value and is ~4x faster at 2048-d (see docs/metrics.md).
 - :func:`kid` — kernel inception distance: unbiased MMD^2 with the cubic polynomial kernel
   ``k(x, y) = (x.y / d + 1)^3`` averaged over random subsets (Bińkowski et al. 2018).
 - :func:`precision_recall` — improved precision and recall (Kynkäänniemi et al. 2019): k-NN

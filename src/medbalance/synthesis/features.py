@@ -122,7 +122,9 @@ def _iter_features(model: nn.Module, images: torch.Tensor, batch_size: int, prog
             t = bar.add_task("extract features", total=n) if progress else None
             for s in range(0, n, batch_size):
                 xb = images[s : s + batch_size].to(dev)
-                yield s, encode(model, xb.float()).float().cpu()
+                with torch.no_grad():  # a generator resumes outside any caller's no_grad
+                    feats = encode(model, xb.float()).float().cpu()
+                yield s, feats
                 if t is not None:
                     bar.advance(t, xb.shape[0])
     finally:

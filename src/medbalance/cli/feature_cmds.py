@@ -1,0 +1,111 @@
+"""``medbalance feature-augment``: U-Net bottleneck features, ACGAN on features, feature classifier."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from medbalance.cli.app import app
+from medbalance.errors import ConfigError
+from medbalance.utils.progress import console
+
+
+@app.command("feature-augment")
+def feature_augment_cmd(
+    data: str = typer.Argument(..., help="dataset with lesion masks (manifest CSV, NIfTI root, ...)"),
+    out: Path = typer.Argument(..., help="output folder: segmentor/, features/, acgan/, feature_downstream.json"),
+    segmentor: Optional[Path] = typer.Option(None, "--segmentor", help="trained segmentation U-Net folder (else trained here)"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="resize slices (64 or 96 on CPU)"),
+    subsample: List[str] = typer.Option([], "--subsample", help="CLASS=FRACTION of its training slices kept"),
+    seeds: int = typer.Option(5, "--seeds", min=1, help="classifier seeds 0..N-1"),
+    strategy: str = typer.Option("auto", "--strategy", help="sampling strategy of the synthetic features"),
+    preset: str = typer.Option("cpu", "--preset", help="cpu | paper"),
+    arms: str = typer.Option("real,oversample,real+synthetic", "--arms", help="comma-separated: real, oversample, class-weight, real+synthetic"),
+    split_seed: int = typer.Option(0, "--split-seed"),
+    fractions: str = typer.Option("0.6,0.2,0.2", "--fractions", help="train,val,test fractions"),
+    no_filter: bool = typer.Option(False, "--no-filter", help="keep every generated feature (no D class filter)"),
+    data_config: Optional[Path] = typer.Option(None, "--data-config", help="YAML with a data: section"),
+    source: Optional[str] = typer.Option(None, "--source", help="auto|manifest|folders|nifti|medmnist|phantom"),
+    modality: Optional[List[str]] = typer.Option(None, "--modality", help="NIfTI modality glob (repeat, channel order)"),
+    label_pattern: Optional[str] = typer.Option(None, "--label-pattern", help="NIfTI label volume glob"),
+    brain_mask_pattern: Optional[str] = typer.Option(None, "--brain-mask-pattern", help="NIfTI brain mask glob"),
+    sets: List[str] = typer.Option([], "--set", help="key=value overrides, e.g. acgan.epochs=10, segmentor.epochs=3, classifier.hidden=128"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Feature-level augmentation (Mehra et al., arXiv 2209.14097): real vs real+synthetic *features*."""
+    from medbalance.cli.data_cmds import build_data_config
+    from medbalance.cli.downstream_cmds import _parse_kv_floats
+    from medbalance.config import apply_overrides
+    from medbalance.data import load_dataset
+    from medbalance.evaluation.feature_downstream import FeatureAugmentConfig, run_feature_augment
+    from medbalance.synthesis.strategy import parse_strategy
+    from medbalance.utils.io import atomic_write_text
+
+    try:
+        fr = tuple(float(x) for x in fractions.split(","))
+    except ValueError:
+        raise ConfigError(f"--fractions {fractions!r} is not three comma-separated numbers") from None
+    if len(fr) != 3:
+        raise ConfigError(f"--fractions needs three numbers (train,val,test), got {fractions!r}")
+    base = {
+        "preset": preset, "arms": [a.strip() for a in arms.split(",") if a.strip()], "seeds": list(range(seeds)),
+        "split_seed": split_seed, "fractions": list(fr), "subsample": _parse_kv_floats(subsample, "--subsample"),
+        "strategy": parse_strategy(strategy), "filter_generated": not no_filter, "device": device,
+    }
+    cfg = FeatureAugmentConfig.from_dict(apply_overrides(base, list(sets)), source="feature-augment options")
+    dcfg = build_data_config(
+        data, config=data_config, source=source, overrides={"image_size": image_size},
+        nifti_overrides={"modalities": list(modality) if modality else None, "label_pattern": label_pattern,
+                         "brain_mask_pattern": brain_mask_pattern},
+    )
+    ds = load_dataset(dcfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "data_config.yaml", dcfg.to_yaml())
+    cfg.save(out / "feature_augment_config.yaml")
+    report = run_feature_augment(ds, cfg, out, segmentor=segmentor)
+    print_feature_report(report)
+    typer.echo(str(out / "feature_downstream.json"))
+
+
+def _cell(e: dict | None) -> str:
+    if e is None:
+        return ""
+    s = f"{e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+    if "vs_real_seeds" in e:
+        p = e["vs_real_seeds"].get("p")
+        if p is not None and not (isinstance(p, float) and math.isnan(p)):
+            s += f" p={p:.3g}"
+    return s
+
+
+def print_feature_report(report: dict) -> None:
+    from rich.table import Table
+
+    summ = report["summary"]
+    arms = [a for a in summ if not a.startswith("_")]
+    metrics = ["balanced_accuracy", "macro_f1", "auroc"] + [f"recall/{c}" for c in report["class_names"]]
+    t = Table(title=f"feature classifier ({len(report['config']['seeds'])} seeds, mean [95% CI], Wilcoxon vs real)")
+    t.add_column("metric (recall = per-class accuracy)")
+    for a in arms:
+        t.add_column(a)
+    for m in metrics:
+        t.add_row(m, *[_cell(summ[a].get(m)) for a in arms])
+    console.print(t)
+    fa = report["feature_augment"]
+    seg = fa["segmentor"]
+    ac = fa["acgan"]
+    console.print(
+        f"features {fa['feature_shape']} (non-negative: {fa['features_nonnegative']}); segmentor test Dice "
+        f"{seg.get('test_dice_whole_lesion', float('nan')):.3f}; D class accuracy on generated features "
+        f"{ac['d_class_accuracy_generated']['accuracy']:.3f} {ac['d_class_accuracy_generated']['per_class']}; "
+        f"on real test features {ac['d_class_accuracy_real']['test']:.3f}"
+    )
+    syn = report["arm_training_sets"].get("real+synthetic")
+    if syn:
+        console.print(f"real+synthetic training set: {syn['class_counts']} ({syn['synthetic']} synthetic)")
+    console.print(f"timings (s): {fa['timings_seconds']}, total {report['seconds']}")
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning[/yellow]: {w}")
