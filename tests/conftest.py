@@ -9,7 +9,7 @@ import pytest
 import torch
 
 os.environ.setdefault("MEDBALANCE_QUIET", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # pytest -n 2 runs two workers; small convs are slower with 2 threads each
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDBALANCE_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))

@@ -110,6 +110,9 @@ def train_task_cmd(
              augment=augment, seed=seed, device=device, precision=precision, val_fraction=val_fraction),
         dict(image_size=image_size),
     )
+    from medbalance.utils.device import resolve_precision, select_device
+
+    resolve_precision(tcfg.precision, select_device(tcfg.device))  # fail before loading data
     ds = load_dataset(dcfg)
     train, val = split_train_val(ds, vf, tcfg.seed)
     console = Console(stderr=True)

@@ -332,11 +332,11 @@ def run_downstream(
                     **opts,
                 }
                 compositions.setdefault(arm, comp)
-                tcfg = TaskConfig(
-                    task=cfg.task, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
-                    device=cfg.device, precision=cfg.precision,
-                    **({"arch": cfg.arch} if cfg.arch else {}), **opts,
-                )
+                tcfg = TaskConfig(**{
+                    "task": cfg.task, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                    "seed": seed, "device": cfg.device, "precision": cfg.precision, "augment": False,
+                    "progress": False, **({"arch": cfg.arch} if cfg.arch else {}), **opts,
+                })
                 t0 = time.perf_counter()
                 res = train_task_model(train_set, split.val, tcfg)
                 train_s = time.perf_counter() - t0
