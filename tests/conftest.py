@@ -38,7 +38,7 @@ def tiny_run(tmp_path_factory):
     cfg = RunConfig.from_dict(
         {
             "out_dir": str(out),
-            "data": {"path": "phantom", "phantom": {"n": 48, "size": 32, "seed": 1}},
+            "data": {"path": "phantom", "phantom": {"n": 72, "size": 32, "seed": 1, "imbalance": [3, 2, 1]}},
             "model": {"name": "spade", "preset": "cpu"},
             "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "sample_every": 4, "val_fraction": 0.25,
                       "tensorboard": False},

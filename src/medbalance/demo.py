@@ -1,0 +1,266 @@
+"""``medbalance demo``: the whole pipeline on the built-in phantom, nothing to download.
+
+Stages (each timed, each with a progress bar):
+
+1. data: the procedural brain-MRI phantom, 3 lesion classes with imbalance 10:3:1, 64x64, with label maps;
+2. split: stratified, patient-grouped train / validation / test (the downstream experiment's split);
+3. generator: a class- and label-map-conditioned generator trained on the **training split only**;
+4. rebalance: ``GenerativeOverSampler(strategy='auto')`` brings every class of the training split to the
+   majority count; exported with provenance (``rebalanced/manifest.csv``);
+5. evaluate: fidelity / diversity / image statistics of the synthetic vs the real training images, and
+   privacy (nearest-neighbour distances to the training images vs the held-out validation images);
+6. downstream: classifiers trained on ``real``, ``oversample`` and ``real+synthetic`` for 3 seeds, selected on
+   real validation data, tested on real test data (the leakage guard checks the generator's training ids);
+7. report: ``report.html`` + ``report.json``.
+
+Every number in the report comes from this run; the resolved configs are saved in ``configs/``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medbalance.errors import ConfigError
+from medbalance.utils.io import atomic_write_json, atomic_write_text
+from medbalance.utils.progress import console
+
+# Generator used by the demo. Chosen by measurement on a 2-core CPU (see the report of issue 6): pix2pix with
+# a class embedding learns the phantom's label-map -> image mapping in a few hundred steps; SPADE / Red-GAN
+# (the cpu presets) cost ~2x more per step and Red-GAN also needs a segmentor trained first.
+GENERATOR = {"name": "pix2pix", "preset": "cpu", "params": {"class_conditional": True, "ngf": 16, "ndf": 16}}
+
+FULL = {"n": 600, "steps": 700, "batch_size": 16, "epochs": 12, "seeds": 3}
+QUICK = {"n": 300, "steps": 150, "batch_size": 16, "epochs": 6, "seeds": 3}
+
+
+@dataclass
+class DemoSettings:
+    out: Path = Path("medbalance-demo")
+    quick: bool = False
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+    n: int | None = None  # overrides (tests, experiments)
+    steps: int | None = None
+    epochs: int | None = None
+    seeds: int | None = None
+
+    def resolved(self) -> dict[str, Any]:
+        base = dict(QUICK if self.quick else FULL)
+        for k in ("n", "steps", "epochs", "seeds"):
+            v = getattr(self, k)
+            if v is not None:
+                base[k] = int(v)
+        return base
+
+
+def demo_configs(settings: DemoSettings) -> dict[str, Any]:
+    """The resolved data, generator-run and downstream configs of a demo."""
+    from medbalance.data.config import DataConfig, PhantomConfig
+    from medbalance.evaluation.downstream import DownstreamConfig
+    from medbalance.models.config import ModelConfig
+    from medbalance.training.config import RunConfig, TrainConfig
+
+    r = settings.resolved()
+    out = Path(settings.out)
+    data = DataConfig(path="phantom", source="phantom",
+                      phantom=PhantomConfig(n=r["n"], imbalance=[10.0, 3.0, 1.0], size=64, seed=settings.seed))
+    steps = r["steps"]
+    run = RunConfig(
+        out_dir=str(out / "generator"),
+        data=data,
+        model=ModelConfig(**GENERATOR),
+        train=TrainConfig(
+            steps=steps, batch_size=r["batch_size"], seed=settings.seed, device=settings.device,
+            checkpoint_every=steps, sample_every=max(1, steps // 4), log_every=max(1, min(10, steps // 10)),
+            tensorboard=False, val_fraction=0.0, keep_last=1,
+        ),
+    )
+    downstream = DownstreamConfig(
+        task="classification", arms=["real", "oversample", "real+synthetic"], seeds=list(range(r["seeds"])),
+        split_seed=settings.seed, fractions=(0.6, 0.2, 0.2), strategy="auto", mask_source="real",
+        allow_val_overlap=False, epochs=r["epochs"], batch_size=32, device=settings.device,
+    )
+    return {"settings": r, "data": data, "generator": run, "downstream": downstream}
+
+
+class _Stages:
+    def __init__(self, total: int):
+        self.total = total
+        self.i = 0
+        self.seconds: dict[str, float] = {}
+        self._t = 0.0
+        self._name = ""
+
+    def start(self, name: str, what: str) -> None:
+        self._finish()
+        self.i += 1
+        self._name = name
+        console.rule(f"[bold][{self.i}/{self.total}] {what}")
+        self._t = time.perf_counter()
+
+    def _finish(self) -> None:
+        if self._name:
+            dt = time.perf_counter() - self._t
+            self.seconds[self._name] = round(dt, 1)
+            console.print(f"[dim]{self._name}: {dt:.1f} s[/dim]")
+            self._name = ""
+
+    def done(self) -> dict[str, float]:
+        self._finish()
+        return self.seconds
+
+
+def run_demo(settings: DemoSettings) -> dict[str, Any]:
+    """Run the demo into ``settings.out``; return a summary dict (``report`` = the HTML path)."""
+    from medbalance.data.sources import load_dataset
+    from medbalance.evaluation.downstream import SyntheticSource, make_split, run_downstream
+    from medbalance.evaluation.evaluate import evaluate_datasets
+    from medbalance.evaluation.report import build_report, make_verdicts
+    from medbalance.synthesis.export import export_dataset, model_card
+    from medbalance.synthesis.oversampler import GenerativeOverSampler
+    from medbalance.training.engine import train
+    from medbalance.training.run import load_run
+    from medbalance.utils.device import select_device
+
+    t_all = time.perf_counter()
+    out = Path(settings.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("demo output exists and is not a folder", path=out)
+    if out.is_dir() and any(out.iterdir()):
+        if not settings.overwrite:
+            raise ConfigError("demo folder exists and is not empty (use --overwrite or another --out)", path=out)
+        import shutil
+
+        shutil.rmtree(out)
+    select_device(settings.device)  # clear error for an unavailable device before any work
+    cfgs = demo_configs(settings)
+    r = cfgs["settings"]
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dir = out / "configs"
+    cfgs["data"].save(cfg_dir / "data.yaml")
+    cfgs["generator"].save(cfg_dir / "generator.yaml")
+    cfgs["downstream"].save(cfg_dir / "downstream.yaml")
+    warnings: list[str] = []
+    st = _Stages(7)
+
+    # 1 ---------------------------------------------------------------- data
+    st.start("data", "phantom dataset (procedural brain MRI, 3 lesion classes, imbalance 10:3:1)")
+    ds = load_dataset(cfgs["data"])
+    counts = ds.class_counts()
+    console.print(f"{len(ds)} images {ds.spatial_shape}, label maps {ds.mask_values}; per class {counts}")
+
+    # 2 ---------------------------------------------------------------- split
+    st.start("split", "train / validation / test split (stratified, grouped by subject)")
+    dcfg = cfgs["downstream"]
+    split = make_split(ds, dcfg)
+    for part in ("train", "val", "test"):
+        console.print(f"{part:5s} {len(getattr(split, part)):4d} images  {getattr(split, part).class_counts()}")
+
+    # 3 ---------------------------------------------------------------- generator
+    gcfg = cfgs["generator"]
+    st.start("generator", f"train {gcfg.model.name} (class + label-map conditioned) on the training split, "
+             f"{gcfg.train.steps} steps")
+    res = train(gcfg, dataset=split.train)
+    console.print(f"{res.images_per_s:.1f} images/s; last losses "
+                  + ", ".join(f"{k} {v:.3g}" for k, v in res.losses.items()))
+    run = load_run(gcfg.out_dir, device=select_device(settings.device))
+
+    # 4 ---------------------------------------------------------------- rebalance
+    st.start("rebalance", "rebalance the training split (strategy auto: every class to the majority count)")
+    sampler = GenerativeOverSampler(run, sampling_strategy="auto", random_state=settings.seed).fit(split.train)
+    t0 = time.perf_counter()
+    syn = sampler.sample()
+    gen_s = time.perf_counter() - t0
+    info = {
+        "plan": {str(k): int(v) for k, v in sampler.sampling_strategy_.items()},
+        "report": sampler.report_.to_dict(),
+        "options": {"sampling_strategy": "auto", "mask_source": "real", "random_state": settings.seed},
+        "generation_images_per_s": round(len(syn) / gen_s, 2) if gen_s > 0 else None,
+    }
+    export_dataset(out / "rebalanced", syn, sampler.provenance_, real=split.train, generator_name=run.method.name,
+                   checkpoint_sha256=run.checkpoint_sha256, model_card=model_card(run), synthesis_info=info)
+    console.print(f"plan (new images per class): {info['plan']}; {sampler.report_.summary()}")
+
+    # 5 ---------------------------------------------------------------- evaluate
+    st.start("evaluate", "fidelity, diversity, image statistics and privacy (held-out = validation split)")
+    ev = evaluate_datasets(
+        real=split.train, synthetic=syn, extractor="pixels", per_class=True,
+        privacy_train=split.train, privacy_holdout=split.val, use_cache=False,
+        montage_path=out / "evaluation" / "privacy_montage.png", seed=settings.seed,
+        ms_ssim_pairs=100 if settings.quick else 200,
+    )
+    ev["privacy_holdout"] = "validation split (never seen by the generator)"
+    atomic_write_json(out / "evaluation" / "evaluation.json", ev)
+    fo = (ev.get("fidelity") or {}).get("overall", {})
+    console.print("FD {} · precision {} · recall {} · DCR share {}".format(
+        *(f"{v:.3g}" if isinstance(v, float) else "n/a" for v in
+          (fo.get("fd"), fo.get("precision"), fo.get("recall"), ev["privacy"]["pixels"].get("dcr_share")))))
+
+    # 6 ---------------------------------------------------------------- downstream
+    st.start("downstream", f"classification: {', '.join(dcfg.arms)} x {len(dcfg.seeds)} seeds, "
+             f"{dcfg.epochs} epochs each, tested on real test data")
+    report = run_downstream(ds, dcfg, out / "downstream", SyntheticSource(run=run))
+
+    # 7 ---------------------------------------------------------------- report
+    st.start("report", "HTML report")
+    seconds = st.done()
+    seconds.pop("report", None)  # measured below, after the report is written
+    seconds_total = round(time.perf_counter() - t_all, 1)
+    import medbalance
+
+    demo_info = {
+        "settings": {**r, "quick": settings.quick, "seed": settings.seed, "device": settings.device},
+        "dataset": {
+            "description": f"built-in phantom: {len(ds)} axial 64x64 slices, classes {ds.class_names} "
+            f"(imbalance 10:3:1), label maps {ds.mask_values} (0 outside, 1 intracranial, 2 oedema, "
+            "3 enhancing lesion, 4 necrosis)",
+            "class_counts": counts,
+        },
+        "generator": {"model": gcfg.model.model_dump(mode="json"), "steps": gcfg.train.steps,
+                      "images_per_s": round(res.images_per_s, 2), "checkpoint_sha256": run.checkpoint_sha256},
+        "stage_seconds": seconds,
+        "seconds_total": seconds_total,
+        "warnings": warnings,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "cpu": platform.processor() or platform.machine()},
+        "medbalance_version": medbalance.__version__,
+    }
+    atomic_write_json(out / "demo.json", demo_info)
+    html_path = build_report(out)
+    report_seconds = round(time.perf_counter() - t_all - seconds_total, 1)
+    _print_summary(report, make_verdicts(report), seconds, report_seconds)
+    console.print(f"[bold green]report:[/bold green] {html_path}")
+    return {"report": html_path, "downstream": report, "evaluation": ev, "stage_seconds": seconds,
+            "seconds_total": round(time.perf_counter() - t_all, 1)}
+
+
+def _print_summary(report: dict[str, Any], verdicts: list[dict[str, Any]], seconds: dict[str, float],
+                   report_seconds: float) -> None:
+    from rich.table import Table
+
+    summ = report["summary"]
+    arms = [a for a in summ if not a.startswith("_")]
+    t = Table(title=f"downstream classification, real test set ({len(report['config']['seeds'])} seeds, mean [95% CI])")
+    t.add_column("metric")
+    for a in arms:
+        t.add_column(a)
+    for m in ["balanced_accuracy", "macro_f1"] + [f"recall/{c}" for c in report["class_names"]]:
+        row = [m]
+        for a in arms:
+            e = summ[a].get(m)
+            row.append("" if e is None else f"{e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]")
+        t.add_row(*row)
+    console.print(t)
+    for v in verdicts:
+        if v["arm"].startswith("real+synthetic"):
+            colour = "green" if v["significant"] else "white"
+            console.print(f"[{colour}]• {v['text']}[/{colour}]")
+    times = ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items() if k != "report")
+    console.print(f"[dim]stage times: {times}; report {report_seconds:.0f}s[/dim]")
