@@ -122,10 +122,23 @@ def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=
     g = torch.Generator().manual_seed(1234)
     C = ds.num_classes
     labels = torch.arange(C).repeat_interleave(per_class)
-    src = torch.cat([torch.nonzero(ds.labels == c).flatten()[torch.randperm(int((ds.labels == c).sum()), generator=g)[:per_class]] for c in range(C)])
+    picks = []
+    for c in range(C):  # per_class real samples of class c (cycled when the class is smaller)
+        of_c = torch.nonzero(ds.labels == c).flatten()
+        of_c = of_c[torch.randperm(len(of_c), generator=g)]
+        picks.append(of_c[torch.arange(per_class) % len(of_c)])
+    src = torch.cat(picks)
     masks = ds.masks[src] if ("mask" in method.needs and ds.masks is not None) else None
     imgs = method.generate(labels, masks=masks, generator=torch.Generator().manual_seed(7), G=res.G)
     out: dict[str, Any] = {}
+    if "mask" in method.needs:  # the engine's grids draw mask outlines over the image; save one without
+        from medbalance.training.logging import render_grid, save_png
+
+        cols = min(per_class, 8)
+        keep = torch.cat([torch.arange(c * per_class, c * per_class + cols) for c in range(C)])
+        path = Path(res.run_dir) / "samples" / "plain_final.png"
+        save_png(path, render_grid(imgs[keep], C, cols))
+        out["grid_plain"] = str(path)
     _, pred = predict_classifier(helpers["classifier"], imgs)
     per = [(pred[labels == c] == c).float().mean().item() for c in range(C)]
     out["class_acc_fake"] = float((pred == labels).float().mean())
@@ -144,7 +157,7 @@ def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=
     return out
 
 
-def calibrate(cfg, ds, n: int = 3) -> float:
+def calibrate(cfg, ds, n: int = 2) -> float:
     """Seconds per training step of the engine's method (throw-away Trainer, same config)."""
     from medbalance.training.engine import Trainer
 
@@ -209,15 +222,16 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help="comma list of registered models")
     ap.add_argument("--out", default="/tmp/mb_real")
     ap.add_argument("--json", default=None, help="summary JSON (default <out>/summary.json)")
-    ap.add_argument("--budget", type=float, default=150.0, help="seconds of training per model (brain)")
-    ap.add_argument("--phantom-budget", type=float, default=60.0, help="seconds of training per model (phantom)")
+    ap.add_argument("--budget", type=float, default=120.0, help="seconds of training per model (brain)")
+    ap.add_argument("--phantom-budget", type=float, default=50.0, help="seconds of training per model (phantom)")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared, oversubscribed CPU 2 threads were ~10x slower)")
     ap.add_argument("--per-class", type=int, default=32, help="generated images per class for the checks")
-    ap.add_argument("--seg-epochs", type=int, default=4)
-    ap.add_argument("--cls-epochs", type=int, default=4)
+    ap.add_argument("--seg-epochs", type=int, default=3)
+    ap.add_argument("--cls-epochs", type=int, default=3)
     ap.add_argument("--no-compare-anatomy", action="store_true", help="skip SPADE without the anatomy label")
     args = ap.parse_args()
     os.environ.setdefault("MEDBALANCE_QUIET", "1")

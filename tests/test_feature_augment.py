@@ -229,7 +229,7 @@ def test_feature_classifier_odd_maps_and_learns():
 def test_pipeline_end_to_end_tiny(tmp_path):
     ds = tiny_dataset(n=40, size=16, minority=14)
     cfg = FeatureAugmentConfig(
-        seeds=[0, 1], device="cpu", progress=False, arms=["real", "oversample", "real+synthetic"],
+        seeds=[0, 1], device="cpu", progress=False, arms=["real", "oversample", "real+synthetic"], threads=1,
         segmentor={"channels": [4, 8, 16], "epochs": 1, "batch_size": 8},
         acgan={"ngf": 8, "ndf": 8, "epochs": 2, "z_dim": 8},
         classifier={"channels": [8, 8], "hidden": 16, "epochs": 2, "batch_size": 8},
@@ -260,3 +260,43 @@ def test_pipeline_end_to_end_tiny(tmp_path):
     assert rep2["feature_augment"]["segmentor"]["trained_here"] is False
     np.testing.assert_array_equal(np.asarray(open_feature_store(tmp_path / "out2" / "features").features),
                                   np.asarray(store.features))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _write_manifest(root, n=32, minority=12, size=16):
+    from PIL import Image
+
+    ds = tiny_dataset(n=n, size=size, minority=minority)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = ["id,image,mask,label"]
+    for i in range(n):
+        img = ((ds.images[i, 0] + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray(((ds.masks[i] > 0).numpy() * 255).astype(np.uint8)).save(root / "masks" / f"{i}.png")
+        rows.append(f"{i},images/{i}.png,masks/{i}.png,{ds.class_names[int(ds.labels[i])]}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"
+
+
+def test_cli_feature_augment(tmp_path):
+    from typer.testing import CliRunner
+
+    from medbalance.cli.main import app
+
+    csv = _write_manifest(tmp_path / "data")
+    out = tmp_path / "out"
+    tiny = ["--set", "segmentor.channels=[4,8,16]", "--set", "segmentor.epochs=1", "--set", "acgan.epochs=1",
+            "--set", "acgan.ngf=8", "--set", "acgan.ndf=8", "--set", "classifier.channels=[8,8]",
+            "--set", "classifier.hidden=8", "--set", "classifier.epochs=1", "--set", "generated_eval_per_class=5"]
+    r = CliRunner().invoke(app, ["feature-augment", str(csv), str(out), "--seeds", "1", "--arms", "real,real+synthetic",
+                                 "--subsample", "minor=0.5", "--device", "cpu", "--threads", "1", *tiny])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "feature_downstream.json").read_text())
+    assert rep["config"]["subsample"] == {"minor": 0.5} and rep["config"]["threads"] == 1
+    assert rep["split_class_counts"]["train"]["minor"] == 4  # 12 minor -> 7 train (0.6) -> round(0.5 * 7)
+    assert (out / "features" / "features.npy").is_file() and (out / "acgan" / "model.json").is_file()
+    bad = CliRunner().invoke(app, ["feature-augment", str(csv), str(tmp_path / "o2"), "--arms", "real,nope"])
+    assert bad.exit_code == 2 and "unknown feature arm" in bad.output
+    bad = CliRunner().invoke(app, ["feature-augment", str(csv), str(tmp_path / "o3"), "--subsample", "zzz=0.1"])
+    assert bad.exit_code == 2 and "unknown class" in bad.output

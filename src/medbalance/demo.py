@@ -27,16 +27,21 @@ from typing import Any
 import torch
 
 from medbalance.errors import ConfigError
-from medbalance.utils.io import atomic_write_json, atomic_write_text
+from medbalance.utils.io import atomic_write_json
 from medbalance.utils.progress import console
 
 # Generator used by the demo. Chosen by measurement on a 2-core CPU (see the report of issue 6): pix2pix with
 # a class embedding learns the phantom's label-map -> image mapping in a few hundred steps; SPADE / Red-GAN
 # (the cpu presets) cost ~2x more per step and Red-GAN also needs a segmentor trained first.
-GENERATOR = {"name": "pix2pix", "preset": "cpu", "params": {"class_conditional": True, "ngf": 16, "ndf": 16}}
+GENERATOR = {"name": "pix2pix", "preset": "cpu", "params": {"class_conditional": True}}
 
-FULL = {"n": 600, "steps": 700, "batch_size": 16, "epochs": 12, "seeds": 3}
-QUICK = {"n": 300, "steps": 150, "batch_size": 16, "epochs": 6, "seeds": 3}
+# Label maps for generation: the training masks of the same class, lesions elastically deformed (Red-GAN's
+# augmentation) so that synthetic lesions are not copies of the training lesions; position (class-informative,
+# e.g. extra-axial) is kept.
+MASK_SOURCE = "elastic"
+
+FULL = {"n": 600, "steps": 1200, "batch_size": 16, "epochs": 10, "seeds": 3}
+QUICK = {"n": 300, "steps": 250, "batch_size": 16, "epochs": 5, "seeds": 3}
 
 
 @dataclass
@@ -84,7 +89,7 @@ def demo_configs(settings: DemoSettings) -> dict[str, Any]:
     )
     downstream = DownstreamConfig(
         task="classification", arms=["real", "oversample", "real+synthetic"], seeds=list(range(r["seeds"])),
-        split_seed=settings.seed, fractions=(0.6, 0.2, 0.2), strategy="auto", mask_source="real",
+        split_seed=settings.seed, fractions=(0.6, 0.2, 0.2), strategy="auto", mask_source=MASK_SOURCE,
         allow_val_overlap=False, epochs=r["epochs"], batch_size=32, device=settings.device,
     )
     return {"settings": r, "data": data, "generator": run, "downstream": downstream}
@@ -136,6 +141,9 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     if out.is_dir() and any(out.iterdir()):
         if not settings.overwrite:
             raise ConfigError("demo folder exists and is not empty (use --overwrite or another --out)", path=out)
+        if not ((out / "demo.json").is_file() or (out / "configs" / "generator.yaml").is_file()):
+            raise ConfigError("--overwrite only replaces a previous demo folder; this one is not (choose another --out)",
+                              path=out)
         import shutil
 
         shutil.rmtree(out)
@@ -174,14 +182,15 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
     # 4 ---------------------------------------------------------------- rebalance
     st.start("rebalance", "rebalance the training split (strategy auto: every class to the majority count)")
-    sampler = GenerativeOverSampler(run, sampling_strategy="auto", random_state=settings.seed).fit(split.train)
+    sampler = GenerativeOverSampler(run, sampling_strategy="auto", mask_source=MASK_SOURCE,
+                                    random_state=settings.seed).fit(split.train)
     t0 = time.perf_counter()
     syn = sampler.sample()
     gen_s = time.perf_counter() - t0
     info = {
         "plan": {str(k): int(v) for k, v in sampler.sampling_strategy_.items()},
         "report": sampler.report_.to_dict(),
-        "options": {"sampling_strategy": "auto", "mask_source": "real", "random_state": settings.seed},
+        "options": {"sampling_strategy": "auto", "mask_source": MASK_SOURCE, "random_state": settings.seed},
         "generation_images_per_s": round(len(syn) / gen_s, 2) if gen_s > 0 else None,
     }
     export_dataset(out / "rebalanced", syn, sampler.provenance_, real=split.train, generator_name=run.method.name,
@@ -191,7 +200,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     # 5 ---------------------------------------------------------------- evaluate
     st.start("evaluate", "fidelity, diversity, image statistics and privacy (held-out = validation split)")
     ev = evaluate_datasets(
-        real=split.train, synthetic=syn, extractor="pixels", per_class=True,
+        real=split.train, synthetic=syn, extractor="pixels", extractor_options={"size": 16}, per_class=True,
         privacy_train=split.train, privacy_holdout=split.val, use_cache=False,
         montage_path=out / "evaluation" / "privacy_montage.png", seed=settings.seed,
         ms_ssim_pairs=100 if settings.quick else 200,

@@ -33,6 +33,7 @@ def feature_augment_cmd(
     label_pattern: Optional[str] = typer.Option(None, "--label-pattern", help="NIfTI label volume glob"),
     brain_mask_pattern: Optional[str] = typer.Option(None, "--brain-mask-pattern", help="NIfTI brain mask glob"),
     sets: List[str] = typer.Option([], "--set", help="key=value overrides, e.g. acgan.epochs=10, segmentor.epochs=3, classifier.hidden=128"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (1 is much faster on a busy shared CPU)"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Feature-level augmentation (Mehra et al., arXiv 2209.14097): real vs real+synthetic *features*."""
@@ -54,6 +55,7 @@ def feature_augment_cmd(
         "preset": preset, "arms": [a.strip() for a in arms.split(",") if a.strip()], "seeds": list(range(seeds)),
         "split_seed": split_seed, "fractions": list(fr), "subsample": _parse_kv_floats(subsample, "--subsample"),
         "strategy": parse_strategy(strategy), "filter_generated": not no_filter, "device": device,
+        "threads": threads,
     }
     cfg = FeatureAugmentConfig.from_dict(apply_overrides(base, list(sets)), source="feature-augment options")
     dcfg = build_data_config(

@@ -62,8 +62,11 @@ PAPER_REFERENCE = {
 SEGMENTOR_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"arch": "unet", "seg_mode": "sigmoid", "channels": [64, 128, 256, 512, 1024], "epochs": 30,
               "batch_size": 10, "lr": 1e-5, "weight_decay": 0.0, "schedule": "constant", "dropout": 0.0, "augment": True},
-    "cpu": {"arch": "unet", "seg_mode": "sigmoid", "channels": [16, 32, 64, 128], "epochs": 6, "batch_size": 16,
-            "lr": 2e-3, "weight_decay": 1e-4, "schedule": "cosine", "dropout": 0.0, "augment": True},
+    # cpu: small U-Net, positive-class weight in the BCE (a lesion covers a few % of a slice; without it the
+    # short schedule collapses to "no lesion")
+    "cpu": {"arch": "unet", "seg_mode": "sigmoid", "channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 16,
+            "lr": 2e-3, "weight_decay": 1e-4, "schedule": "cosine", "dropout": 0.0, "augment": True,
+            "class_weights": True},
 }
 
 
@@ -82,7 +85,7 @@ class FeatureClassifierConfig(BaseConfig):
 CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
     # paper (TF notebook variant): Adam 1e-3, batch 10, 20 epochs; widths are our choice for 1024-channel input
     "paper": {"channels": [256, 256], "hidden": 1024, "epochs": 20, "batch_size": 10, "lr": 1e-3},
-    "cpu": {"channels": [64, 64], "hidden": 256, "epochs": 20, "batch_size": 32, "lr": 1e-3},
+    "cpu": {"channels": [64, 64], "hidden": 256, "epochs": 15, "batch_size": 64, "lr": 1e-3},
 }
 
 
@@ -101,6 +104,9 @@ class FeatureAugmentConfig(BaseConfig):
     classifier: dict[str, Any] = Field(default_factory=dict, description="FeatureClassifierConfig overrides")
     generated_eval_per_class: int = Field(500, ge=1, description="unfiltered samples per class for D's accuracy")
     extract_batch_size: int = Field(64, ge=1)
+    threads: Optional[int] = Field(
+        None, ge=1, description="torch CPU threads during the run (null = unchanged); 1 is much faster on a busy shared CPU"
+    )
     device: str = "auto"
     progress: bool = True
 
@@ -357,13 +363,25 @@ def run_feature_augment(
     data: ImageDataset, cfg: FeatureAugmentConfig, out_dir: str | Path, segmentor: str | Path | None = None,
 ) -> dict[str, Any]:
     """The whole pipeline; writes OUT/segmentor, OUT/features, OUT/acgan, OUT/feature_downstream.json."""
+    check_feature_arms(cfg.arms)
+    if cfg.threads is None:
+        return _run_feature_augment(data, cfg, out_dir, segmentor)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_feature_augment(data, cfg, out_dir, segmentor)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_feature_augment(data: ImageDataset, cfg: FeatureAugmentConfig, out_dir: str | Path,
+                         segmentor: str | Path | None) -> dict[str, Any]:
     from medbalance.models.feature_acgan import FeatureACGAN, class_accuracy, generated_class_accuracy
     from medbalance.models.tasknets import load_task_model
     from medbalance.synthesis.features import extract_to_store
     from medbalance.training.task import evaluate_task_model, train_task_model
     from medbalance.utils.device import select_device
 
-    check_feature_arms(cfg.arms)
     seg_cfg = segmentor_config(cfg)
     ac_cfg = acgan_config(cfg)
     classifier_config(cfg)  # validate early
@@ -474,6 +492,7 @@ def run_feature_augment(
             "generation": ds_out["generation"],
             "classifier": ds_out["classifier"],
             "timings_seconds": timings,
+            "torch_threads": torch.get_num_threads(),
             "groups_per_split": None if data.groups is None else
             {k: sorted(set(getattr(split, k).groups or [])) for k in ("train", "val", "test")},
         },

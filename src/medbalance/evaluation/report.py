@@ -36,7 +36,9 @@ from medbalance.errors import DataError
 from medbalance.utils.io import atomic_write_json, atomic_write_text
 
 ALPHA = 0.05
-GRID_COLUMNS = 6  # images per class and kind in the sample grids
+GRID_COLUMNS = 5  # images per class and kind in the sample grids
+GRID_ZOOM = 1.7  # display zoom of the sample grids (small images)
+ANATOMY_AREA = 0.2  # labels covering more of the image than this (on average) are anatomy: not outlined
 
 ARM_PHRASES = {
     "oversample": "random oversampling",
@@ -66,8 +68,9 @@ img.px{image-rendering:pixelated}
 figcaption{font-size:12px;color:#55606e}
 ul.verdicts li{margin:5px 0;line-height:1.4}
 .sig-yes{color:#17692b;font-weight:600}
+.sig-worse{color:#a11d1d;font-weight:600}
 .sig-no{color:#5b6470}
-.warn{color:#8a5a00}
+.warn{color:#8a5a00;font-size:13px}
 .note{font-size:12px;color:#55606e}
 dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px;margin:4px 0}
 dl.kv dt{font-weight:600;color:#33435a}
@@ -210,9 +213,11 @@ def make_verdicts(downstream: dict[str, Any]) -> list[dict[str, Any]]:
         ("recall/{c}", "balanced_accuracy", "recall") if task == "classification" else ("dice/{c}", "dice_foreground", "Dice")
     )
     out: list[dict[str, Any]] = []
-    for arm, arm_sum in summary.items():
-        if arm.startswith("_") or arm == "real":
-            continue
+    arms = [a for a in summary if not a.startswith("_") and a != "real"]
+    order = list(arms)
+    arms.sort(key=lambda a: (not (a.startswith("real+synthetic") or a == "synthetic-only"), order.index(a)))
+    for arm in arms:
+        arm_sum = summary[arm]
         cases = arm_sum.get("_cases") or {}
         items = [(c, per_class_key.format(c=c)) for c in class_names] + [(None, overall_key)]
         for cls, metric in items:
@@ -231,7 +236,7 @@ def make_verdicts(downstream: dict[str, Any]) -> list[dict[str, Any]]:
                 vs = e["vs_real_seeds"]
                 p = float(vs["p"]) if _finite(vs.get("p")) else None
                 n_pairs = int(vs.get("n", 0))
-                min_p = vs.get("min_attainable_p", min_p_seeds)
+                min_p = min_p_seeds if min_p_seeds is not None else vs.get("min_attainable_p")
             label = f"{cls} {what}" if cls is not None else overall_key.replace("_", " ")
             subject = _arm_subject(arm, cls, added)
             a_mean, b_mean = float(e["mean"]), float(b["mean"])
@@ -289,8 +294,9 @@ def class_distribution_png(before: dict[str, int], after: dict[str, int] | None)
     ax.set_xticks(x)
     ax.set_xticklabels(names, fontsize=9)
     ax.set_ylabel("images")
-    ax.legend(fontsize=8, frameon=False)
-    ax.set_title("training-set class distribution", fontsize=10)
+    ax.set_ylim(0, 1.12 * max([*before.values(), *(after or {}).values(), 1]))
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("training-set class distribution", fontsize=10, pad=12)
     ax.spines[["top", "right"]].set_visible(False)
     return _fig_png(fig)
 
@@ -329,8 +335,11 @@ def recall_png(downstream: dict[str, Any], metric_prefix: str, label: str) -> by
     w = 0.8 / max(len(arms), 1)
     fig = Figure(figsize=(max(5.0, 1.6 * len(classes) + 2.5), 3.4))
     ax = fig.add_subplot(111)
-    colours = ["#4a78a8", "#9cb8d6", "#8a8a8a", "#6aa56a", "#e08a3c", "#b0558a", "#c9b037", "#5bb5b5"]
+    fixed = {"real": "#4a78a8", "oversample": "#9cb8d6", "class-weight": "#8a8a8a", "augment": "#6aa56a",
+             "real+synthetic": "#e08a3c", "synthetic-only": "#b0558a"}
+    extra = ["#c9b037", "#5bb5b5", "#7d5ba6", "#d4726a"]
     for i, arm in enumerate(arms):
+        colour = fixed.get(arm) or extra[i % len(extra)]
         means, lo, hi = [], [], []
         for c in classes:
             e = summ[arm].get(f"{metric_prefix}/{c}")
@@ -339,7 +348,7 @@ def recall_png(downstream: dict[str, Any], metric_prefix: str, label: str) -> by
             lo.append(max(0.0, m - float(e["ci_low"])) if e else 0.0)
             hi.append(max(0.0, float(e["ci_high"]) - m) if e else 0.0)
         ax.bar(x - 0.4 + w * (i + 0.5), means, w, yerr=[lo, hi], capsize=3, label=arm,
-               color=colours[i % len(colours)], error_kw={"lw": 1})
+               color=colour, error_kw={"lw": 1})
     ax.set_xticks(x)
     ax.set_xticklabels(classes, fontsize=9)
     ax.set_ylim(0, 1.05)
@@ -418,7 +427,13 @@ def sample_grids(export_dir: Path, per_class: int = GRID_COLUMNS) -> tuple[list[
     if any(not v for v in picked.values()) or not picked:
         notes.append("volumes are not shown in the sample grids")
     vals = sorted(all_vals)
-    lut = {v: i for i, v in enumerate(vals)}
+    # labels covering a large part of the image (e.g. the phantom's intracranial label) are anatomy: outlining
+    # them would hide the image; only the smaller (lesion) labels are drawn
+    masks_shown = [m for items in picked.values() for _, m in items if m is not None]
+    anatomy = {v for v in vals if v != 0 and np.mean([(m == v).mean() for m in masks_shown]) > ANATOMY_AREA}
+    drawn = [v for v in vals if v != 0 and v not in anatomy]
+    lut = {v: (i + 1 if v in drawn else 0) for i, v in enumerate(vals)}
+    lut.update({v: drawn.index(v) + 1 for v in drawn})
     out = []
     for c in classes:
         entry: dict[str, Any] = {"class": c}
@@ -433,7 +448,7 @@ def sample_grids(export_dir: Path, per_class: int = GRID_COLUMNS) -> tuple[list[
                 t = np.full((h, w, 3), 32, np.uint8)
                 t[: im.shape[0], : im.shape[1]] = im
                 if m is not None and m.shape == im.shape[:2]:
-                    idx_m = torch.from_numpy(np.vectorize(lut.get)(m).astype(np.int64))[None]
+                    idx_m = torch.from_numpy(np.vectorize(lambda v: lut.get(int(v), 0))(m).astype(np.int64))[None]
                     outl = mask_outlines(idx_m)[0].numpy()
                     col = MASK_COLOURS[(np.clip(outl - 1, 0, None)) % len(MASK_COLOURS)]
                     sub = t[: im.shape[0], : im.shape[1]]
@@ -444,20 +459,27 @@ def sample_grids(export_dir: Path, per_class: int = GRID_COLUMNS) -> tuple[list[
             for j, t in enumerate(tiles):
                 canvas[pad : pad + h, pad + j * (w + pad) : pad + j * (w + pad) + w] = t
             entry[kind] = _rgb_png(canvas)
+            entry[f"{kind}_width"] = canvas.shape[1]
             entry[f"n_{kind}"] = len(by.get((c, kind), []))
         out.append(entry)
-    has_masks = bool(vals)
-    if has_masks:
-        notes.append(
-            "coloured outlines: label-map regions (" + ", ".join(f"value {v}" for v in vals if v != 0) + "); "
-            "synthetic images are drawn from these label maps"
+    if drawn:
+        names = ", ".join(
+            f"value {v} ({['red', 'green', 'blue', 'yellow', 'magenta', 'cyan'][(drawn.index(v)) % 6]})" for v in drawn
         )
+        txt = f"outlines: label-map regions {names}"
+        if anatomy:
+            txt += f"; large anatomy label(s) {sorted(anatomy)} not outlined"
+        notes.append(txt + ". Synthetic images are generated from the label maps shown.")
     return out, notes
 
 
 # ============================================================================================ sections
 def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="{esc(sid)}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+def _counts_txt(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items())
 
 
 def _kv(items: list[tuple[str, Any]]) -> str:
@@ -483,7 +505,7 @@ def _downstream_table(ds: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 continue
             p_seed = (e.get("vs_real_seeds") or {}).get("p")
             p_case = None
-            cls = m.split("/", 1)[1] if m.startswith(("recall/", "dice/")) else ("all" if m in ("balanced_accuracy", "dice_foreground") else None)
+            cls = m.split("/", 1)[1] if m.startswith(("recall/", "dice/")) else None
             if cls is not None and arm != "real":
                 c = (summ[arm].get("_cases") or {}).get(cls)
                 if isinstance(c, dict):
@@ -499,6 +521,11 @@ def _downstream_table(ds: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 "p_vs_real_seeds": p_seed, "p_vs_real_cases": p_case,
             }
     return _table(header, rows, left=2, row_classes=classes_row), numbers
+
+
+def _conditioned_on_real_masks(export_dir: Path) -> bool:
+    with open(export_dir / "manifest.csv", newline="") as f:
+        return any(r.get("parent_mask_id") for r in csv.DictReader(f))
 
 
 def _export_counts(export_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
@@ -558,7 +585,7 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
     if demo:
         dm["dataset"] = demo.get("dataset")
         kv.append(("dataset", demo.get("dataset", {}).get("description", "")))
-        kv.append(("all images per class", demo.get("dataset", {}).get("class_counts", "")))
+        kv.append(("all images per class", _counts_txt(demo.get("dataset", {}).get("class_counts") or {})))
     if downstream:
         dm["split"] = downstream.get("split")
         dm["split_class_counts"] = downstream.get("split_class_counts")
@@ -579,7 +606,8 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
         train_c = gen_cfg.get("train") or {}
         dm["generator"] = {"name": model.get("name"), "preset": model.get("preset"), "params": model.get("params"),
                            "steps": train_c.get("steps"), "batch_size": train_c.get("batch_size")}
-        kv.append(("generator", f"{model.get('name')} (preset {model.get('preset')}, params {model.get('params') or {}})"))
+        params = ", ".join(f"{k}={v}" for k, v in (model.get("params") or {}).items()) or "preset defaults"
+        kv.append(("generator", f"{model.get('name')} (preset {model.get('preset')}; {params})"))
         kv.append(("generator training", f"{train_c.get('steps')} steps, batch {train_c.get('batch_size')}, seed {train_c.get('seed')}"))
     if run_dir is not None and (run_dir / "train_ids.json").is_file():
         ids = _read_json(run_dir / "train_ids.json")
@@ -589,7 +617,9 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
     if synthesis:
         dm["synthesis_plan"] = synthesis.get("plan")
         rep = synthesis.get("report") or {}
-        kv.append(("synthesis plan (new images per class)", synthesis.get("plan")))
+        kv.append(("synthesis plan (new images per class)", _counts_txt(synthesis.get("plan") or {})))
+        if synthesis.get("options"):
+            kv.append(("synthesis options", ", ".join(f"{k}={v}" for k, v in synthesis["options"].items())))
         if rep.get("shortfall"):
             warnings.append(f"the requested synthetic counts were not reached: {rep['shortfall']}")
     if evaluation:
@@ -609,9 +639,12 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
     if downstream and downstream.get("summary"):
         verdicts = make_verdicts(downstream)
         numbers["verdicts"] = verdicts
-        items = "".join(
-            f'<li class="{"sig-yes" if v["significant"] else "sig-no"}">{esc(v["text"])}</li>' for v in verdicts
-        )
+        def vclass(v: dict[str, Any]) -> str:
+            if not v["significant"]:
+                return "sig-no"
+            return "sig-yes" if v["mean"] > v["baseline_mean"] else "sig-worse"
+
+        items = "".join(f'<li class="{vclass(v)}">{esc(v["text"])}</li>' for v in verdicts)
         note = (
             '<p class="note">Significant = two-sided Wilcoxon signed-rank p &lt; 0.05 against the real-only arm; '
             "per-class results use the test across test cases (each case's correctness averaged over seeds) when "
@@ -650,7 +683,8 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
             for kind in ("real", "synthetic"):
                 if kind in g:
                     alt = f"{kind} {g['class']}"
-                    figs.append(f"<figure>{png_bytes_to_img(g[kind], alt, pixelated=True)}"
+                    width = int(g[f"{kind}_width"] * GRID_ZOOM) if g[f"{kind}_width"] * GRID_ZOOM <= 520 else 520
+                    figs.append(f"<figure>{png_bytes_to_img(g[kind], alt, pixelated=True, width=width)}"
                                 f"<figcaption>{esc(kind)} ({g.get('n_' + kind, 0)} in the set)</figcaption></figure>")
             parts.append(f"<h3>{esc(g['class'])}</h3><div class=\"grid\">{''.join(figs)}</div>")
         if parts:
@@ -692,8 +726,28 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
                      f"images; features: {esc(ext.get('name', 'n/a'))} ({ext.get('dim', '?')}-d). Lower FD/KID is "
                      "better; precision ~ fidelity, recall/coverage ~ diversity (0..1); MS-SSIM syn/real near 1 "
                      "means as varied as the real data (above 1: less varied).</p>")
-            sections.append(_section("fidelity", "Fidelity, diversity and image statistics",
-                                     intro + _table(["scope", "metric", "value"], [list(r) for r in rows], left=2)))
+            fid_keys = ["fd", "kid", "precision", "recall", "density", "coverage"]
+            scopes: list[str] = []
+            cells: dict[tuple[str, str], str] = {}
+            other = []
+            for scope, metric, value in rows:
+                if metric in fid_keys:
+                    if scope not in scopes:
+                        scopes.append(scope)
+                    cells[(scope, metric)] = value
+                else:
+                    other.append([scope, metric, value])
+            cols = [k for k in fid_keys if any((sc, k) for sc in scopes if (sc, k) in cells)]
+            body = intro
+            if scopes:
+                shown = [sc for sc in scopes if any(cells.get((sc, k), "n/a") != "n/a" for k in cols)]
+                body += _table(["scope", *cols], [[sc, *[cells.get((sc, k), "") for k in cols]] for sc in shown])
+                if len(shown) < len(scopes):
+                    body += '<p class="note">classes without synthetic images are left out.</p>'
+
+            if other:
+                body += "<h3>diversity and image statistics</h3>" + _table(["scope", "metric", "value"], other, left=2)
+            sections.append(_section("fidelity", "Fidelity, diversity and image statistics", body))
         if evaluation.get("privacy"):
             prow = [r for r in summary_rows(evaluation) if r[0].startswith("privacy")]
             numbers["privacy"] = evaluation["privacy"]
@@ -701,6 +755,16 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
                     "held-out one (0.5 = no memorisation). MIA AUC 0.5 = an attacker cannot tell training from "
                     "held-out images.</p>")
             body += _table(["space", "metric", "value"], [list(r) for r in prow], left=2)
+            pix = evaluation["privacy"].get("pixels") or {}
+            if export_dir is not None and _conditioned_on_real_masks(export_dir):
+                body += ('<p class="note">The synthetic images were generated from label maps of training cases '
+                         "(see parent_mask_id in the manifest), so they reproduce those cases' anatomy: closeness to "
+                         "the training images is expected and means these images are not anonymous copies of new "
+                         "patients.</p>")
+            if _finite(pix.get("dcr_share")) and pix["dcr_share"] > 0.6:
+                body += (f'<p class="warn">DCR share {fmt_num(pix["dcr_share"], 2)}: that fraction of the synthetic '
+                         "images is closer to a training image than to any held-out image; do not share them as "
+                         "anonymised data.</p>")
             mont = evaluation["privacy"].get("montage")
             if mont:
                 mp = Path(mont)

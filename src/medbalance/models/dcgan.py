@@ -137,7 +137,7 @@ class GANCommonParams(BaseConfig):
     ngf: int = Field(64, ge=1, description="generator width at the last (largest) block")
     ndf: int = Field(64, ge=1, description="discriminator width at the first block")
     max_mult: int = Field(8, ge=1, description="widths grow x2 per halving of resolution up to max_mult * ngf/ndf")
-    embed_dim: int = Field(50, ge=1, description="class-embedding size concatenated to z (conditional G)")
+    embed_dim: int = Field(8, ge=1, description="class-embedding size concatenated to z (conditional G; 50 made every class collapse to one image in our 64 px check)")
     loss: Literal["bce", "hinge", "lsgan"] = Field("bce", description="GAN objective (bce = standard, non-saturating G)")
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
@@ -163,6 +163,8 @@ class DCGAN(GANMethod):
         self.size = square_pow2_size(info, self.name)
         self.num_classes = max(1, info.num_classes)
         self.conditional = self._is_conditional()
+        # an unconditional DCGAN ignores labels: say so, so that rebalancing refuses it
+        self.needs = ("label",) if self.conditional else ()
         self.G = self.build_generator()
         self.D = self.build_discriminator()
 

@@ -182,7 +182,7 @@ class LAPGANParams(BaseConfig):
     conditional: bool = Field(
         False, description="class-conditional: embedding->z (coarse G), embedding planes (refiners), projection (all D)"
     )
-    embed_dim: int = Field(50, ge=1, description="class embedding concatenated to z in the coarse G")
+    embed_dim: int = Field(8, ge=1, description="class embedding concatenated to z in the coarse G")
     class_planes: int = Field(4, ge=1, description="class-embedding planes fed to each refinement generator")
     loss: Literal["bce", "hinge", "lsgan"] = "bce"
     lr_g: float = Field(2e-4, gt=0)
