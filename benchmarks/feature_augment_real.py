@@ -39,7 +39,7 @@ def run(name: str, out_root: Path, seeds: int) -> dict | None:
             print(f"skip {name}: {path} not found")
             return None
         dcfg = DataConfig(path=str(path), image_size=64)
-        cfg = FeatureAugmentConfig(preset="cpu", seeds=list(range(seeds)), subsample={"meningioma": 0.1})
+        cfg = FeatureAugmentConfig(preset="cpu", seeds=list(range(seeds)), subsample={"meningioma": 0.1}, threads=1)
     else:
         path = SHARED / "brats2015-sample"
         if not path.exists():
@@ -49,7 +49,7 @@ def run(name: str, out_root: Path, seeds: int) -> dict | None:
             path=str(path), source="nifti", image_size=64,
             nifti=NiftiConfig(modalities=["Flair_*", "T1c_*"], label_pattern="OTMultiClass*", brain_mask_pattern="brainmask*"),
         )
-        cfg = FeatureAugmentConfig(preset="cpu", seeds=list(range(seeds)))
+        cfg = FeatureAugmentConfig(preset="cpu", seeds=list(range(seeds)), threads=1)
     t0 = time.perf_counter()
     ds = load_dataset(dcfg)
     rep = run_feature_augment(ds, cfg, out_root / name)
