@@ -1,6 +1,6 @@
 """Sanity run of every registered generator's ``cpu`` preset on real data and on the phantom.
 
-    python scripts/train_all_real.py                         # everything, ~40 min on 2 busy cores
+    python scripts/train_all_real.py                         # everything, ~30 min on 2 busy cores
     python scripts/train_all_real.py --datasets phantom --models dcgan,spade --budget 60
     python scripts/train_all_real.py --out /tmp/mb_real --json /tmp/mb_real/summary.json
 

@@ -170,7 +170,8 @@ def test_ema_matches_independent_computation(tmp_path):
     root = tmp_path / "run" / "checkpoints"
     for s in (1, 2, 3):
         G = weights(root / f"step_{s:06d}", "G")
-        ema = {k: 0.7 * ema[k] + 0.3 * G[k] for k in ema}
+        d = min(0.7, s / (9 + s))  # warm-up: decay at 0-based step t is min(decay, (1+t)/(10+t))
+        ema = {k: d * ema[k] + (1 - d) * G[k] for k in ema}
         got = weights(root / f"step_{s:06d}", "G_ema")
         for k in ema:
             torch.testing.assert_close(got[k], ema[k], rtol=1e-5, atol=1e-6)
