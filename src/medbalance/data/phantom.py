@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,6 +245,9 @@ def _push(us, vs, cu, cv, amount, sigma):
 
 
 # ---------------------------------------------------------------------------------- anatomy
+_BRAIN_KEYS = ("a", "b", "hc", "hp", "gq", "ga", "gK", "wm0", "wm_amp", "sc", "z", "atrophy", "I_wm", "I_gm", "I_csf", "wr")
+
+
 def _brain(us, vs, P, wr):
     """Brain interior evaluated at (possibly warped) head-frame coordinates.
 
@@ -316,18 +318,35 @@ def _fields(P: dict[str, torch.Tensor], B: int, S: int, gen: torch.Generator) ->
 
 
 # ---------------------------------------------------------------------------------- lesions
-_INTRA = {"homogeneous", "ring_enhancing", "multifocal", "infiltrative"}
 # radius range (normalised image units; the head half-width is ~0.6) and mass-effect strength
 _SIZE = {
-    "homogeneous": (0.055, 0.095),
+    "homogeneous": (0.065, 0.1),
     "ring_enhancing": (0.13, 0.2),
-    "extra_axial": (0.11, 0.17),
+    "extra_axial": (0.14, 0.21),
     "infiltrative": (0.15, 0.24),
 }
 
 
-def _render_chunk(kind: str, P: dict[str, torch.Tensor], S: int, gen: torch.Generator):
-    """Render one chunk of samples of one lesion type: (image (B,S,S) in [0,1], labels (B,S,S) int64)."""
+class _PerPixel(dict):
+    """Per-pixel copies of per-sample parameters, made on first use (flat layout)."""
+
+    def __init__(self, P: dict[str, torch.Tensor], bidx: torch.Tensor):
+        super().__init__()
+        self._P, self._bidx = P, bidx
+
+    def __missing__(self, k: str) -> torch.Tensor:
+        val = self._P[k]
+        B = val.shape[0]
+        out = val.reshape(B, -1).index_select(0, self._bidx).squeeze(1)
+        self[k] = out
+        return out
+
+
+def _render_chunk(kind: str, P: dict[str, torch.Tensor], S: int, gen: torch.Generator, anat=None):
+    """Render one chunk of samples of one lesion type: (image (B,S,S) in [0,1], labels (B,S,S) int64).
+
+    ``anat``: optional (image, brain mask) pair (B,S,S) replacing the procedural head (MNI152 anatomy).
+    """
     B = P["a"].shape[0]
     c = (torch.arange(S, dtype=torch.float32) + 0.5) / S * 2 - 1
     py, px = torch.meshgrid(c, c, indexing="ij")
@@ -338,9 +357,54 @@ def _render_chunk(kind: str, P: dict[str, torch.Tensor], S: int, gen: torch.Gene
     px_w = 2.0 / S
     wr = 0.55 * px_w / torch.minimum(P["a"], P["b"])  # one pixel in rho units (soft edges)
     P = dict(P, wr=wr)
-    ic_hard = rho < INTRACRANIAL_RHO
-    ic = _soft(INTRACRANIAL_RHO - rho, wr)
+    ic_hard = rho < INTRACRANIAL_RHO if anat is None else anat[1]
+    ic = _soft(INTRACRANIAL_RHO - rho, wr) if anat is None else anat[1].float()
+    # skull and scalp (never warped)
+    skull_out = _soft(_SKULL_OUTER - rho, wr)
+    head = _soft(1.0 - rho, wr)
+    bone = (skull_out - ic).clamp_min(0)
+    dip_pattern = 0.5 + 0.5 * torch.cos(3 * phi + P["hp"][:, 0]) * torch.cos(5 * phi + P["hp"][:, 1])
+    dip = _soft(rho - 0.86, wr) * _soft(0.895 - rho, wr) * dip_pattern
+    scalp = (head - skull_out).clamp_min(0)
+    img = bone * P["I_bone"] + dip * (P["I_dip"] - P["I_bone"]) + scalp * P["I_scalp"]
+    if anat is not None:  # skull-stripped template: nothing outside the brain mask
+        img = torch.zeros_like(img)
+    field, les_tex = _fields(P, B, S, gen)
 
+    # the inside of the skull (brain + lesions) is evaluated only on its pixels (~1/3 of the image),
+    # as flat pixel lists with per-pixel copies of the sample parameters
+    sel = rho < INTRACRANIAL_RHO + 6 * wr if anat is None else ic_hard
+    lin = sel.reshape(-1).nonzero().squeeze(1)
+    bidx = torch.repeat_interleave(torch.arange(B), sel.reshape(B, -1).sum(1))
+    Pf = _PerPixel(P, bidx)
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1)[lin]
+
+    img_f, lab_f = _interior(
+        kind, Pf, flat(u), flat(v), flat(rho), px_w, flat(ic), flat(img), flat(les_tex),
+        flat(ic_hard), None if anat is None else flat(anat[0]),
+    )
+    img.view(-1)[lin] = img_f
+    labels = torch.zeros(B, S, S, dtype=torch.int64)
+    labels.view(-1)[lin] = lab_f
+
+    # tissue texture, bias field, Rician noise
+    img = img * field
+    sig = P["noise"]
+    n1 = torch.randn(B, S, S, generator=gen)
+    n2 = torch.randn(B, S, S, generator=gen)
+    img = torch.sqrt((img + sig * n1) ** 2 + (sig * n2) ** 2)
+    return (img / 1.02).clamp(0, 1), labels, {"intracranial": ic_hard, "rho": rho}
+
+
+def _interior(kind, P, u, v, rho, px_w, ic, img, les_tex, ic_hard, anat=None):
+    """Brain anatomy (warped by the lesion's mass effect) and the lesion of type ``kind``.
+
+    Layout-agnostic (used on flat pixel lists). ``img`` holds the skull/scalp already painted;
+    returns the composited intensity and the label map (0/1 intracranial, 2-4 lesion).
+    ``anat``: template intensities (MNI152 path), used unwarped instead of the procedural brain.
+    """
     mn = torch.minimum(P["a"], P["b"])
     r01 = P["les_r"]
     us, vs = u, v
@@ -419,31 +483,12 @@ def _render_chunk(kind: str, P: dict[str, torch.Tensor], S: int, gen: torch.Gene
     else:  # pragma: no cover - guarded by class_names
         raise ConfigError(f"unknown phantom lesion type {kind!r}")
 
-    # the brain is evaluated only where it can be seen (inside the skull): ~1/3 of the pixels
-    sel = rho < INTRACRANIAL_RHO + 6 * wr
-    bidx = sel.nonzero(as_tuple=True)[0]
-    Pf = {}
-    for k, val in P.items():
-        if val.dim() == 3 and val.shape[1:] == (1, 1):
-            Pf[k] = val.reshape(B)[bidx]
-        elif val.dim() == 4 and val.shape[2:] == (1, 1):
-            Pf[k] = val.reshape(B, -1)[bidx]
-    brain_f, csf_f = _brain(us.expand_as(sel)[sel], vs.expand_as(sel)[sel], Pf, Pf["wr"])
-    brain = P["I_csf"].expand(B, S, S).clone()
-    brain[sel] = brain_f
-    csf = torch.ones(B, S, S)
-    csf[sel] = csf_f
+    if anat is None:
+        brain, csf = _brain(us, vs, P, P["wr"])
+    else:  # template anatomy: CSF = dark voxels (no mass effect on the template)
+        brain, csf = anat, ((0.55 * P["I_gm"] - anat) / (0.1 * P["I_gm"]) + 0.5).clamp(0, 1)
     par_hard = csf < 0.5
-    # skull and scalp (never warped)
-    skull_out = _soft(_SKULL_OUTER - rho, wr)
-    head = _soft(1.0 - rho, wr)
-    bone = (skull_out - ic).clamp_min(0)
-    dip_pattern = 0.5 + 0.5 * torch.cos(3 * phi + P["hp"][:, 0]) * torch.cos(5 * phi + P["hp"][:, 1])
-    dip = _soft(rho - 0.86, wr) * _soft(0.895 - rho, wr) * dip_pattern
-    scalp = (head - skull_out).clamp_min(0)
-    img = ic * brain + bone * P["I_bone"] + dip * (P["I_dip"] - P["I_bone"]) + scalp * P["I_scalp"]
-
-    field, les_tex = _fields(P, B, S, gen)
+    img = img + ic * brain
     labels = ic_hard.long()
     for dist, scale, lab, inten, soft_px, role in lesion_layers:
         w_d = soft_px * px_w / scale  # edge width in units of the normalised distance
@@ -457,14 +502,7 @@ def _render_chunk(kind: str, P: dict[str, torch.Tensor], S: int, gen: torch.Gene
         tex = les_tex if role in ("core", "oedema") else 1
         img = img * (1 - alpha) + alpha * inten * tex
         labels = torch.where(hard, torch.full_like(labels, lab), labels)
-
-    # tissue texture, bias field, Rician noise
-    img = img * field
-    sig = P["noise"]
-    n1 = torch.randn(B, S, S, generator=gen)
-    n2 = torch.randn(B, S, S, generator=gen)
-    img = torch.sqrt((img + sig * n1) ** 2 + (sig * n2) ** 2)
-    return (img / 1.02).clamp(0, 1), labels, {"intracranial": ic_hard, "rho": rho}
+    return img, labels
 
 
 # ---------------------------------------------------------------------------------- public API
@@ -488,13 +526,13 @@ def render_phantom(cfg: PhantomConfig, return_geometry: bool = False):
     for c, kind in enumerate(kinds):
         idx = np.flatnonzero(plan.labels == c)
         chunks += [(kind, idx[i : i + _CHUNK]) for i in range(0, len(idx), _CHUNK)]
-    if cfg.anatomy == "mni152":
-        _require_nilearn()
+    anat_all = _mni152_slices(p, S) if cfg.anatomy == "mni152" else None
     for kind, idx in track(chunks, "rendering phantom"):
         P = {k: _t(val[idx]) for k, val in p.items() if k != "bias_grid"}
         P["bias_grid"] = torch.as_tensor(p["bias_grid"][idx], dtype=torch.float32)
         P["sc"] = torch.sqrt(P["a"] * P["b"]) / 0.68  # head-size scale
-        img, lab, extra = _render_chunk(kind, P, S, gen)
+        anat = None if anat_all is None else (anat_all[0][idx], anat_all[1][idx])
+        img, lab, extra = _render_chunk(kind, P, S, gen, anat)
         ti = torch.as_tensor(idx)
         images[ti] = (img * 255).round().to(torch.uint8)
         labs[ti] = lab.to(torch.uint8)
@@ -504,17 +542,54 @@ def render_phantom(cfg: PhantomConfig, return_geometry: bool = False):
     return out + (geom,) if return_geometry else out
 
 
-def _require_nilearn() -> None:
+def _mni152_slices(p: dict[str, np.ndarray], S: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Axial slices of nilearn's skull-stripped MNI152 template (2 mm) as the anatomy of every sample.
+
+    The slice level follows each sample's ``z``; the head-frame parameters in ``p`` are replaced by an
+    ellipse fitted to the slice's brain mask so that lesion placement (inside / on the edge of the brain)
+    works unchanged. Returns images (N,S,S) scaled so white matter ~ ``I_wm`` and brain masks (N,S,S).
+    """
     try:
-        import nilearn  # noqa: F401
+        from nilearn import datasets
     except ImportError:
         raise ConfigError(
-            "phantom.anatomy='mni152' needs the nilearn package (pip install nilearn); "
-            "use anatomy='procedural' to need nothing extra"
+            "phantom.anatomy='mni152' needs the nilearn package: pip install nilearn "
+            "(or use anatomy='procedural', which needs nothing extra)"
         ) from None
-    raise ConfigError(
-        "phantom.anatomy='mni152' is not available in this version; use anatomy='procedural'"
-    )
+    vol = np.asarray(datasets.load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=2).get_fdata()) > 0.5
+    area = mask.sum((0, 1))
+    levels = np.flatnonzero(area >= 0.55 * area.max())  # axial slices with a large brain section
+    t = np.clip((p["z"] + 0.6) / 1.2, 0, 1)
+    ks = levels[np.round(t * (len(levels) - 1)).astype(int)]
+    # RAS (x, y, z) -> image rows = anterior at the top, columns = patient right on the left (radiological)
+    sl = np.ascontiguousarray(vol[:, :, ks].transpose(2, 1, 0)[:, ::-1, ::-1])
+    ms = np.ascontiguousarray(mask[:, :, ks].transpose(2, 1, 0)[:, ::-1, ::-1])
+    h, w = sl.shape[1:]
+    side = max(h, w) + 4
+    pad = ((0, 0), ((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2))
+    sl_t = torch.from_numpy(np.pad(sl, pad))[:, None]
+    ms_t = torch.from_numpy(np.pad(ms, pad).astype(np.float32))[:, None]
+    img = F.interpolate(sl_t, size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+    msk = F.interpolate(ms_t, size=(S, S), mode="nearest-exact")[:, 0] > 0.5
+    inside = img[msk]
+    scale = float(np.percentile(inside.numpy(), 90)) if inside.numel() else 1.0
+    img = (img / max(scale, 1e-6)).clamp(0, 1.6) * torch.as_tensor(p["I_wm"], dtype=torch.float32)[:, None, None]
+    img = img * msk
+    # ellipse fitted to each brain mask (moments); the mask boundary sits at rho = INTRACRANIAL_RHO
+    c = (torch.arange(S, dtype=torch.float32) + 0.5) / S * 2 - 1
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    m = msk.float()
+    cnt = m.sum((1, 2)).clamp_min(1)
+    cx, cy = (m * xx).sum((1, 2)) / cnt, (m * yy).sum((1, 2)) / cnt
+    vx = (m * (xx - cx[:, None, None]) ** 2).sum((1, 2)) / cnt
+    vy = (m * (yy - cy[:, None, None]) ** 2).sum((1, 2)) / cnt
+    p["cx"], p["cy"] = cx.numpy().astype(np.float64), cy.numpy().astype(np.float64)
+    p["theta"] = np.zeros_like(p["cx"])
+    p["a"] = (2 * vx.sqrt() / INTRACRANIAL_RHO).numpy().astype(np.float64)
+    p["b"] = (2 * vy.sqrt() / INTRACRANIAL_RHO).numpy().astype(np.float64)
+    p["hc"] = np.zeros_like(p["hc"])
+    return img, msk
 
 
 @SOURCES.register("phantom", help="built-in procedural brain-MRI-like dataset with lesion classes (no download)")
@@ -523,7 +598,8 @@ def make_phantom(cfg: DataConfig) -> ImageDataset:
     pc = cfg.phantom
     images_u8, labs, labels, subject = render_phantom(pc)
     n, S = images_u8.shape[0], pc.size
-    images = images_u8[:, None].float() / 127.5 - 1.0
+    info = IntensityInfo("uint8", 0.0, 255.0)
+    images = info.scale(images_u8[:, None])
     masks = labs.long()
     conversions: list[str] = []
     if cfg.image_size is not None and cfg.image_size != S:
@@ -531,7 +607,7 @@ def make_phantom(cfg: DataConfig) -> ImageDataset:
         mode = "area" if T < S else "bilinear"
         kw: dict[str, Any] = {} if mode == "area" else {"align_corners": False}
         x = F.interpolate((images + 1) * 127.5, size=(T, T), mode=mode, **kw)
-        images = x.round().clamp(0, 255) / 127.5 - 1.0  # stays on the 8-bit grid
+        images = info.scale(x.round().clamp(0, 255))  # stays on the 8-bit grid
         masks = F.interpolate(masks[:, None].float(), size=(T, T), mode="nearest-exact")[:, 0].long()
         conversions.append(f"resized {S}x{S} -> {T}x{T} ({mode} for images, nearest for masks)")
     width = max(5, len(str(n)))
@@ -545,13 +621,14 @@ def make_phantom(cfg: DataConfig) -> ImageDataset:
         masks=masks.contiguous(),
         mask_values=list(MASK_VALUES),
         groups=groups,
-        intensity=IntensityInfo("uint8", 0.0, 255.0),
+        intensity=info,
         meta={
             "source": "phantom",
             "config": pc.model_dump(mode="json"),
             "original_shapes": [[S, S]] * n,
             "conversions": conversions,
             "warnings": [],
+            "anatomy_values": [1],  # label 1 is anatomy (intracranial space), 2-4 are lesion
             "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
         },
     )
@@ -608,7 +685,8 @@ def _readme(ds: ImageDataset, cfg: PhantomConfig) -> str:
     lines += [
         "manifest.csv     id,image,mask,label,group (paths relative to this folder)",
         "",
-        "Load with: medbalance.data.load_dataset('manifest.csv', group_column='group', mask_values=[0,1,2,3,4])",
+        "Load with: medbalance.data.load_dataset('manifest.csv', mask_values=[0,1,2,3,4], anatomy_values=[1],",
+        f"          classes={list(ds.class_names)!r})  (classes keeps this class order)",
         "Lesion types: " + "; ".join(CLASS_TYPES[: ds.num_classes]),
         "",
     ]

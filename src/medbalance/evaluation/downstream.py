@@ -308,6 +308,9 @@ def run_downstream(
         raise DataError("segmentation needs label maps, the dataset has none", path=data.meta.get("path"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.task == "classification" and data.masks is not None:  # label maps play no part in classification
+        data = data.subset(range(len(data)))
+        data.masks, data.mask_values = None, None
     split = make_split(data, cfg)
     warnings: list[str] = []
     if source is not None and source.run is not None:

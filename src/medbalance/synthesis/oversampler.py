@@ -270,8 +270,10 @@ class GenerativeOverSampler:
             labels=torch.tensor(labels, dtype=torch.long),
             class_names=list(ds.class_names),
             ids=ids,
-            masks=(torch.stack(masks).long() if masks else (None if ds.masks is None else torch.zeros((0, *ds.spatial_shape), dtype=torch.long))),
-            mask_values=ds.mask_values,
+            masks=torch.stack(masks).long() if masks else (
+                torch.zeros((0, *ds.spatial_shape), dtype=torch.long) if (sampler is not None and n == 0) else None
+            ),
+            mask_values=ds.mask_values if (masks or (sampler is not None and n == 0)) else None,
             conditions=torch.tensor(conds, dtype=torch.long) if conds else None,
             condition_names=ds.condition_names if conds else None,
             groups=list(ids),

@@ -26,6 +26,9 @@ class TrainConfig(BaseConfig):
     log_every: int = Field(10, ge=1)
     val_fraction: float = Field(0.0, ge=0, lt=1, description="held out from generator training (ids recorded)")
     tensorboard: bool = True
+    threads: Optional[int] = Field(
+        None, ge=1, description="CPU threads for torch (null = torch's default); 1 is often faster on a busy machine"
+    )
     best_metric: Optional[str] = Field(
         None,
         description="logged loss whose lowest checkpoint-interval mean marks the 'best' checkpoint; "

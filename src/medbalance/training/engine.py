@@ -417,6 +417,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> RunResult:
         tc = self.cfg.train
+        if tc.threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(tc.threads)
         start = self._prepare_run_dir()
         best_val: float | None = None
         if self.resume:
