@@ -285,7 +285,18 @@ def arm_training_set(arm: str, split: Split, cfg: DownstreamConfig, seed: int, s
         return _strip_masks_if_needed(syn, train), opts
     ratio = arm_ratio(arm)
     syn = source.make(train, extra_plan, ratio, seed, cfg.mask_source)
-    return train.concat(_strip_masks_if_needed(syn, train)), opts
+    syn = _strip_masks_if_needed(syn, train)
+    if syn.masks is None and train.masks is not None:  # a generator without label maps (classification only)
+        if cfg.task == "segmentation":
+            raise ConfigError(f"arm {arm!r}: the synthetic images have no label maps, segmentation needs them")
+        train = _without_masks(train)
+    return train.concat(syn), opts
+
+
+def _without_masks(ds: ImageDataset) -> ImageDataset:
+    out = ds.subset(range(len(ds)))
+    out.masks, out.mask_values = None, None
+    return out
 
 
 def _strip_masks_if_needed(syn: ImageDataset, like: ImageDataset) -> ImageDataset:
@@ -308,9 +319,6 @@ def run_downstream(
         raise DataError("segmentation needs label maps, the dataset has none", path=data.meta.get("path"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.task == "classification" and data.masks is not None:  # label maps play no part in classification
-        data = data.subset(range(len(data)))
-        data.masks, data.mask_values = None, None
     split = make_split(data, cfg)
     warnings: list[str] = []
     if source is not None and source.run is not None:
