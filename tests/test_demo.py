@@ -5,20 +5,11 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
 from medbalance.cli.main import app
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_demo_quick_tiny_end_to_end(tmp_path):

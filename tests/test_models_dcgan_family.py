@@ -15,13 +15,6 @@ from medbalance.models.lapgan import gaussian_pyramid, laplacian_pyramid, pyr_do
 from medbalance.models.losses import class_loss, d_loss, feature_matching_loss, g_loss
 from medbalance.models.registry import MODELS, build_method, ensure_registered, resolve_params
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: OpenMP threads only add synchronisation (100x slower on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = {"z_dim": 8, "ngf": 8, "ndf": 8, "max_mult": 4, "embed_dim": 4}

@@ -11,14 +11,6 @@ from medbalance.models.pix2pix import Pix2Pix, auto_strides
 from medbalance.models.registry import MODELS, build_method, ensure_registered
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions: one intra-op thread is faster than two on a shared, loaded machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def info2d(c=1, s=32, k=2, classes=("a", "b")):
     return DataInfo(channels=c, spatial_shape=(s, s), class_names=list(classes), mask_values=list(range(k)))

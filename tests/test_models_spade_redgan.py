@@ -64,14 +64,6 @@ def _conv_out(s, stride):  # k=4, p=2
     return (s + 4 - 4) // stride + 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions: with 2 threads on a busy 2-core machine, thread hand-offs cost 50x the compute.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("c,size,label_nc", [(1, 32, 2), (3, 64, 5), (4, 32, 5), (4, 64, 2), (3, 32, 2)])
 def test_generator_and_discriminator_shapes(c, size, label_nc):

@@ -26,13 +26,6 @@ SEEDS = [0, 1, 2]
 N_TEST = {"major": 20, "<b>minor&": 12, "rare": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _result(correct: dict[str, np.ndarray], seed: int, arm: str) -> dict:
     """A classification result dict as run_downstream writes it, from per-case correctness."""

@@ -25,13 +25,6 @@ from medbalance.training.task import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def blobs(n: int, seed: int, s: int = 32) -> ImageDataset:
     """Bright discs on a dark noisy background; class = disc radius (separable); mask = disc."""

@@ -4,7 +4,6 @@ load_run round trip, samples/logs, CLI. Uses the tiny test-only GAN from tests/_
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np

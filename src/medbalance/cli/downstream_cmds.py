@@ -8,21 +8,9 @@ from typing import Optional
 import typer
 
 from medbalance.cli.app import app
+from medbalance.cli.options import parse_class_fractions, parse_fractions
 from medbalance.errors import ConfigError
 from medbalance.utils.progress import console
-
-
-def _parse_kv_floats(items: list[str], option: str) -> dict[str, float]:
-    out = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            out[k] = float(v)
-        except ValueError:
-            raise ConfigError(f"{option} {it!r} is not CLASS=FRACTION") from None
-    return out
 
 
 @app.command("downstream")
@@ -57,15 +45,10 @@ def downstream_cmd(
     from medbalance.evaluation.downstream import DownstreamConfig, SyntheticSource, check_arms, make_split, run_downstream
     from medbalance.synthesis.strategy import parse_strategy
 
-    try:
-        fr = tuple(float(x) for x in fractions.split(","))
-    except ValueError:
-        raise ConfigError(f"--fractions {fractions!r} is not three comma-separated numbers") from None
-    if len(fr) != 3:
-        raise ConfigError(f"--fractions needs three numbers (train,val,test), got {fractions!r}")
+    fr = parse_fractions(fractions)
     cfg = DownstreamConfig(
         task=task, arms=[a.strip() for a in arms.split(",") if a.strip()], seeds=list(range(seeds)),
-        split_seed=split_seed, fractions=fr, subsample=_parse_kv_floats(subsample, "--subsample"),
+        split_seed=split_seed, fractions=fr, subsample=parse_class_fractions(subsample, "--subsample"),
         strategy=parse_strategy(strategy), mask_source=mask_source, epochs=epochs, batch_size=batch_size, lr=lr,
         device=device,
     )

@@ -9,7 +9,6 @@ from typing import List, Optional
 import typer
 
 from medbalance.cli.app import app
-from medbalance.errors import ConfigError
 from medbalance.utils.progress import console
 
 
@@ -38,22 +37,17 @@ def feature_augment_cmd(
 ) -> None:
     """Feature-level augmentation (Mehra et al., arXiv 2209.14097): real vs real+synthetic *features*."""
     from medbalance.cli.data_cmds import build_data_config
-    from medbalance.cli.downstream_cmds import _parse_kv_floats
+    from medbalance.cli.options import parse_class_fractions, parse_fractions
     from medbalance.config import apply_overrides
     from medbalance.data import load_dataset
     from medbalance.evaluation.feature_downstream import FeatureAugmentConfig, run_feature_augment
     from medbalance.synthesis.strategy import parse_strategy
     from medbalance.utils.io import atomic_write_text
 
-    try:
-        fr = tuple(float(x) for x in fractions.split(","))
-    except ValueError:
-        raise ConfigError(f"--fractions {fractions!r} is not three comma-separated numbers") from None
-    if len(fr) != 3:
-        raise ConfigError(f"--fractions needs three numbers (train,val,test), got {fractions!r}")
+    fr = parse_fractions(fractions)
     base = {
         "preset": preset, "arms": [a.strip() for a in arms.split(",") if a.strip()], "seeds": list(range(seeds)),
-        "split_seed": split_seed, "fractions": list(fr), "subsample": _parse_kv_floats(subsample, "--subsample"),
+        "split_seed": split_seed, "fractions": list(fr), "subsample": parse_class_fractions(subsample, "--subsample"),
         "strategy": parse_strategy(strategy), "filter_generated": not no_filter, "device": device,
         "threads": threads,
     }

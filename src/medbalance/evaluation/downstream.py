@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from medbalance.config import BaseConfig
@@ -36,7 +35,7 @@ from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
 from medbalance.evaluation.stats import min_attainable_p, paired_wilcoxon, summarize
 from medbalance.utils.io import atomic_write_json
-from medbalance.utils.progress import console, make_progress
+from medbalance.utils.progress import make_progress
 
 BASE_ARMS = ("real", "oversample", "class-weight", "augment", "real+synthetic", "synthetic-only")
 

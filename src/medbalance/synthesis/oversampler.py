@@ -197,7 +197,7 @@ class GenerativeOverSampler:
         images, labels, masks, conds, prov = [], [], [], [], []
         report = SynthesisReport()
         total = sum(self.sampling_strategy_.values())
-        with make_progress() as bar:
+        with make_progress(enabled=self.progress) as bar:
             task = bar.add_task("generating", total=total)
             for cls_name, n in self.sampling_strategy_.items():
                 c = ds.class_names.index(cls_name)

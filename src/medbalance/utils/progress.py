@@ -24,7 +24,7 @@ def quiet() -> bool:
     return os.environ.get("MEDBALANCE_QUIET", "0") == "1"
 
 
-def make_progress(*extra_columns) -> Progress:
+def make_progress(*extra_columns, enabled: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold blue]{task.description}"),
         BarColumn(),
@@ -34,7 +34,7 @@ def make_progress(*extra_columns) -> Progress:
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=console,
-        disable=quiet(),
+        disable=quiet() or not enabled,
         transient=False,
     )
 
