@@ -41,7 +41,7 @@ SHARED_BRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "datasets
 
 # model name -> params over the cpu preset; "mask" = mask-conditioned (trained on anatomy-labelled masks)
 MODELS: dict[str, dict[str, Any]] = {
-    "dcgan": {"params": {"conditional": True}, "mask": False},
+    "dcgan": {"params": {"conditional": True}, "mask": False},  # cpu preset: DiffAugment on (docs/models.md)
     "acgan": {"params": {}, "mask": False},
     "lapgan": {"params": {"conditional": True}, "mask": False},
     "lapgan-joint": {"params": {"conditional": True}, "mask": False},
@@ -55,13 +55,14 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def data_cfg(name: str, anatomy: bool, image_size: int):
+def data_cfg(name: str, anatomy: bool, image_size: int, levels: int = 1):
     from medbalance.data.config import DataConfig
 
     if name == "phantom":
         return DataConfig(path="phantom", phantom={"size": image_size})
     path = BRAIN if Path(BRAIN).is_file() else str(SHARED_BRAIN)
-    return DataConfig(path=path, image_size=image_size, anatomy_label=1 if anatomy else None)
+    return DataConfig(path=path, image_size=image_size, anatomy_label=1 if anatomy else None,
+                      anatomy_levels=levels if anatomy else 1)
 
 
 def lesion_values(ds) -> list[int]:
@@ -145,6 +146,11 @@ def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=
     out["class_acc_fake_per_class"] = [round(x, 3) for x in per]
     out["pred_histogram"] = torch.bincount(pred, minlength=C).tolist()
     out["fake_mean"], out["fake_std"] = float(imgs.mean()), float(imgs.std())
+    # within-class diversity: per-pixel std across the images of one class, averaged over pixels and classes;
+    # the same for the real images the labels/masks were drawn from (a collapsed generator has ~0)
+    out["within_class_std_fake"] = round(float(torch.stack([imgs[labels == c].std(0).mean() for c in range(C)]).mean()), 4)
+    real = ds.images[src]
+    out["within_class_std_real"] = round(float(torch.stack([real[labels == c].std(0).mean() for c in range(C)]).mean()), 4)
     if masks is not None and "segmentor" in helpers:
         sds = seg_ds if seg_ds is not None else ds  # the dataset the segmentor's labels index into
         lv = lesion_values(sds)
@@ -212,6 +218,7 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
     rec.update(conditioning_check(res, ds, helpers, args.per_class, seg_ds))
     log(f"  done: {rec['seconds']} s, {rec['images_per_s']} img/s, class acc on fakes {rec['class_acc_fake']:.3f}"
         + (f", lesion dice fake {rec['lesion_dice_fake']} / real {rec['lesion_dice_real']}" if "lesion_dice_fake" in rec else "")
+        + f", within-class std fake {rec['within_class_std_fake']} / real {rec['within_class_std_real']}"
         + f"; grid {rec['grid']}")
     return rec
 
@@ -232,6 +239,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=32, help="generated images per class for the checks")
     ap.add_argument("--seg-epochs", type=int, default=3)
     ap.add_argument("--cls-epochs", type=int, default=3)
+    ap.add_argument("--anatomy-levels", type=int, default=4,
+                    help="brain: anatomy labels added to the tumour masks (data.anatomy_levels; 1 = one head label)")
     ap.add_argument("--no-compare-anatomy", action="store_true", help="skip SPADE without the anatomy label")
     args = ap.parse_args()
     os.environ.setdefault("MEDBALANCE_QUIET", "1")
@@ -262,7 +271,9 @@ def main() -> None:
         anat = dname == "brain"
         dcfg_plain = data_cfg(dname, False, args.image_size)
         ds_plain = load_dataset(dcfg_plain)
-        dcfg_anat, ds_anat = (data_cfg(dname, True, args.image_size), None) if anat else (dcfg_plain, ds_plain)
+        dcfg_anat, ds_anat = (
+            (data_cfg(dname, True, args.image_size, args.anatomy_levels), None) if anat else (dcfg_plain, ds_plain)
+        )
         if anat and any(MODELS[m]["mask"] for m in models):
             ds_anat = load_dataset(dcfg_anat)
         log(f"{dname}: {len(ds_plain)} images {tuple(ds_plain.images.shape[1:])}, classes {ds_plain.class_counts()}, "

@@ -70,6 +70,37 @@ def test_dcgan_network_shapes(c, size, k):
     assert n_convt == int(math.log2(size)) - 1
 
 
+@pytest.mark.parametrize("norm", ["spectral", "none"])
+@pytest.mark.parametrize("k", [0, 3])
+def test_discriminator_norm_options(norm, k):
+    D = DCGANDiscriminator(1, 32, ndf=8, max_mult=4, num_classes=k, aux_classes=3, norm=norm)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+    x, y = torch.randn(3, 1, 32, 32), (torch.tensor([0, 1, 2]) if k else None)
+    assert D(x, y).shape == (3,) and D.class_logits(D.features(x)).shape == (3, 3)
+    sn_weights = [n for n, _ in D.named_parameters() if n.endswith("parametrizations.weight.original")]
+    if norm == "spectral":
+        # every trunk conv, the output conv and the class projection; not the auxiliary classifier
+        n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in D.modules())
+        assert len(sn_weights) == n_conv + (1 if k else 0)
+        assert not any(n.startswith("aux.") for n in sn_weights)
+        D.train()
+        for _ in range(30):  # power iteration converges: largest singular value of each weight -> 1
+            D(x, y)
+        w = D.out.weight.reshape(D.out.weight.shape[0], -1)
+        assert torch.linalg.matrix_norm(w.detach(), ord=2).item() == pytest.approx(1.0, abs=0.05)
+    else:
+        assert sn_weights == []
+
+
+def test_discriminator_norm_unknown_lists_allowed():
+    with pytest.raises(ConfigError, match="allowed: batch, spectral, none"):
+        DCGANDiscriminator(1, 32, ndf=8, norm="layer")
+    with pytest.raises(ConfigError, match="d_norm"):
+        resolve_params("dcgan", "cpu", {"d_norm": "layer"})
+    m = tiny("acgan", d_norm="spectral")
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.D.modules())
+
+
 def test_generator_256_forward():
     G = DCGANGenerator(8, 3, 256, ngf=4, max_mult=4)
     assert G(torch.randn(1, 8)).shape == (1, 3, 256, 256)
@@ -244,3 +275,45 @@ def test_unconditional_generate_ignores_label_values():
     b = m.generate(torch.tensor([2, 2, 2]), generator=torch.Generator().manual_seed(3))
     assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)
     assert m.generate(torch.zeros(0, dtype=torch.long)).shape == (0, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------- DiffAugment
+def test_translation_matches_roll_with_background_fill():
+    from medbalance.models.augment import translation
+
+    torch.manual_seed(3)
+    x = torch.randn(6, 2, 16, 16)
+    torch.manual_seed(7)
+    out = translation(x)
+    torch.manual_seed(7)  # the same offsets, drawn as translation() draws them
+    dy = torch.randint(-2, 3, (6, 1, 1))
+    dx = torch.randint(-2, 3, (6, 1, 1))
+    for i in range(6):
+        a, b = int(dy[i]), int(dx[i])
+        ref = torch.full_like(x[i], -1.0)
+        src = x[i][:, max(0, -a): 16 - max(0, a), max(0, -b): 16 - max(0, b)]
+        ref[:, max(0, a): 16 - max(0, -a), max(0, b): 16 - max(0, -b)] = src
+        assert torch.equal(out[i], ref)
+
+
+def test_cutout_and_gradients():
+    from medbalance.models.augment import cutout, diff_augment
+
+    x = torch.zeros(50, 1, 16, 16, requires_grad=True)
+    out = cutout(x)
+    cut = (out == -1).flatten(1).sum(1)
+    assert (cut > 0).all() and (cut <= 64).all()  # one square of side 8, possibly clipped by the border
+    assert (cut == 64).any()
+    y = diff_augment(x, ["translation", "cutout"])
+    y.sum().backward()  # differentiable w.r.t. the images (G's gradients pass through)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert diff_augment(x, []) is x
+
+
+@pytest.mark.parametrize("name", ["dcgan", "acgan"])
+def test_augment_option_trains(name):
+    m = tiny(name, augment=["translation", "cutout"], **({} if name == "acgan" else {"conditional": True}))
+    out = m.training_step(batch(), 0)
+    assert all(torch.isfinite(v) for v in out.values())
+    with pytest.raises(ConfigError):
+        resolve_params(name, "cpu", {"augment": ["colour"]})

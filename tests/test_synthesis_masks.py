@@ -157,3 +157,27 @@ def test_add_anatomy_label_from_image():
     s = MaskSampler(out, source="edited", edit_ops=["move"])
     for d in s.draw(4, None, np.random.default_rng(0)):
         assert not (s.lesion_of(d.mask) & ~s.tissue_of(out.ids.index(d.parent_id))).any()
+
+
+def test_anatomy_levels_split_tissue_by_intensity_quantiles():
+    from medbalance.data.anatomy import add_anatomy_label
+
+    ds = _dataset(anatomy=False)
+    size = ds.images.shape[-1]
+    # brain intensity ramps from left (dark) to right (bright)
+    ramp = torch.linspace(-0.5, 0.5, size).expand(size, size)
+    brain = ds.images[:, 0] > -0.8
+    ds.images[:, 0] = torch.where(brain, ramp, ds.images[:, 0])
+    out = add_anatomy_label(ds, 1, levels=3)
+    assert out.mask_values == [0, 1, 2, 3, 255] and out.meta["anatomy_values"] == [1, 2, 3]
+    m = out.masks.numpy()
+    assert np.array_equal(m == 4, ds.masks.numpy() == 1)  # lesion kept, re-indexed
+    for i in range(len(ds)):
+        counts = [(m[i] == j).sum() for j in (1, 2, 3)]
+        assert min(counts) > 0.25 * sum(counts)  # quantile levels: about a third of the tissue each
+        cols = [np.nonzero(m[i] == j)[1].mean() for j in (1, 2, 3)]
+        assert cols[0] < cols[1] < cols[2]  # level increases with intensity (left to right)
+    with pytest.raises(ConfigError, match=r"already a mask value"):
+        add_anatomy_label(ds, 253, levels=3)  # 253, 254, 255 would clash with the lesion's 255
+    with pytest.raises(ConfigError, match="anatomy_levels"):
+        add_anatomy_label(ds, 1, levels=0)

@@ -227,7 +227,8 @@ def test_samples_losses_csv_tensorboard(tmp_path):
     run = tmp_path / "run"
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
     im = np.asarray(Image.open(run / "samples" / "step_000004.png"))
-    assert im.shape == (3 * (8 + 2) + 2, 5 * (8 + 2) + 2, 3)  # one row per class, 5 columns, 2 px gutters
+    # mask-conditioned: per class a row of the real mask sources over a row of fakes; 5 columns, 2 px gutters
+    assert im.shape == (2 * 3 * (8 + 2) + 2, 5 * (8 + 2) + 2, 3)
     assert ((im == [255, 64, 64]).all(-1)).sum() > 0  # mask outlines drawn
     rows = read_losses_csv(run / "losses.csv")
     assert [r["step"] for r in rows] == [2, 4] and set(rows[0]) == {"step", "loss_D", "loss_G", "images_per_s"}

@@ -63,6 +63,10 @@ class DataConfig(BaseConfig):
     anatomy_label: Optional[int] = Field(
         None, description="add this label to background pixels inside the anatomy (from the image), as Red-GAN does"
     )
+    anatomy_levels: int = Field(
+        1, ge=1, le=16, description="split the added anatomy into this many labels by per-image intensity quantiles "
+        "(a crude tissue map, like Shin et al.'s anatomical label maps; 1 = one label, as Red-GAN)"
+    )
     anatomy_threshold: float = Field(-0.8, description="tissue = image > threshold in [-1, 1] (for anatomy_label)")
     channels: Literal["auto", 1, 3] = "auto"
     # geometry

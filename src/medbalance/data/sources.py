@@ -67,5 +67,5 @@ def load_dataset(cfg: DataConfig | str | None = None, **overrides) -> ImageDatas
     if cfg.anatomy_label is not None:
         from medbalance.data.anatomy import add_anatomy_label
 
-        ds = add_anatomy_label(ds, cfg.anatomy_label, cfg.anatomy_threshold)
+        ds = add_anatomy_label(ds, cfg.anatomy_label, cfg.anatomy_threshold, cfg.anatomy_levels)
     return ds

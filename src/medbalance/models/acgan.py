@@ -19,6 +19,7 @@ from torch import nn
 
 from medbalance.data.dataset import DataInfo
 from medbalance.models.base import set_requires_grad
+from medbalance.models.augment import diff_augment
 from medbalance.models.dcgan import DCGAN, DCGANDiscriminator, GANCommonParams
 from medbalance.models.layers import chunked, eval_mode, module_device
 from medbalance.models.losses import class_loss, d_loss, g_loss
@@ -48,7 +49,9 @@ class ACGAN(DCGAN):
 
     def build_discriminator(self) -> nn.Module:
         p = self.params
-        return DCGANDiscriminator(self.info.channels, self.size, p.ndf, p.max_mult, aux_classes=self.num_classes)
+        return DCGANDiscriminator(
+            self.info.channels, self.size, p.ndf, p.max_mult, aux_classes=self.num_classes, norm=p.d_norm
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         real, y_real = batch["image"], batch["label"]
@@ -62,8 +65,8 @@ class ACGAN(DCGAN):
         # --- D step
         with self.autocast():
             fake = self.G(z, y_fake)
-            h_r = self.D.features(real)
-            h_f = self.D.features(fake.detach())
+            h_r = self.D.features(diff_augment(real, p.augment))
+            h_f = self.D.features(diff_augment(fake.detach(), p.augment))
             src_r, src_f = self.D.logits(h_r), self.D.logits(h_f)
             cls_r, cls_f = self.D.class_logits(h_r), self.D.class_logits(h_f)
             loss_d_src = d_loss(src_r, src_f, p.loss)
@@ -74,7 +77,7 @@ class ACGAN(DCGAN):
         set_requires_grad(self.D, False)
         try:
             with self.autocast():
-                h = self.D.features(fake)
+                h = self.D.features(diff_augment(fake, p.augment))
                 loss_g_src = g_loss(self.D.logits(h), p.loss)
                 loss_g_cls = class_loss(self.D.class_logits(h), y_fake)
                 loss_g = loss_g_src + p.class_weight * loss_g_cls
@@ -113,7 +116,7 @@ MODELS.add(
         params=ACGANParams,
         presets={
             "paper": {"z_dim": 100, "ngf": 64, "ndf": 64, "max_mult": 16},
-            "cpu": {"z_dim": 64, "ngf": 32, "ndf": 32, "max_mult": 8},
+            "cpu": {"z_dim": 64, "ngf": 32, "ndf": 32, "max_mult": 8, "augment": ["translation", "cutout"]},
         },
         description="ACGAN: class-conditional DCGAN with an auxiliary classifier on D (cross-entropy on logits)",
         paper="Odena, Olah & Shlens 2017 (arXiv 1610.09585)",

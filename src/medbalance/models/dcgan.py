@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from medbalance.config import BaseConfig
 from medbalance.data.dataset import DataInfo
@@ -32,6 +33,7 @@ from medbalance.models.layers import (
     module_device,
     square_pow2_size,
 )
+from medbalance.models.augment import diff_augment
 from medbalance.models.losses import d_loss, g_loss
 from medbalance.models.registry import MODELS, ModelSpec
 
@@ -80,6 +82,9 @@ class DCGANGenerator(nn.Module):
         return self.net(z[:, :, None, None])
 
 
+D_NORMS: tuple[str, ...] = ("batch", "spectral", "none")
+
+
 class DCGANDiscriminator(nn.Module):
     """``forward(x, labels | None) -> (B,)`` real/fake logits; ``features(x) -> (B, F, 4, 4)``.
 
@@ -95,21 +100,34 @@ class DCGANDiscriminator(nn.Module):
         max_mult: int = 8,
         num_classes: int = 0,
         aux_classes: int = 0,
+        norm: str = "batch",
     ):
         super().__init__()
         if not is_power_of_two(size) or size < 8:
             raise ConfigError(f"DCGAN discriminator size must be a power of two >= 8, got {size}")
+        if norm not in D_NORMS:
+            raise ConfigError(f"unknown discriminator norm {norm!r}; allowed: {', '.join(D_NORMS)}")
         n_down = log2i(size) - 2  # size -> 4x4
         widths = [ndf * min(max_mult, 2**j) for j in range(n_down)]
+        sn = norm == "spectral"
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, True)]
+            if norm == "batch":
+                layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, True)]
+            else:
+                layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         self.trunk = nn.Sequential(*layers)
         self.out = nn.Conv2d(widths[-1], 1, 4, 1, 0)
         self.proj = ProjectionHead(num_classes, widths[-1]) if num_classes > 0 else None
         self.aux = nn.Linear(widths[-1] * 16, aux_classes) if aux_classes > 0 else None
         self.feat_channels = widths[-1]
         dcgan_init_(self)
+        if sn:  # Miyato et al. 2018: every weight layer of D except the auxiliary classifier
+            for m in list(self.trunk) + [self.out]:
+                if isinstance(m, nn.Conv2d):
+                    spectral_norm(m)
+            if self.proj is not None:
+                spectral_norm(self.proj.embed)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
@@ -139,6 +157,16 @@ class GANCommonParams(BaseConfig):
     max_mult: int = Field(8, ge=1, description="widths grow x2 per halving of resolution up to max_mult * ngf/ndf")
     embed_dim: int = Field(8, ge=1, description="class-embedding size concatenated to z (conditional G; 50 made every class collapse to one image in our 64 px check)")
     loss: Literal["bce", "hinge", "lsgan"] = Field("bce", description="GAN objective (bce = standard, non-saturating G)")
+    d_norm: Literal["batch", "spectral", "none"] = Field(
+        "batch",
+        description="discriminator normalisation: BatchNorm from the 2nd block (DCGAN paper) or spectral "
+        "normalisation of every D weight (Miyato et al. 2018; no BatchNorm)",
+    )
+    augment: list[Literal["translation", "cutout"]] = Field(
+        default_factory=list,
+        description="DiffAugment policies applied to real and fake images before D, in D and G steps "
+        "(Zhao et al. 2020; not in the DCGAN/ACGAN papers; [] = off)",
+    )
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -181,7 +209,8 @@ class DCGAN(GANMethod):
     def build_discriminator(self) -> nn.Module:
         p = self.params
         return DCGANDiscriminator(
-            self.info.channels, self.size, p.ndf, p.max_mult, num_classes=self.num_classes if self.conditional else 0
+            self.info.channels, self.size, p.ndf, p.max_mult,
+            num_classes=self.num_classes if self.conditional else 0, norm=p.d_norm,
         )
 
     def networks(self) -> dict[str, nn.Module]:
@@ -202,19 +231,20 @@ class DCGAN(GANMethod):
         real = batch["image"]
         y = self._cond(batch)  # fakes use the batch's labels: same class distribution as the reals
         kind = self.params.loss
+        aug = self.params.augment
         z = torch.randn(real.shape[0], self.params.z_dim, device=real.device)
         # --- D step
         with self.autocast():
             fake = self.G(z, y)
-            d_real = self.D(real, y)
-            d_fake = self.D(fake.detach(), y)
+            d_real = self.D(diff_augment(real, aug), y)
+            d_fake = self.D(diff_augment(fake.detach(), aug), y)
             loss_d = d_loss(d_real, d_fake, kind)
         self.optimize("D", loss_d)
         # --- G step (D frozen: no weight gradients computed for it)
         set_requires_grad(self.D, False)
         try:
             with self.autocast():
-                loss_g = g_loss(self.D(fake, y), kind)
+                loss_g = g_loss(self.D(diff_augment(fake, aug), y), kind)
             self.optimize("G", loss_g)
         finally:
             set_requires_grad(self.D, True)
@@ -265,7 +295,8 @@ MODELS.add(
         presets={
             # Radford et al.; MelanoGANs' 256 px DCGAN [INF]: 4x4x1024 at 256 px -> max_mult 16
             "paper": {"z_dim": 100, "ngf": 64, "ndf": 64, "max_mult": 16},
-            "cpu": {"z_dim": 64, "ngf": 32, "ndf": 32, "max_mult": 8},
+            # + DiffAugment: with a few thousand images D saturates within ~100 steps (docs/models.md)
+            "cpu": {"z_dim": 64, "ngf": 32, "ndf": 32, "max_mult": 8, "augment": ["translation", "cutout"]},
         },
         description="DCGAN, unconditional or class-conditional (MelanoGANs baseline)",
         paper="Radford et al. 2016 (arXiv 1511.06434); Baur et al. MelanoGANs 2018 (arXiv 1804.04338)",

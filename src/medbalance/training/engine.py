@@ -266,9 +266,11 @@ class Trainer:
         idx = torch.cat(picks)
         labels = torch.arange(ds.num_classes).repeat_interleave(cols)
         needs = self.method.needs if hasattr(self, "method") else ()
+        use_masks = ds.masks is not None and "mask" in needs
         return {
             "labels": labels,
-            "masks": ds.masks[idx] if ds.masks is not None and "mask" in needs else None,
+            "real": ds.images[idx] if use_masks else None,
+            "masks": ds.masks[idx] if use_masks else None,
             "conditions": ds.conditions[idx] if ds.conditions is not None and "condition" in needs else None,
         }
 
@@ -294,7 +296,18 @@ class Trainer:
                 )
         finally:
             G.train(was_training)
-        return render_grid(imgs.float().cpu(), self.info.num_classes, self.cfg.train.sample_columns, f["masks"])
+        k, cols = self.info.num_classes, self.cfg.train.sample_columns
+        if f["masks"] is None:
+            return render_grid(imgs.float().cpu(), k, cols)
+        # mask-conditioned: per class, the real images the masks come from over the images generated from them;
+        # outlines of lesion labels only (anatomy labels would hide the image)
+        anatomy = set(self.dataset.meta.get("anatomy_values") or [])
+        values = self.info.mask_values or []
+        lesion = [i for i, v in enumerate(values) if i > 0 and v not in anatomy]
+        shape = (k, 1, cols) + tuple(imgs.shape[1:])
+        both = torch.cat([f["real"].float().reshape(shape), imgs.float().cpu().reshape(shape)], dim=1)
+        masks = f["masks"].reshape((k, 1, cols) + tuple(f["masks"].shape[1:])).expand(-1, 2, -1, *f["masks"].shape[1:])
+        return render_grid(both.flatten(0, 2), 2 * k, cols, masks.flatten(0, 2), outline_labels=lesion)
 
     # ------------------------------------------------------------------ run folder
     def _prepare_run_dir(self) -> int:

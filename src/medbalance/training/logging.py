@@ -45,12 +45,20 @@ def mask_outlines(masks: torch.Tensor) -> torch.Tensor:
 
 
 def render_grid(
-    images: torch.Tensor, rows: int, cols: int, masks: torch.Tensor | None = None, pad: int = 2
+    images: torch.Tensor,
+    rows: int,
+    cols: int,
+    masks: torch.Tensor | None = None,
+    pad: int = 2,
+    outline_labels: list[int] | None = None,
 ) -> np.ndarray:
-    """Images (rows*cols, C, H, W) -> an RGB grid (uint8 array), optional mask outlines drawn in colour."""
+    """Images (rows*cols, C, H, W) -> an RGB grid (uint8 array), optional mask outlines drawn in colour
+    (only of the label indices in ``outline_labels`` when given, e.g. lesions but not anatomy)."""
     disp = to_display(images)  # (B, H, W', 3)
     if masks is not None:
         outl = mask_outlines(masks.cpu())  # (B, H, W)
+        if outline_labels is not None:
+            outl = torch.where(torch.isin(outl, torch.tensor(outline_labels, dtype=outl.dtype)), outl, 0)
         reps = disp.shape[2] // outl.shape[2]
         outl = outl.repeat(1, 1, reps)  # outline every tiled channel
         colours = torch.from_numpy(MASK_COLOURS)
