@@ -180,7 +180,7 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
     from medbalance.training.config import RunConfig
     from medbalance.training.engine import train
 
-    params = dict(MODELS[name]["params"])
+    params = {**MODELS[name]["params"], **args.params}
     if name == "redgan":
         params["segmentor"] = str(helpers["seg_dir"])
     run_dir = out / f"{name}{tag}"
@@ -239,6 +239,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=32, help="generated images per class for the checks")
     ap.add_argument("--seg-epochs", type=int, default=3)
     ap.add_argument("--cls-epochs", type=int, default=3)
+    ap.add_argument("--params", type=json.loads, default={},
+                    help='JSON dict merged into every model\'s params, e.g. \'{"augment": []}\' (an ablation)')
+    ap.add_argument("--tag", default="", help="suffix of run folders and summary names (e.g. -no-augment)")
     ap.add_argument("--anatomy-levels", type=int, default=4,
                     help="brain: anatomy labels added to the tumour masks (data.anatomy_levels; 1 = one head label)")
     ap.add_argument("--no-compare-anatomy", action="store_true", help="skip SPADE without the anatomy label")
@@ -286,10 +289,10 @@ def main() -> None:
             mask = MODELS[name]["mask"]
             ds, dcfg = (ds_anat, dcfg_anat) if mask else (ds_plain, dcfg_plain)
             try:
-                rec = run_model(name, ds, dcfg, dname, out, a, helpers, seg_ds=ds_anat)
+                rec = run_model(name, ds, dcfg, dname, out, a, helpers, seg_ds=ds_anat, tag=args.tag)
             except Exception as e:  # keep going: one failing model must not hide the others
                 log(f"  FAILED {dname}/{name}: {type(e).__name__}: {e}")
-                rec = {"dataset": dname, "model": name, "error": f"{type(e).__name__}: {e}"}
+                rec = {"dataset": dname, "model": name + args.tag, "error": f"{type(e).__name__}: {e}"}
             rec["anatomy_label"] = bool(mask and anat)
             rec.update(helpers_ref=seg_info)
             records = [r for r in records if not (r["dataset"] == dname and r["model"] == rec["model"])] + [rec]

@@ -709,7 +709,8 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
             samples = sorted((run_dir / "samples").glob("step_*.png")) if (run_dir / "samples").is_dir() else []
             if samples:
                 body += (f"<h3>generator samples at the last checkpoint ({esc(samples[-1].stem)}), "
-                         f"one row per class, fixed inputs</h3>")
+                         f"one row per class (mask-conditioned models: the real images the masks come from, "
+                         f"over the fakes made from those masks), fixed inputs</h3>")
                 body += png_bytes_to_img(samples[-1].read_bytes(), "generator samples", pixelated=True, width=640)
             sections.append(_section("training-curves", "Generator training", body))
 
