@@ -17,8 +17,11 @@ run folder and then measures, on generated samples:
 
 Red-GAN needs a frozen segmentor; the one trained here (``medbalance.training.task``) is used for
 both Red-GAN and the mask-following check. Brain-tumour-MRI masks are tumour-only, so the
-mask-conditioned models are trained with ``data.anatomy_label: 1`` (head label added from the image),
-and SPADE is also trained without it for comparison.
+mask-conditioned models are trained with ``data.anatomy_label: 1`` and ``data.anatomy_levels`` (default 4:
+the head, taken from the image, split into intensity-quantile tissue labels); SPADE is also trained on the
+tumour-only masks for comparison unless ``--no-compare-anatomy``. A third check, within-class diversity, compares
+the per-pixel std across the fakes of one class with that of the real images (a collapsed generator has ~0).
+``--params '{"augment": []}' --tag=-no-augment`` runs an ablation (note the ``=``: the tag starts with a dash).
 
 Sample grids and run folders stay under ``--out`` (default /tmp/mb_real): never in the repository.
 """
