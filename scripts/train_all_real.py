@@ -68,17 +68,11 @@ def data_cfg(name: str, anatomy: bool, image_size: int, levels: int = 1):
                       anatomy_levels=levels if anatomy else 1)
 
 
-def lesion_values(ds) -> list[int]:
-    """Mask values that are lesion (not background, not anatomy)."""
-    anat = set(ds.meta.get("anatomy_values", []) or [])
-    if ds.meta.get("source") == "phantom" or "phantom" in str(ds.meta.get("path", "")):
-        anat |= {1}
-    return [v for v in ds.mask_values if v != 0 and v not in anat]
+def lesion_map(masks: torch.Tensor, ds) -> torch.Tensor:
+    """Boolean lesion map of label maps indexing into ``ds.mask_values`` (anatomy labels excluded)."""
+    from medbalance.data.anatomy import lesion_indices
 
-
-def lesion_map(masks: torch.Tensor, mask_values: list[int], lesion: list[int]) -> torch.Tensor:
-    idx = torch.tensor([i for i, v in enumerate(mask_values) if v in lesion])
-    return torch.isin(masks, idx)
+    return torch.isin(masks, torch.tensor(lesion_indices(ds.mask_values, ds.meta.get("anatomy_values"))))
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -151,18 +145,19 @@ def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=
     out["fake_mean"], out["fake_std"] = float(imgs.mean()), float(imgs.std())
     # within-class diversity: per-pixel std across the images of one class, averaged over pixels and classes;
     # the same for the real images the labels/masks were drawn from (a collapsed generator has ~0)
-    out["within_class_std_fake"] = round(float(torch.stack([imgs[labels == c].std(0).mean() for c in range(C)]).mean()), 4)
-    real = ds.images[src]
-    out["within_class_std_real"] = round(float(torch.stack([real[labels == c].std(0).mean() for c in range(C)]).mean()), 4)
+    def within_class_std(x: torch.Tensor) -> float:
+        return round(float(torch.stack([x[labels == c].std(0).mean() for c in range(C)]).mean()), 4)
+
+    out["within_class_std_fake"] = within_class_std(imgs)
+    out["within_class_std_real"] = within_class_std(ds.images[src])
     if masks is not None and "segmentor" in helpers:
         sds = seg_ds if seg_ds is not None else ds  # the dataset the segmentor's labels index into
-        lv = lesion_values(sds)
         seg = helpers["segmentor"]
         pf = predict_segmentor(seg, imgs)
         pr = predict_segmentor(seg, ds.images[src])
-        target = lesion_map(masks, ds.mask_values, lesion_values(ds))
-        out["lesion_dice_fake"] = round(dice(lesion_map(pf, sds.mask_values, lv), target), 3)
-        out["lesion_dice_real"] = round(dice(lesion_map(pr, sds.mask_values, lv), target), 3)
+        target = lesion_map(masks, ds)
+        out["lesion_dice_fake"] = round(dice(lesion_map(pf, sds), target), 3)
+        out["lesion_dice_real"] = round(dice(lesion_map(pr, sds), target), 3)
     return out
 
 

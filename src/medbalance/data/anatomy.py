@@ -16,6 +16,8 @@ source image's layout than a single label (relevant when the synthetic set is me
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -36,6 +38,12 @@ def tissue_masks(images: torch.Tensor, threshold: float = -0.8) -> np.ndarray:
             t = lab == (int(np.argmax(sizes)) + 1)
         out[i] = ndimage.binary_fill_holes(t)
     return out
+
+
+def lesion_indices(mask_values: Sequence[int], anatomy_values: Iterable[int] | None) -> list[int]:
+    """Indices (into ``mask_values``) of the lesion labels: every non-background label that is not anatomy."""
+    anat = set(anatomy_values or [])
+    return [i for i, v in enumerate(mask_values) if i > 0 and v not in anat]
 
 
 def tissue_levels(images: torch.Tensor, tissue: np.ndarray, levels: int, sigma: float = 1.0) -> np.ndarray:
@@ -61,35 +69,30 @@ def add_anatomy_label(ds: ImageDataset, value: int, threshold: float = -0.8, lev
         raise DataError("anatomy_label needs a dataset with label maps", path=ds.meta.get("path"))
     if levels < 1:
         raise ConfigError(f"anatomy_levels must be >= 1, got {levels}")
+    if value <= 0:
+        raise ConfigError("anatomy_label must be a positive integer (0 is background)")
     added = list(range(value, value + levels))
     clash = sorted(set(added) & set(ds.mask_values))
     if clash:
-        name = "anatomy_label" if levels == 1 else f"anatomy_label .. anatomy_label + {levels - 1}"
-        raise ConfigError(
-            f"{name} {clash} {'is' if len(clash) == 1 else 'are'} already a mask value ({ds.mask_values}); "
-            "choose another value"
-        )
-    if value <= 0:
-        raise ConfigError("anatomy_label must be a positive integer (0 is background)")
+        what = (f"anatomy_label {value}" if levels == 1 else
+                f"anatomy_label {value} with anatomy_levels {levels} needs {value}..{added[-1]}, but {clash}")
+        raise ConfigError(f"{what} {'is already a mask value' if len(clash) == 1 else 'are already mask values'} "
+                          f"({ds.mask_values}); choose another value")
     new_values = sorted(list(ds.mask_values) + added)
     lut = torch.tensor([new_values.index(v) for v in ds.mask_values], dtype=torch.int64)
     masks = lut[ds.masks.long()]
-    tissue_np = tissue_masks(ds.images, threshold)
-    free = (masks == 0) & torch.from_numpy(tissue_np)
-    if levels == 1:
-        masks[free] = new_values.index(value)
-        how = f"added anatomy label {value} (image > {threshold} in [-1, 1], holes filled) to every label map"
-    else:
-        lvl = torch.from_numpy(tissue_levels(ds.images, tissue_np, levels))
-        idx = torch.tensor([new_values.index(v) for v in added], dtype=torch.int64)
-        masks[free] = idx[lvl[free].clamp(min=0)]
-        how = (
-            f"added anatomy labels {added[0]}..{added[-1]} (image > {threshold} in [-1, 1], holes filled; "
-            f"{levels} per-image intensity quantile levels) to every label map"
-        )
+    tissue = tissue_masks(ds.images, threshold)
+    free = (masks == 0) & torch.from_numpy(tissue)
+    # level of every free tissue pixel (all 0 with one level), mapped to the index of its new mask value
+    lvl = torch.from_numpy(tissue_levels(ds.images, tissue, levels)) if levels > 1 else torch.zeros_like(masks)
+    masks[free] = torch.tensor([new_values.index(v) for v in added])[lvl[free]]
+    how = (f"added anatomy label {value}" if levels == 1 else
+           f"added anatomy labels {value}..{added[-1]} ({levels} per-image intensity quantile levels)")
     meta = dict(ds.meta)
     meta["anatomy_values"] = sorted(set(meta.get("anatomy_values", [])) | set(added))
-    meta.setdefault("conversions", []).append(how)
+    meta.setdefault("conversions", []).append(
+        f"{how} (image > {threshold} in [-1, 1], holes filled) to every label map"
+    )
     from dataclasses import replace
 
     return replace(ds, masks=masks, mask_values=new_values, meta=meta)

@@ -18,8 +18,8 @@ from pydantic import Field
 from torch import nn
 
 from medbalance.data.dataset import DataInfo
-from medbalance.models.base import set_requires_grad
 from medbalance.models.augment import diff_augment
+from medbalance.models.base import set_requires_grad
 from medbalance.models.dcgan import DCGAN, DCGANDiscriminator, GANCommonParams
 from medbalance.models.layers import chunked, eval_mode, module_device
 from medbalance.models.losses import class_loss, d_loss, g_loss

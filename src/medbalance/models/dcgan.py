@@ -20,6 +20,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from medbalance.config import BaseConfig
 from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError
+from medbalance.models.augment import diff_augment
 from medbalance.models.base import GANMethod, set_requires_grad
 from medbalance.models.layers import (
     ProjectionHead,
@@ -33,7 +34,6 @@ from medbalance.models.layers import (
     module_device,
     square_pow2_size,
 )
-from medbalance.models.augment import diff_augment
 from medbalance.models.losses import d_loss, g_loss
 from medbalance.models.registry import MODELS, ModelSpec
 
@@ -109,7 +109,6 @@ class DCGANDiscriminator(nn.Module):
             raise ConfigError(f"unknown discriminator norm {norm!r}; allowed: {', '.join(D_NORMS)}")
         n_down = log2i(size) - 2  # size -> 4x4
         widths = [ndf * min(max_mult, 2**j) for j in range(n_down)]
-        sn = norm == "spectral"
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(widths[:-1], widths[1:]):
             if norm == "batch":
@@ -122,7 +121,7 @@ class DCGANDiscriminator(nn.Module):
         self.aux = nn.Linear(widths[-1] * 16, aux_classes) if aux_classes > 0 else None
         self.feat_channels = widths[-1]
         dcgan_init_(self)
-        if sn:  # Miyato et al. 2018: every weight layer of D except the auxiliary classifier
+        if norm == "spectral":  # Miyato et al. 2018: every weight layer of D except the auxiliary classifier
             for m in list(self.trunk) + [self.out]:
                 if isinstance(m, nn.Conv2d):
                     spectral_norm(m)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from medbalance.data.anatomy import lesion_indices
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
 
@@ -97,9 +98,7 @@ class MaskSampler:
         if unknown:
             raise ConfigError(f"anatomy values {sorted(unknown)} are not among the mask values {values}")
         self._anatomy_idx = np.array(sorted(values.index(v) for v in anat), dtype=np.int64)
-        self._lesion_idx = np.array(
-            [i for i in range(1, len(values)) if i not in set(self._anatomy_idx.tolist())], dtype=np.int64
-        )
+        self._lesion_idx = np.array(lesion_indices(values, anat), dtype=np.int64)
         if self.source == "folder":
             self._folder_masks = self._load_folder()
 

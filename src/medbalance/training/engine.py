@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medbalance.data.anatomy import lesion_indices
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import CheckpointError, ConfigError, DataError
 from medbalance.models.base import GANMethod
@@ -301,13 +302,11 @@ class Trainer:
             return render_grid(imgs.float().cpu(), k, cols)
         # mask-conditioned: per class, the real images the masks come from over the images generated from them;
         # outlines of lesion labels only (anatomy labels would hide the image)
-        anatomy = set(self.dataset.meta.get("anatomy_values") or [])
-        values = self.info.mask_values or []
-        lesion = [i for i, v in enumerate(values) if i > 0 and v not in anatomy]
-        shape = (k, 1, cols) + tuple(imgs.shape[1:])
-        both = torch.cat([f["real"].float().reshape(shape), imgs.float().cpu().reshape(shape)], dim=1)
-        masks = f["masks"].reshape((k, 1, cols) + tuple(f["masks"].shape[1:])).expand(-1, 2, -1, *f["masks"].shape[1:])
-        return render_grid(both.flatten(0, 2), 2 * k, cols, masks.flatten(0, 2), outline_labels=lesion)
+        lesion = lesion_indices(self.info.mask_values or [], self.dataset.meta.get("anatomy_values"))
+        real, fake, m = (t.unflatten(0, (k, cols)) for t in (f["real"].float(), imgs.float().cpu(), f["masks"]))
+        both = torch.stack([real, fake], 1).flatten(0, 2)
+        masks = torch.stack([m, m], 1).flatten(0, 2)
+        return render_grid(both, 2 * k, cols, masks, outline_labels=lesion)
 
     # ------------------------------------------------------------------ run folder
     def _prepare_run_dir(self) -> int:
