@@ -82,32 +82,40 @@ def dice(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("nan") if tot == 0 else 2.0 * inter / tot
 
 
-def train_helpers(ds, out: Path, seg_epochs: int, cls_epochs: int) -> dict[str, Any]:
-    """A classifier and (with masks) a segmentor on a stratified 85/15 split of ``ds``."""
+def load_or_train(task: str, folder: Path, reuse: bool, train, val, epochs: int):
+    """``(model, how)``: the task model saved in ``folder`` when ``reuse`` and present, else trained and saved there."""
+    from medbalance.models.tasknets import load_task_model
+    from medbalance.training.task import TaskConfig, train_task_model
+
+    if reuse and (folder / "model.safetensors").is_file():
+        return load_task_model(folder)[0], f"loaded from {folder}"
+    cfg = TaskConfig(task=task, epochs=epochs, batch_size=32, progress=False)
+    return train_task_model(train, val, cfg, out_dir=folder).model, f"{epochs} epochs"
+
+
+def train_helpers(ds, out: Path, seg_epochs: int, cls_epochs: int, cache: Path | None = None) -> dict[str, Any]:
+    """A classifier and (with masks) a segmentor on a stratified 85/15 split of ``ds``.
+
+    With ``cache``, the two networks are loaded from ``cache/classifier`` and ``cache/segmentor`` when
+    present (saved there by an earlier invocation with the same data settings) instead of retrained."""
     from medbalance.cli.task_cmds import split_train_val
-    from medbalance.training.task import (
-        TaskConfig,
-        evaluate_task_model,
-        predict_classifier,
-        train_task_model,
-    )
+    from medbalance.training.task import evaluate_task_model, predict_classifier
 
     train, val = split_train_val(ds, 0.15, 0)
+    root = cache or out
     t0 = time.perf_counter()
-    ccfg = TaskConfig(task="classification", epochs=cls_epochs, batch_size=32, progress=False)
-    cres = train_task_model(train, val, ccfg)
-    _, pred = predict_classifier(cres.model, val)
+    cmodel, how = load_or_train("classification", root / "classifier", cache is not None, train, val, cls_epochs)
+    _, pred = predict_classifier(cmodel, val)
     acc_real = float((pred == val.labels).float().mean())
-    log(f"  classifier: {cls_epochs} epochs, real val accuracy {acc_real:.3f} ({time.perf_counter() - t0:.0f} s)")
-    helpers: dict[str, Any] = {"classifier": cres.model, "cls_val_acc": acc_real, "val": val}
+    log(f"  classifier: {how}, real val accuracy {acc_real:.3f} ({time.perf_counter() - t0:.0f} s)")
+    helpers: dict[str, Any] = {"classifier": cmodel, "cls_val_acc": acc_real, "val": val}
     if ds.masks is not None:
         t0 = time.perf_counter()
-        scfg = TaskConfig(task="segmentation", epochs=seg_epochs, batch_size=32, progress=False)
-        seg_dir = out / "segmentor"
-        sres = train_task_model(train, val, scfg, out_dir=seg_dir)
-        m = evaluate_task_model(sres.model, val, "segmentation")
-        log(f"  segmentor: {seg_epochs} epochs, val dice {m.get('dice')} ({time.perf_counter() - t0:.0f} s)")
-        helpers.update(segmentor=sres.model, seg_dir=seg_dir, seg_val=m)
+        seg_dir = root / "segmentor"
+        smodel, how = load_or_train("segmentation", seg_dir, cache is not None, train, val, seg_epochs)
+        m = evaluate_task_model(smodel, val, "segmentation")
+        log(f"  segmentor: {how}, val dice {m.get('dice')} ({time.perf_counter() - t0:.0f} s)")
+        helpers.update(segmentor=smodel, seg_dir=seg_dir, seg_val=m)
     return helpers
 
 
@@ -187,7 +195,7 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
         data=dcfg.model_dump(mode="json"),
         model={"name": name, "preset": "cpu", "params": params},
         train={"steps": 10, "batch_size": args.batch_size, "precision": args.precision, "tensorboard": False,
-               "log_every": 10, "seed": 0},
+               "log_every": 10, "seed": 0, "ema_decay": args.ema_decay},
     )
     cfg = RunConfig.from_dict(base)
     t0 = time.perf_counter()
@@ -206,7 +214,7 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
         "dataset": dname,
         "model": name + tag,
         "steps": steps,
-        "batch_size": args.batch_size,
+        "batch_size": cfg.train.batch_size,
         "seconds": round(res.seconds, 1),
         "images_per_s": round(res.images_per_s, 1),
         "losses": {k: round(v, 4) for k, v in res.losses.items()},
@@ -230,7 +238,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=120.0, help="seconds of training per model (brain)")
     ap.add_argument("--phantom-budget", type=float, default=50.0, help="seconds of training per model (phantom)")
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: each model preset's (train.batch_size null)")
+    ap.add_argument("--ema-decay", type=float, default=None, help="train.ema_decay (EMA of G's weights for sampling)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared, oversubscribed CPU 2 threads were ~10x slower)")
@@ -242,6 +251,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of run folders and summary names (e.g. -no-augment)")
     ap.add_argument("--anatomy-levels", type=int, default=4,
                     help="brain: anatomy labels added to the tumour masks (data.anatomy_levels; 1 = one head label)")
+    ap.add_argument("--helpers-cache", default="/tmp/mb_helpers",
+                    help="folder where the helper classifier/segmentor are saved and reused by later invocations "
+                    "with the same dataset, image size, anatomy levels and epochs ('' = always retrain)")
     ap.add_argument("--no-compare-anatomy", action="store_true", help="skip SPADE without the anatomy label")
     args = ap.parse_args()
     os.environ.setdefault("MEDBALANCE_QUIET", "1")
@@ -280,7 +292,12 @@ def main() -> None:
         log(f"{dname}: {len(ds_plain)} images {tuple(ds_plain.images.shape[1:])}, classes {ds_plain.class_counts()}, "
             f"mask values {ds_plain.mask_values} / with anatomy {None if ds_anat is None else ds_anat.mask_values} "
             f"(loaded in {time.perf_counter() - t0:.0f} s)")
-        helpers = train_helpers(ds_anat if ds_anat is not None else ds_plain, out, args.seg_epochs, args.cls_epochs)
+        cache = None
+        if args.helpers_cache:
+            key = f"{dname}-{args.image_size}px-L{args.anatomy_levels if ds_anat is not None else 0}"
+            cache = Path(args.helpers_cache) / f"{key}-c{args.cls_epochs}-s{args.seg_epochs}"
+        helpers = train_helpers(ds_anat if ds_anat is not None else ds_plain, out, args.seg_epochs, args.cls_epochs,
+                                cache)
         seg_info = {"cls_val_acc": helpers["cls_val_acc"], "seg_val": helpers.get("seg_val")}
         a = argparse.Namespace(**{**vars(args), "budget": budget})
         for name in models:

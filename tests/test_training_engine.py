@@ -321,3 +321,17 @@ def test_real_model_cpu_preset_smoke(tmp_path, name):
     out = lr.generate(torch.tensor([0, 1]), masks=ds.masks[:2] if "mask" in needs else None, seed=0)
     assert out.shape == (2, 1, 32, 32) and out.abs().max() <= 1.0 + 1e-5
     assert MODELS.get(name).method.name == res.method.name
+
+
+def test_batch_size_defaults_to_the_model_preset():
+    from medbalance.models.registry import DEFAULT_BATCH_SIZE, preset_batch_size
+    from medbalance.training.config import RunConfig
+
+    assert RunConfig.from_dict({"model": {"name": "spade", "preset": "cpu"}}).train.batch_size == 8
+    assert RunConfig.from_dict({"model": {"name": "pix2pix", "preset": "paper"}}).train.batch_size == 1
+    assert RunConfig.from_dict({"model": {"name": "dcgan", "preset": "cpu"}}).train.batch_size == DEFAULT_BATCH_SIZE
+    cfg = RunConfig.from_dict({"model": {"name": "spade"}, "train": {"batch_size": 4}})
+    assert cfg.train.batch_size == 4  # an explicit value wins
+    # the saved (resolved) config states the value used and reloads to the same
+    assert RunConfig.from_dict(cfg.model_dump(mode="json")).train.batch_size == 4
+    assert preset_batch_size("no-such-model", "cpu") == DEFAULT_BATCH_SIZE  # building it reports the error

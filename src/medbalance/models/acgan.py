@@ -4,7 +4,9 @@ the class.
 G: DCGAN generator with the class embedding concatenated to ``z``. D: DCGAN trunk with two heads,
 an (unconditional) real/fake logit and a linear auxiliary classifier on the 4x4 features.
 Objective (Odena et al.): D minimises ``BCE_src(real, fake) + w * [CE(cls(real), y) + CE(cls(fake), y_fake)]``,
-G minimises ``BCE_src_nonsat(fake) + w * CE(cls(fake), y_fake)``. The class loss is
+G minimises ``BCE_src_nonsat(fake) + w * CE(cls(fake), y_fake)``. With ``aux_loss="tac"`` (TAC-GAN, Gong et
+al. 2019) D's classifier sees real images only, a twin head learns the generated classes, and G minimises
+``... + w * [CE(cls(fake), y) - CE(twin(fake), y)]``. The class loss is
 ``F.cross_entropy`` on logits: the widely copied reference code applies Softmax then NLLLoss,
 which is wrong (clvrai/ACGAN-PyTorch issues #3, #8).
 """
@@ -28,6 +30,13 @@ from medbalance.models.registry import MODELS, ModelSpec
 
 class ACGANParams(GANCommonParams):
     class_weight: float = Field(1.0, ge=0, description="weight of the auxiliary class loss (Odena et al.: 1)")
+    aux_loss: Literal["acgan", "tac"] = Field(
+        "acgan",
+        description="acgan: D's classifier learns real and generated classes, G maximises its confidence (Odena "
+        "et al.); tac: TAC-GAN (Gong et al. 2019), D's classifier learns real classes only, a twin classifier "
+        "learns generated ones and G also maximises the twin's loss, which removes ACGAN's pull towards "
+        "easily classified, low-diversity samples",
+    )
     fake_labels: Literal["uniform", "batch"] = Field(
         "uniform",
         description="classes of generated samples during training: uniform over classes (Odena et al.) "
@@ -49,9 +58,12 @@ class ACGAN(DCGAN):
 
     def build_discriminator(self) -> nn.Module:
         p = self.params
-        return DCGANDiscriminator(
-            self.info.channels, self.size, p.ndf, p.max_mult, aux_classes=self.num_classes, norm=p.d_norm
+        D = DCGANDiscriminator(
+            self.info.channels, self.size, p.ndf, p.max_mult, aux_classes=self.num_classes, norm=p.d_norm, mbstd=p.mbstd
         )
+        if p.aux_loss == "tac":
+            D.add_twin_classifier()
+        return D
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         real, y_real = batch["image"], batch["label"]
@@ -70,7 +82,10 @@ class ACGAN(DCGAN):
             src_r, src_f = self.D.logits(h_r), self.D.logits(h_f)
             cls_r, cls_f = self.D.class_logits(h_r), self.D.class_logits(h_f)
             loss_d_src = d_loss(src_r, src_f, p.loss)
-            loss_d_cls = class_loss(cls_r, y_real) + class_loss(cls_f, y_fake)
+            if p.aux_loss == "tac":  # classifier on real classes, twin on generated classes
+                loss_d_cls = class_loss(cls_r, y_real) + class_loss(self.D.twin_logits(h_f), y_fake)
+            else:
+                loss_d_cls = class_loss(cls_r, y_real) + class_loss(cls_f, y_fake)
             loss_d = loss_d_src + p.class_weight * loss_d_cls
         self.optimize("D", loss_d)
         # --- G step
@@ -80,6 +95,8 @@ class ACGAN(DCGAN):
                 h = self.D.features(diff_augment(fake, p.augment))
                 loss_g_src = g_loss(self.D.logits(h), p.loss)
                 loss_g_cls = class_loss(self.D.class_logits(h), y_fake)
+                if p.aux_loss == "tac":
+                    loss_g_cls = loss_g_cls - class_loss(self.D.twin_logits(h), y_fake)
                 loss_g = loss_g_src + p.class_weight * loss_g_cls
             self.optimize("G", loss_g)
         finally:
@@ -120,5 +137,6 @@ MODELS.add(
         },
         description="ACGAN: class-conditional DCGAN with an auxiliary classifier on D (cross-entropy on logits)",
         paper="Odena, Olah & Shlens 2017 (arXiv 1610.09585)",
+        batch_sizes={"paper": 100},  # Odena et al. (ImageNet/CIFAR-10 ACGANs): batch 100
     ),
 )

@@ -31,6 +31,7 @@ from medbalance.models.layers import (
     eval_mode,
     is_power_of_two,
     log2i,
+    minibatch_stddev,
     module_device,
     square_pow2_size,
 )
@@ -101,6 +102,7 @@ class DCGANDiscriminator(nn.Module):
         num_classes: int = 0,
         aux_classes: int = 0,
         norm: str = "batch",
+        mbstd: bool = False,
     ):
         super().__init__()
         if not is_power_of_two(size) or size < 8:
@@ -116,9 +118,11 @@ class DCGANDiscriminator(nn.Module):
             else:
                 layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         self.trunk = nn.Sequential(*layers)
-        self.out = nn.Conv2d(widths[-1], 1, 4, 1, 0)
+        self.mbstd = mbstd
+        self.out = nn.Conv2d(widths[-1] + int(mbstd), 1, 4, 1, 0)
         self.proj = ProjectionHead(num_classes, widths[-1]) if num_classes > 0 else None
         self.aux = nn.Linear(widths[-1] * 16, aux_classes) if aux_classes > 0 else None
+        self.twin: nn.Linear | None = None  # TAC-GAN's twin classifier (ACGAN with aux_loss="tac")
         self.feat_channels = widths[-1]
         dcgan_init_(self)
         if norm == "spectral":  # Miyato et al. 2018: every weight layer of D except the auxiliary classifier
@@ -132,7 +136,7 @@ class DCGANDiscriminator(nn.Module):
         return self.trunk(x)
 
     def logits(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.out(h).flatten()
+        out = self.out(minibatch_stddev(h) if self.mbstd else h).flatten()
         if self.proj is not None:
             if labels is None:
                 raise ConfigError("conditional discriminator needs labels")
@@ -143,6 +147,18 @@ class DCGANDiscriminator(nn.Module):
         if self.aux is None:
             raise ConfigError("this discriminator has no auxiliary classifier head")
         return self.aux(h.flatten(1))
+
+    def add_twin_classifier(self) -> None:
+        """Add TAC-GAN's twin auxiliary classifier (same shape as ``aux``), trained on generated images."""
+        if self.aux is None:
+            raise ConfigError("a twin classifier needs the auxiliary classifier head (aux_classes > 0)")
+        self.twin = nn.Linear(self.aux.in_features, self.aux.out_features)
+        dcgan_init_(self.twin)
+
+    def twin_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.twin is None:
+            raise ConfigError("this discriminator has no twin classifier head")
+        return self.twin(h.flatten(1))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.logits(self.features(x), labels)
@@ -165,6 +181,11 @@ class GANCommonParams(BaseConfig):
         default_factory=list,
         description="DiffAugment policies applied to real and fake images before D, in D and G steps "
         "(Zhao et al. 2020; not in the DCGAN/ACGAN papers; [] = off)",
+    )
+    mbstd: bool = Field(
+        False,
+        description="minibatch-stddev feature before D's real/fake output (Karras et al. 2018; not in the "
+        "DCGAN/ACGAN papers): lets D see a collapsed batch",
     )
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
@@ -209,7 +230,7 @@ class DCGAN(GANMethod):
         p = self.params
         return DCGANDiscriminator(
             self.info.channels, self.size, p.ndf, p.max_mult,
-            num_classes=self.num_classes if self.conditional else 0, norm=p.d_norm,
+            num_classes=self.num_classes if self.conditional else 0, norm=p.d_norm, mbstd=p.mbstd,
         )
 
     def networks(self) -> dict[str, nn.Module]:
@@ -299,5 +320,6 @@ MODELS.add(
         },
         description="DCGAN, unconditional or class-conditional (MelanoGANs baseline)",
         paper="Radford et al. 2016 (arXiv 1511.06434); Baur et al. MelanoGANs 2018 (arXiv 1804.04338)",
+        batch_sizes={"paper": 128},  # Radford et al.: mini-batch SGD with batch 128
     ),
 )

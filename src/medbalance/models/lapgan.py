@@ -36,6 +36,7 @@ from torch import nn
 from medbalance.config import BaseConfig
 from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError
+from medbalance.models.augment import diff_augment
 from medbalance.models.base import GANMethod, set_requires_grad
 from medbalance.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from medbalance.models.layers import (
@@ -185,6 +186,12 @@ class LAPGANParams(BaseConfig):
     embed_dim: int = Field(8, ge=1, description="class embedding concatenated to z in the coarse G")
     class_planes: int = Field(4, ge=1, description="class-embedding planes fed to each refinement generator")
     loss: Literal["bce", "hinge", "lsgan"] = "bce"
+    augment: list[Literal["translation", "cutout"]] = Field(
+        default_factory=list,
+        description="DiffAugment policies applied to every discriminator's input in D and G steps; a finer "
+        "level's (image, upsampled coarser image) pair is transformed jointly (Zhao et al. 2020; not in "
+        "LAPGAN/MelanoGANs; [] = off)",
+    )
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -248,6 +255,10 @@ class LAPGAN(GANMethod):
         y = batch["label"] if self.conditional else None
         kind = self.params.loss
         G, D = self.G, self.D
+
+        def aug(x: torch.Tensor) -> torch.Tensor:
+            return diff_augment(x, self.params.augment)
+
         with torch.no_grad():
             gauss = gaussian_pyramid(real.float(), self.levels)  # coarse -> fine
             real_lows = [pyr_up(g) for g in gauss[:-1]]  # real_lows[i] conditions refiners[i]
@@ -259,19 +270,19 @@ class LAPGAN(GANMethod):
                 low = pyr_up(fakes[-1]) if self.joint else real_lows[i]
                 fake_lows.append(low)
                 fakes.append(low + ref(planes[i], low, y))
-            per_d = [d_loss(D.coarse(gauss[0], y), D.coarse(fakes[0].detach(), y), kind)]
+            per_d = [d_loss(D.coarse(aug(gauss[0]), y), D.coarse(aug(fakes[0].detach()), y), kind)]
             for i, dk in enumerate(D.refiners):
-                r = dk(torch.cat([gauss[i + 1], real_lows[i]], 1), y)
-                f = dk(torch.cat([fakes[i + 1].detach(), fake_lows[i].detach()], 1), y)
+                r = dk(aug(torch.cat([gauss[i + 1], real_lows[i]], 1)), y)
+                f = dk(aug(torch.cat([fakes[i + 1].detach(), fake_lows[i].detach()], 1)), y)
                 per_d.append(d_loss(r, f, kind))
             loss_d = torch.stack(per_d).sum()
         self.optimize("D", loss_d)
         set_requires_grad(D, False)
         try:
             with self.autocast():
-                per_g = [g_loss(D.coarse(fakes[0], y), kind)]
+                per_g = [g_loss(D.coarse(aug(fakes[0]), y), kind)]
                 for i, dk in enumerate(D.refiners):
-                    per_g.append(g_loss(dk(torch.cat([fakes[i + 1], fake_lows[i]], 1), y), kind))
+                    per_g.append(g_loss(dk(aug(torch.cat([fakes[i + 1], fake_lows[i]], 1)), y), kind))
                 loss_g = torch.stack(per_g).sum()
             self.optimize("G", loss_g)
         finally:

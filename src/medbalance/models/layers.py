@@ -83,6 +83,22 @@ class ProjectionHead(nn.Module):
         return (self.embed(labels).to(pooled.dtype) * pooled).sum(dim=1)
 
 
+def minibatch_stddev(h: torch.Tensor, group_size: int = 4) -> torch.Tensor:
+    """Minibatch standard deviation (Karras et al. 2018, ProGAN): append one feature map holding, for each
+    image, the std across its group of ``group_size`` images (averaged over channels and positions).
+
+    ``(B, C, H, W) -> (B, C + 1, H, W)``. Images are grouped by position ``i % (B // g)`` with ``g`` the largest
+    divisor of ``B`` not above ``group_size``, so a batch of near-identical images (a collapsed generator) gets a
+    map near 0 that the discriminator can tell from a real batch's. A batch of one gets zeros.
+    """
+    b = h.shape[0]
+    g = max(d for d in range(1, min(group_size, b) + 1) if b % d == 0)
+    y = h.float().reshape(g, b // g, *h.shape[1:])
+    std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B // g,)
+    feat = std.repeat(g).view(b, 1, 1, 1).expand(b, 1, *h.shape[2:]).to(h.dtype)
+    return torch.cat([h, feat], dim=1)
+
+
 def check_labels(labels: torch.Tensor | None, num_classes: int, what: str) -> torch.Tensor:
     if labels is None:
         raise ConfigError(f"{what}: this model is class-conditional, labels are required")

@@ -431,6 +431,7 @@ MODELS.add(
         presets={"paper": PAPER, "cpu": CPU},
         description="pix2pix label map -> image (U-Net G with dropout noise, PatchGAN D, BCE + 100 L1); 2D or 3D",
         paper="Shin et al. 2018 (arXiv 1807.10225), pix2pix: Isola et al. 2017",
+        batch_sizes={"paper": 1},  # Isola et al. and the DLI code Shin et al. used: batch 1
     ),
     help="pix2pix label map -> image synthesiser (Shin et al. 2018), 2D/3D",
 )

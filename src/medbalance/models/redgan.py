@@ -256,6 +256,7 @@ MODELS.add(
         presets={"paper": RED_GAN_PAPER, "cpu": RED_GAN_CPU},
         description="Red-GAN: SPADE + global class (lesion type or site) + frozen pretrained segmentor as third player",
         paper="Qasim et al., Red-GAN: Attacking class imbalance via conditioned generation, MIDL 2020",
+        batch_sizes={"paper": 8, "cpu": 8},  # reference README --batchSize 8 (see spade.py)
     ),
     help="Red-GAN (SPADE + class + frozen segmentor); needs model.params.segmentor",
 )

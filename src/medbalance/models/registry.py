@@ -24,6 +24,11 @@ class ModelSpec:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     paper: str = ""
+    # preset -> training batch size used when the run config leaves ``train.batch_size`` unset
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+
+
+DEFAULT_BATCH_SIZE = 32
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -54,6 +59,15 @@ def resolve_params(name: str, preset: str, params: dict[str, Any]) -> BaseConfig
         raise ConfigError(f"unknown preset {preset!r} for model {name!r}; allowed: {', '.join(sorted(spec.presets))}")
     merged = {**spec.presets[preset], **params}
     return spec.params.from_dict(merged, source=f"model {name} (preset {preset})")
+
+
+def preset_batch_size(name: str, preset: str) -> int:
+    """The batch size a model's preset is tuned for (``DEFAULT_BATCH_SIZE`` when the spec names none or the
+    model/preset is unknown: building the model reports those with a clear error)."""
+    ensure_registered()
+    if name not in MODELS:
+        return DEFAULT_BATCH_SIZE
+    return MODELS.get(name).batch_sizes.get(preset, DEFAULT_BATCH_SIZE)
 
 
 def build_method(name: str, preset: str, params: dict[str, Any], info: DataInfo) -> GANMethod:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medbalance.config import BaseConfig
 from medbalance.data.config import DataConfig
@@ -13,7 +13,12 @@ class TrainConfig(BaseConfig):
     """``train:`` section of a run config."""
 
     steps: int = Field(2000, ge=1, description="training iterations")
-    batch_size: int = Field(32, ge=1, description="global batch size (split across processes)")
+    batch_size: Optional[int] = Field(
+        None,
+        ge=1,
+        description="global batch size (split across processes); null = the model preset's "
+        "(`medbalance train --list-models`; 32 unless the preset names one)",
+    )
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -44,3 +49,11 @@ class RunConfig(BaseConfig):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _resolve_batch_size(self) -> "RunConfig":
+        if self.train.batch_size is None:  # resolved here, so the saved config.yaml states the value used
+            from medbalance.models.registry import preset_batch_size
+
+            self.train.batch_size = preset_batch_size(self.model.name, self.model.preset)
+        return self
