@@ -50,6 +50,14 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
+def _augmenter(p) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The preset's DiffAugment (the same op as medbalance's: it is part of the computation being timed)."""
+    from medbalance.models.augment import diff_augment
+
+    policy = list(getattr(p, "augment", []))
+    return lambda x: diff_augment(x, policy)
+
+
 def plain_dcgan(method, info) -> Callable[[dict], None]:
     """An independent, hand-written DCGAN (Radford et al.) of the preset's architecture."""
     p = method.params
@@ -71,16 +79,17 @@ def plain_dcgan(method, info) -> Callable[[dict], None]:
     if n_mb != n_pl:
         raise RuntimeError(f"plain DCGAN has {n_pl} parameters, medbalance's {n_mb}: architectures differ")
     og, od = _adam(G, p.lr_g, p.beta1, p.beta2), _adam(D, p.lr_d, p.beta1, p.beta2)
+    aug = _augmenter(p)
 
     def step(batch: dict) -> None:
         real = batch["image"]
         z = torch.randn(real.shape[0], p.z_dim, 1, 1)
         fake = G(z)
-        loss_d = _bce(D(real).flatten(), 1.0) + _bce(D(fake.detach()).flatten(), 0.0)
+        loss_d = _bce(D(aug(real)).flatten(), 1.0) + _bce(D(aug(fake.detach())).flatten(), 0.0)
         od.zero_grad()
         loss_d.backward()
         od.step()
-        loss_g = _bce(D(fake).flatten(), 1.0)
+        loss_g = _bce(D(aug(fake)).flatten(), 1.0)
         og.zero_grad()
         loss_g.backward()
         og.step()
@@ -93,19 +102,23 @@ def plain_acgan(method, info) -> Callable[[dict], None]:
     G, D = copy.deepcopy(method.G), copy.deepcopy(method.D)
     og, od = _adam(G, p.lr_g, p.beta1, p.beta2), _adam(D, p.lr_d, p.beta1, p.beta2)
     K = method.num_classes
+    aug, tac = _augmenter(p), p.aux_loss == "tac"
 
     def step(batch: dict) -> None:
         real, y = batch["image"], batch["label"]
         yf = torch.randint(0, K, y.shape)
         fake = G(torch.randn(real.shape[0], p.z_dim), yf)
-        hr, hf = D.features(real), D.features(fake.detach())
+        hr, hf = D.features(aug(real)), D.features(aug(fake.detach()))
         loss_d = _bce(D.logits(hr), 1.0) + _bce(D.logits(hf), 0.0)
-        loss_d = loss_d + F.cross_entropy(D.class_logits(hr), y) + F.cross_entropy(D.class_logits(hf), yf)
+        fake_cls = D.twin_logits(hf) if tac else D.class_logits(hf)
+        loss_d = loss_d + F.cross_entropy(D.class_logits(hr), y) + F.cross_entropy(fake_cls, yf)
         od.zero_grad()
         loss_d.backward()
         od.step()
-        h = D.features(fake)
+        h = D.features(aug(fake))
         loss_g = _bce(D.logits(h), 1.0) + F.cross_entropy(D.class_logits(h), yf)
+        if tac:
+            loss_g = loss_g - F.cross_entropy(D.twin_logits(h), yf)
         og.zero_grad()
         loss_g.backward()
         og.step()
@@ -121,6 +134,7 @@ def plain_lapgan(method, info) -> Callable[[dict], None]:
     og, od = _adam(G, p.lr_g, p.beta1, p.beta2), _adam(D, p.lr_d, p.beta1, p.beta2)
     joint, levels = method.joint, method.levels
     cond = method.conditional
+    aug = _augmenter(p)
 
     def step(batch: dict) -> None:
         real = batch["image"]
@@ -135,16 +149,16 @@ def plain_lapgan(method, info) -> Callable[[dict], None]:
             lows.append(low)
             s = G.sizes[i + 1]
             fakes.append(low + ref(torch.randn(b, p.ref_nz, s, s), low, y))
-        loss_d = _bce(D.coarse(gauss[0], y), 1.0) + _bce(D.coarse(fakes[0].detach(), y), 0.0)
+        loss_d = _bce(D.coarse(aug(gauss[0]), y), 1.0) + _bce(D.coarse(aug(fakes[0].detach()), y), 0.0)
         for i, dk in enumerate(D.refiners):
-            loss_d = loss_d + _bce(dk(torch.cat([gauss[i + 1], lows_r[i]], 1), y), 1.0)
-            loss_d = loss_d + _bce(dk(torch.cat([fakes[i + 1].detach(), lows[i].detach()], 1), y), 0.0)
+            loss_d = loss_d + _bce(dk(aug(torch.cat([gauss[i + 1], lows_r[i]], 1)), y), 1.0)
+            loss_d = loss_d + _bce(dk(aug(torch.cat([fakes[i + 1].detach(), lows[i].detach()], 1)), y), 0.0)
         od.zero_grad()
         loss_d.backward()
         od.step()
-        loss_g = _bce(D.coarse(fakes[0], y), 1.0)
+        loss_g = _bce(D.coarse(aug(fakes[0]), y), 1.0)
         for i, dk in enumerate(D.refiners):
-            loss_g = loss_g + _bce(dk(torch.cat([fakes[i + 1], lows[i]], 1), y), 1.0)
+            loss_g = loss_g + _bce(dk(aug(torch.cat([fakes[i + 1], lows[i]], 1)), y), 1.0)
         og.zero_grad()
         loss_g.backward()
         og.step()

@@ -380,3 +380,12 @@ def test_acgan_losses_match_hand_computation(aux_loss):
         g_cls = g_cls - ce(ref.D.twin_logits(h), y_fake)
     g = bce(ref.D.logits(h), torch.ones(6)) + g_cls
     assert out["loss_g"].item() == pytest.approx(g.item(), rel=1e-5)
+
+
+def test_lapgan_zero_init_refiners_start_from_the_upsampled_coarse_image():
+    m = tiny("lapgan-joint", c=1, size=32, ref_zero_init=True, conditional=True)
+    pyr = m.generate_pyramid(torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(0))
+    for coarse, fine in zip(pyr[:-1], pyr[1:]):
+        assert torch.allclose(fine, pyr_up(coarse), atol=1e-6)  # untrained: the residual is exactly 0
+    m.training_step(batch(n=4, c=1, size=32), 0)  # the output convs get gradients and move off zero
+    assert all(r.net[-1].weight.abs().sum() > 0 for r in m.G.refiners)

@@ -113,7 +113,16 @@ class LaplacianRefiner(nn.Module):
     ``layers`` hidden [Conv3x3 + BN + ReLU] at full resolution, then a linear Conv3x3 (residuals
     are signed, no tanh)."""
 
-    def __init__(self, channels: int, nz: int, width: int, layers: int, num_classes: int = 0, class_planes: int = 0):
+    def __init__(
+        self,
+        channels: int,
+        nz: int,
+        width: int,
+        layers: int,
+        num_classes: int = 0,
+        class_planes: int = 0,
+        zero_init: bool = False,
+    ):
         super().__init__()
         self.nz = nz
         self.planes = ClassPlanes(num_classes, class_planes) if num_classes > 0 and class_planes > 0 else None
@@ -124,6 +133,9 @@ class LaplacianRefiner(nn.Module):
         mods.append(nn.Conv2d(width if layers > 0 else cin, channels, 3, 1, 1))
         self.net = nn.Sequential(*mods)
         dcgan_init_(self)
+        if zero_init:  # the residual starts at 0: an untrained level passes up(coarser) through unchanged
+            nn.init.zeros_(mods[-1].weight)
+            nn.init.zeros_(mods[-1].bias)
 
     def forward(self, noise: torch.Tensor, low: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         parts = [low, noise.to(low.dtype)]
@@ -185,6 +197,11 @@ class LAPGANParams(BaseConfig):
     )
     embed_dim: int = Field(8, ge=1, description="class embedding concatenated to z in the coarse G")
     class_planes: int = Field(4, ge=1, description="class-embedding planes fed to each refinement generator")
+    ref_zero_init: bool = Field(
+        False,
+        description="initialise each refiner's output conv to zero, so training starts from the upsampled "
+        "coarser image instead of adding random band-pass noise (not in Denton et al.)",
+    )
     loss: Literal["bce", "hinge", "lsgan"] = "bce"
     augment: list[Literal["translation", "cutout"]] = Field(
         default_factory=list,
@@ -222,7 +239,9 @@ class LAPGAN(GANMethod):
         c = info.channels
         sizes = [p.base_size * 2**i for i in range(self.levels + 1)]
         coarse_g = DCGANGenerator(p.z_dim, c, p.base_size, p.ngf, p.max_mult, num_classes=k, embed_dim=p.embed_dim)
-        refs = [LaplacianRefiner(c, p.ref_nz, p.ref_ngf, p.ref_layers, k, p.class_planes) for _ in sizes[1:]]
+        refs = [
+            LaplacianRefiner(c, p.ref_nz, p.ref_ngf, p.ref_layers, k, p.class_planes, p.ref_zero_init) for _ in sizes[1:]
+        ]
         self.G = LaplacianGenerator(coarse_g, refs, p.base_size)
         self.D = LaplacianDiscriminator(
             DCGANDiscriminator(c, p.base_size, p.ndf, p.max_mult, num_classes=k),
@@ -355,7 +374,12 @@ class LAPGANJoint(LAPGAN):
 _PRESETS = {
     # Denton et al. 2015 / MelanoGANs [INF]: DCGAN at the coarsest level, small conv refiners
     "paper": {"base_size": 16, "z_dim": 100, "ngf": 64, "ndf": 64, "ref_ngf": 64, "ref_layers": 3},
-    "cpu": {"base_size": 8, "z_dim": 64, "ngf": 32, "ndf": 32, "ref_ngf": 32, "ref_layers": 3},
+    # coarsest level 1/4 of a 64 px image (as 64 -> 256 in MelanoGANs' reading), + DiffAugment and zero-initialised
+    # refiners: base 8 without them gave no brain anatomy after 12 min (docs/models/dcgan_family.md)
+    "cpu": {
+        "base_size": 16, "z_dim": 64, "ngf": 32, "ndf": 32, "ref_ngf": 32, "ref_layers": 3,
+        "augment": ["translation", "cutout"], "ref_zero_init": True,
+    },
 }
 MODELS.add(
     "lapgan",
