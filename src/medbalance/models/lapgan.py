@@ -22,6 +22,9 @@ input planes). Discriminators: a DCGAN D at the coarsest level, and per finer le
   "modification of LAPGAN" ([MEM], unverified; see docs/models/dcgan_family.md).
 
 Sampling always chains the levels from a generated coarsest image.
+
+Small-data options (not in the papers; on in the ``cpu`` preset): ``augment`` (DiffAugment of every D's input) and
+``ref_zero_init`` (refiners start as the identity on the upsampled coarser image); see docs/models/dcgan_family.md.
 """
 
 from __future__ import annotations
