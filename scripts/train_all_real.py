@@ -21,6 +21,8 @@ mask-conditioned models are trained with ``data.anatomy_label: 1`` and ``data.an
 the head, taken from the image, split into intensity-quantile tissue labels); SPADE is also trained on the
 tumour-only masks for comparison unless ``--no-compare-anatomy``. A third check, within-class diversity, compares
 the per-pixel std across the fakes of one class with that of the real images (a collapsed generator has ~0).
+Models that take a class and a mask (Red-GAN, class-conditional pix2pix) are also asked for class c with masks of
+class c+1: the classifier's agreement with the requested class then measures class control beyond the mask.
 ``--params '{"augment": []}' --tag=-no-augment`` runs an ablation (note the ``=``: the tag starts with a dash).
 
 Sample grids and run folders stay under ``--out`` (default /tmp/mb_real): never in the repository.
@@ -158,6 +160,14 @@ def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=
 
     out["within_class_std_fake"] = within_class_std(imgs)
     out["within_class_std_real"] = within_class_std(ds.images[src])
+    if masks is not None and "label" in method.needs:
+        # class control beyond the mask: request class c with masks drawn from class c+1 (mod C); a model that
+        # only follows the mask scores ~0 here (the classifier then sees class c+1), one that follows the class ~1
+        shift = torch.arange(len(labels)).view(C, per_class).roll(-1, dims=0).flatten()
+        swapped = method.generate(labels, masks=masks[shift], generator=torch.Generator().manual_seed(7), G=res.G)
+        _, pred_s = predict_classifier(helpers["classifier"], swapped)
+        out["class_acc_swapped_masks"] = round(float((pred_s == labels).float().mean()), 3)
+        out["mask_class_acc_swapped_masks"] = round(float((pred_s == labels[shift]).float().mean()), 3)
     if masks is not None and "segmentor" in helpers:
         sds = seg_ds if seg_ds is not None else ds  # the dataset the segmentor's labels index into
         seg = helpers["segmentor"]
@@ -225,6 +235,8 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
     log(f"  done: {rec['seconds']} s, {rec['images_per_s']} img/s, class acc on fakes {rec['class_acc_fake']:.3f}"
         + (f", lesion dice fake {rec['lesion_dice_fake']} / real {rec['lesion_dice_real']}" if "lesion_dice_fake" in rec else "")
         + f", within-class std fake {rec['within_class_std_fake']} / real {rec['within_class_std_real']}"
+        + (f", class acc with swapped masks {rec['class_acc_swapped_masks']} (mask's class "
+           f"{rec['mask_class_acc_swapped_masks']})" if "class_acc_swapped_masks" in rec else "")
         + f"; grid {rec['grid']}")
     return rec
 
