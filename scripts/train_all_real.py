@@ -205,7 +205,7 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
         data=dcfg.model_dump(mode="json"),
         model={"name": name, "preset": "cpu", "params": params},
         train={"steps": 10, "batch_size": args.batch_size, "precision": args.precision, "tensorboard": False,
-               "log_every": 10, "seed": 0, "ema_decay": args.ema_decay},
+               "log_every": 10, "seed": args.seed, "ema_decay": args.ema_decay},
     )
     cfg = RunConfig.from_dict(base)
     t0 = time.perf_counter()
@@ -251,6 +251,7 @@ def main() -> None:
     ap.add_argument("--phantom-budget", type=float, default=50.0, help="seconds of training per model (phantom)")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=None, help="default: each model preset's (train.batch_size null)")
+    ap.add_argument("--seed", type=int, default=0, help="train.seed (the helpers and the checks keep their seeds)")
     ap.add_argument("--ema-decay", type=float, default=None, help="train.ema_decay (EMA of G's weights for sampling)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=1,
