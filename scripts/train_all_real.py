@@ -307,7 +307,7 @@ def main() -> None:
             f"(loaded in {time.perf_counter() - t0:.0f} s)")
         cache = None
         if args.helpers_cache:
-            key = f"{dname}-{args.image_size}px-L{args.anatomy_levels if ds_anat is not None else 0}"
+            key = f"{dname}-{args.image_size}px-L{args.anatomy_levels if anat and ds_anat is not None else 0}"
             cache = Path(args.helpers_cache) / f"{key}-c{args.cls_epochs}-s{args.seg_epochs}"
         helpers = train_helpers(ds_anat if ds_anat is not None else ds_plain, out, args.seg_epochs, args.cls_epochs,
                                 cache)

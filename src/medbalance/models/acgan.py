@@ -82,10 +82,9 @@ class ACGAN(DCGAN):
             src_r, src_f = self.D.logits(h_r), self.D.logits(h_f)
             cls_r, cls_f = self.D.class_logits(h_r), self.D.class_logits(h_f)
             loss_d_src = d_loss(src_r, src_f, p.loss)
-            if p.aux_loss == "tac":  # classifier on real classes, twin on generated classes
-                loss_d_cls = class_loss(cls_r, y_real) + class_loss(self.D.twin_logits(h_f), y_fake)
-            else:
-                loss_d_cls = class_loss(cls_r, y_real) + class_loss(cls_f, y_fake)
+            # TAC: the classifier learns real classes only, the twin the generated ones
+            fake_head = self.D.twin_logits(h_f) if p.aux_loss == "tac" else cls_f
+            loss_d_cls = class_loss(cls_r, y_real) + class_loss(fake_head, y_fake)
             loss_d = loss_d_src + p.class_weight * loss_d_cls
         self.optimize("D", loss_d)
         # --- G step

@@ -15,9 +15,12 @@ Both are vectorised over the batch (one gather / one mask, no Python loop over i
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
-POLICIES: tuple[str, ...] = ("translation", "cutout")
+Policy = Literal["translation", "cutout"]
+POLICIES: tuple[str, ...] = get_args(Policy)
 
 
 def translation(x: torch.Tensor, ratio: float = 0.125, background: float = -1.0) -> torch.Tensor:
@@ -53,4 +56,4 @@ def diff_augment(x: torch.Tensor, policy: list[str] | tuple[str, ...]) -> torch.
     return x
 
 
-__all__ = ["POLICIES", "cutout", "diff_augment", "translation"]
+__all__ = ["POLICIES", "Policy", "cutout", "diff_augment", "translation"]

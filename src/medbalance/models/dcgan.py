@@ -20,7 +20,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from medbalance.config import BaseConfig
 from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError
-from medbalance.models.augment import diff_augment
+from medbalance.models.augment import Policy, diff_augment
 from medbalance.models.base import GANMethod, set_requires_grad
 from medbalance.models.layers import (
     ProjectionHead,
@@ -177,7 +177,7 @@ class GANCommonParams(BaseConfig):
         description="discriminator normalisation: BatchNorm from the 2nd block (DCGAN paper) or spectral "
         "normalisation of every D weight (Miyato et al. 2018; no BatchNorm)",
     )
-    augment: list[Literal["translation", "cutout"]] = Field(
+    augment: list[Policy] = Field(
         default_factory=list,
         description="DiffAugment policies applied to real and fake images before D, in D and G steps "
         "(Zhao et al. 2020; not in the DCGAN/ACGAN papers; [] = off)",

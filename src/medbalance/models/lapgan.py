@@ -39,7 +39,7 @@ from torch import nn
 from medbalance.config import BaseConfig
 from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError
-from medbalance.models.augment import diff_augment
+from medbalance.models.augment import Policy, diff_augment
 from medbalance.models.base import GANMethod, set_requires_grad
 from medbalance.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from medbalance.models.layers import (
@@ -206,7 +206,7 @@ class LAPGANParams(BaseConfig):
         "coarser image instead of adding random band-pass noise (not in Denton et al.)",
     )
     loss: Literal["bce", "hinge", "lsgan"] = "bce"
-    augment: list[Literal["translation", "cutout"]] = Field(
+    augment: list[Policy] = Field(
         default_factory=list,
         description="DiffAugment policies applied to every discriminator's input in D and G steps; a finer "
         "level's (image, upsampled coarser image) pair is transformed jointly (Zhao et al. 2020; not in "
