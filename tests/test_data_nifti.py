@@ -247,9 +247,7 @@ def test_cache_hit_and_miss(cases, monkeypatch):
     assert {p.name for p in cache_dir.iterdir()} >= {"images.npy", "labels.npy", "masks.npy", "meta.json"}
     assert not [p for p in cache_dir.parent.iterdir() if p.name.endswith(".partial")]
 
-    t = time.perf_counter()
     ds2 = load_nifti(cfg)
-    assert time.perf_counter() - t < 1.0
     assert len(calls) == 6 and ds2.meta["cache"]["hit"] is True  # no volume re-read
     assert torch.equal(ds1.images, ds2.images) and torch.equal(ds1.masks, ds2.masks)
     assert ds1.ids == ds2.ids and ds1.groups == ds2.groups and ds1.labels.tolist() == ds2.labels.tolist()
@@ -274,7 +272,7 @@ def test_resize_with_image_size(cases):
     assert any("resized" in c for c in ds.meta["conversions"])
 
 
-def test_brats2015_sample_counts(tmp_path):
+def test_brats2015_sample_counts(tmp_path, monkeypatch):
     root = shared_path("brats2015-sample")
     cfg = DataConfig(
         path=str(root),
@@ -286,7 +284,9 @@ def test_brats2015_sample_counts(tmp_path):
             cache_dir=str(tmp_path / "cache"),
         ),
     )
+    t = time.perf_counter()
     ds = load_nifti(cfg)
+    t_first = time.perf_counter() - t
     assert ds.class_counts() == {"no_lesion": 380, "lesion": 450}
     assert ds.images.shape == (830, 2, 240, 240)
     assert ds.mask_values == [0, 1, 2, 3, 4]
@@ -298,6 +298,17 @@ def test_brats2015_sample_counts(tmp_path):
     vox = {f"{r['case_dir'].split('/')[-1]}_z{int(r['z']):03d}": int(r["tumour_voxels"]) for r in rows}
     got = (ds.masks > 0).sum(dim=(1, 2)).tolist()
     assert dict(zip(ds.ids, got)) == vox
+    # the second load is a cache hit that reads no volume at all; timing only as a ratio to the first load
+    # (absolute times drift several-fold on a loaded CI machine)
+    import medbalance.data.nifti as nifti_mod
+
+    def no_read(path, role):
+        raise AssertionError(f"cache hit read {path}")
+
+    monkeypatch.setattr(nifti_mod, "_read_volume", no_read)
     t = time.perf_counter()
     ds2 = load_nifti(cfg)
-    assert ds2.meta["cache"]["hit"] and time.perf_counter() - t < 1.0
+    t_hit = time.perf_counter() - t
+    assert ds2.meta["cache"]["hit"]
+    assert t_hit < 0.25 * t_first, (t_hit, t_first)
+    assert torch.equal(ds2.images, ds.images) and torch.equal(ds2.masks, ds.masks) and ds2.ids == ds.ids
