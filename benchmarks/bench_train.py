@@ -65,10 +65,15 @@ def plain_dcgan(method, info) -> Callable[[dict], None]:
     n = int(round(torch.log2(torch.tensor(float(S))).item())) - 2
     gw = [p.ngf * min(p.max_mult, 2 ** (n - 1 - i)) for i in range(n)]
     dw = [p.ndf * min(p.max_mult, 2**j) for j in range(n)]
+    def up(a: int, b: int) -> list[nn.Module]:  # the preset's upsampling: transposed conv or nearest + conv3x3
+        if p.upsample == "resize":
+            return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, 1, 1, bias=False)]
+        return [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False)]
+
     g_layers: list[nn.Module] = [nn.ConvTranspose2d(p.z_dim, gw[0], 4, 1, 0, bias=False), nn.BatchNorm2d(gw[0]), nn.ReLU(True)]
     for a, b in zip(gw[:-1], gw[1:]):
-        g_layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
-    g_layers += [nn.ConvTranspose2d(gw[-1], C, 4, 2, 1, bias=False), nn.Tanh()]
+        g_layers += [*up(a, b), nn.BatchNorm2d(b), nn.ReLU(True)]
+    g_layers += [*up(gw[-1], C), nn.Tanh()]
     d_layers: list[nn.Module] = [nn.Conv2d(C, dw[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
     for a, b in zip(dw[:-1], dw[1:]):
         d_layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]

@@ -70,6 +70,24 @@ def test_dcgan_network_shapes(c, size, k):
     assert n_convt == int(math.log2(size)) - 1
 
 
+@pytest.mark.parametrize("c", [1, 3, 4])
+@pytest.mark.parametrize("size", [16, 64, 256])
+def test_dcgan_resize_convolution_generator(c, size):
+    """``upsample='resize'``: only the z -> 4x4 layer is transposed; every doubling is nearest x2 + conv k3."""
+    G = DCGANGenerator(8, c, size, ngf=4, max_mult=4, num_classes=3, embed_dim=4, upsample="resize")
+    x = G(torch.randn(2, 8), torch.tensor([0, 2]))
+    assert x.shape == (2, c, size, size) and x.abs().max() <= 1
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in G.modules()) == 1
+    ups = [m for m in G.modules() if isinstance(m, torch.nn.Upsample)]
+    assert len(ups) == int(math.log2(size)) - 2
+    with pytest.raises(ConfigError, match="allowed: convt, resize"):
+        DCGANGenerator(8, c, 32, upsample="bilinear")
+    m = tiny("acgan", c=c, size=32, upsample="resize")
+    assert sum(isinstance(mod, torch.nn.Upsample) for mod in m.G.modules()) == 3
+    lap = tiny("lapgan", c=c, size=32, upsample="resize")
+    assert sum(isinstance(mod, torch.nn.Upsample) for mod in lap.G.coarse.modules()) == 1
+
+
 @pytest.mark.parametrize("norm", ["spectral", "none"])
 @pytest.mark.parametrize("k", [0, 3])
 def test_discriminator_norm_options(norm, k):
@@ -133,6 +151,30 @@ def test_bad_image_size_is_config_error(shape):
     for name in ("dcgan", "acgan", "lapgan"):
         with pytest.raises(ConfigError, match="power of two|2D"):
             build_method(name, "cpu", {}, bad)
+
+
+@pytest.mark.parametrize("name", ["lapgan", "lapgan-joint"])
+def test_lapgan_patch_refiner_discriminators(name):
+    """``ref_d: patch``: every finer level is judged by a PatchGAN on (image, upsampled coarser image)
+    with one logit per patch; discriminate() still returns one score per image."""
+    from medbalance.models.pix2pix import PatchDiscriminator
+
+    m = tiny(name, c=1, size=64, conditional=True, ref_d="patch", ref_d_layers=2)
+    assert all(isinstance(d, PatchDiscriminator) for d in m.D.refiners) and len(m.D.refiners) == 3
+    x = torch.rand(3, 2, 32, 32) * 2 - 1
+    assert m.D.refiners[1](x, torch.tensor([0, 1, 2])).shape == (3, 1, 6, 6)  # 34 px patches of a 32 px level
+    imgs = m.generate(torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(0))
+    assert m.discriminate(imgs, torch.tensor([0, 1, 2])).shape == (3,)
+    out = m.training_step(batch(n=4, c=1, size=64), 0)
+    assert all(torch.isfinite(v) for v in out.values()) and set(out) >= {"loss_d_64", "loss_g_64"}
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_lapgan_cpu_preset_base_is_half_the_image(size):
+    """The cpu preset's ``base_size: null`` means one refinement level from half the image side."""
+    m = build_method("lapgan", "cpu", {"ngf": 4, "ndf": 4, "ref_ngf": 4}, info(c=1, size=size))
+    assert m.G.sizes == [size // 2, size] and m.levels == 1 and m.base_size == size // 2
+    assert build_method("lapgan", "paper", {"ngf": 4, "ndf": 4, "ref_ngf": 4}, info(c=1, size=64)).G.sizes == [16, 32, 64]
 
 
 def test_lapgan_base_size_must_be_smaller():

@@ -330,7 +330,8 @@ def test_batch_size_defaults_to_the_model_preset():
     assert RunConfig.from_dict({"model": {"name": "spade", "preset": "cpu"}}).train.batch_size == 8
     assert RunConfig.from_dict({"model": {"name": "pix2pix", "preset": "paper"}}).train.batch_size == 1
     assert RunConfig.from_dict({"model": {"name": "dcgan", "preset": "cpu"}}).train.batch_size == 16
-    assert RunConfig.from_dict({"model": {"name": "lapgan", "preset": "cpu"}}).train.batch_size == DEFAULT_BATCH_SIZE
+    assert RunConfig.from_dict({"model": {"name": "lapgan", "preset": "cpu"}}).train.batch_size == 16
+    assert RunConfig.from_dict({"model": {"name": "lapgan", "preset": "paper"}}).train.batch_size == DEFAULT_BATCH_SIZE
     cfg = RunConfig.from_dict({"model": {"name": "spade"}, "train": {"batch_size": 4}})
     assert cfg.train.batch_size == 4  # an explicit value wins
     # the saved (resolved) config states the value used and reloads to the same

@@ -133,9 +133,11 @@ MODELS.add(
         presets={
             "paper": {"z_dim": 100, "ngf": 64, "ndf": 64, "max_mult": 16},
             # + DiffAugment and TAC-GAN's twin classifier: plain ACGAN gave one image per class on brain MRI even
-            # after 15 min (within-class std 0.044 vs 0.116 with TAC; docs/models/dcgan_family.md)
+            # after 15 min (within-class std 0.044 vs 0.116 with TAC; docs/models/dcgan_family.md); resize-convolution
+            # in G as dcgan's cpu preset
             "cpu": {
                 "z_dim": 64, "ngf": 32, "ndf": 32, "max_mult": 8, "augment": ["translation", "cutout"], "aux_loss": "tac",
+                "upsample": "resize",
             },
         },
         description="ACGAN: class-conditional DCGAN with an auxiliary classifier on D (cross-entropy on logits)",

@@ -40,8 +40,14 @@ from medbalance.models.registry import MODELS, ModelSpec
 
 
 # ---------------------------------------------------------------------------- networks
+UPSAMPLES: tuple[str, ...] = ("convt", "resize")
+
+
 class DCGANGenerator(nn.Module):
-    """``forward(z (B, z_dim), labels (B,) | None) -> (B, C, size, size)`` in [-1, 1]."""
+    """``forward(z (B, z_dim), labels (B,) | None) -> (B, C, size, size)`` in [-1, 1].
+
+    ``upsample``: ``"convt"`` (ConvT k4 s2 p1 per doubling, as in the DCGAN paper) or ``"resize"``
+    (nearest-neighbour x2 then Conv k3 s1 p1: resize-convolution, Odena, Dumoulin & Olah 2016)."""
 
     def __init__(
         self,
@@ -53,10 +59,13 @@ class DCGANGenerator(nn.Module):
         num_classes: int = 0,
         embed_dim: int = 0,
         tanh: bool = True,
+        upsample: str = "convt",
     ):
         super().__init__()
         if not is_power_of_two(size) or size < 8:
             raise ConfigError(f"DCGAN generator size must be a power of two >= 8, got {size}")
+        if upsample not in UPSAMPLES:
+            raise ConfigError(f"unknown generator upsampling {upsample!r}; allowed: {', '.join(UPSAMPLES)}")
         self.z_dim, self.size, self.num_classes = z_dim, size, num_classes
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes > 0 and embed_dim > 0 else None
         n_up = log2i(size) - 2  # 4x4 -> size
@@ -67,9 +76,14 @@ class DCGANGenerator(nn.Module):
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
         ]
+        def up2(cin: int, cout: int) -> list[nn.Module]:
+            if upsample == "resize":  # Odena et al. 2016: no uneven kernel overlap, so no checkerboard pattern
+                return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)]
+            return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)]
+
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
-        layers.append(nn.ConvTranspose2d(widths[-1], out_channels, 4, 2, 1, bias=False))
+            layers += [*up2(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        layers += up2(widths[-1], out_channels)
         if tanh:
             layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
@@ -187,6 +201,11 @@ class GANCommonParams(BaseConfig):
         description="minibatch-stddev feature before D's real/fake output (Karras et al. 2018; not in the "
         "DCGAN/ACGAN papers): lets D see a collapsed batch",
     )
+    upsample: Literal["convt", "resize"] = Field(
+        "convt",
+        description="G's upsampling: 'convt' (transposed conv k4 s2, the DCGAN paper) or 'resize' (nearest x2 + "
+        "conv k3: no checkerboard pattern, Odena et al. 2016; not in the DCGAN/ACGAN papers)",
+    )
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -223,7 +242,7 @@ class DCGAN(GANMethod):
         p = self.params
         return DCGANGenerator(
             p.z_dim, self.info.channels, self.size, p.ngf, p.max_mult,
-            num_classes=self.num_classes if self.conditional else 0, embed_dim=p.embed_dim,
+            num_classes=self.num_classes if self.conditional else 0, embed_dim=p.embed_dim, upsample=p.upsample,
         )
 
     def build_discriminator(self) -> nn.Module:
@@ -315,8 +334,11 @@ MODELS.add(
         presets={
             # Radford et al.; MelanoGANs' 256 px DCGAN [INF]: 4x4x1024 at 256 px -> max_mult 16
             "paper": {"z_dim": 100, "ngf": 64, "ndf": 64, "max_mult": 16},
-            # + DiffAugment: with a few thousand images D saturates within ~100 steps (docs/models.md)
-            "cpu": {"z_dim": 64, "ngf": 32, "ndf": 32, "max_mult": 8, "augment": ["translation", "cutout"]},
+            # + DiffAugment: with a few thousand images D saturates within ~100 steps; + resize-convolution in G: no
+            # checkerboard noise in the first thousand steps (docs/models/dcgan_family.md)
+            "cpu": {
+                "z_dim": 64, "ngf": 32, "ndf": 32, "max_mult": 8, "augment": ["translation", "cutout"], "upsample": "resize",
+            },
         },
         description="DCGAN, unconditional or class-conditional (MelanoGANs baseline)",
         paper="Radford et al. 2016 (arXiv 1511.06434); Baur et al. MelanoGANs 2018 (arXiv 1804.04338)",

@@ -23,8 +23,10 @@ input planes). Discriminators: a DCGAN D at the coarsest level, and per finer le
 
 Sampling always chains the levels from a generated coarsest image.
 
-Small-data options (not in the papers; on in the ``cpu`` preset): ``augment`` (DiffAugment of every D's input) and
-``ref_zero_init`` (refiners start as the identity on the upsampled coarser image); see docs/models/dcgan_family.md.
+Small-data options (not in the papers; on in the ``cpu`` preset): ``augment`` (DiffAugment of every D's input),
+``ref_zero_init`` (refiners start as the identity on the upsampled coarser image), ``upsample: resize``
+(resize-convolution in the coarse G) and ``ref_d: patch`` (PatchGAN discriminators at the finer levels); see
+docs/models/dcgan_family.md.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from medbalance.models.layers import (
     square_pow2_size,
 )
 from medbalance.models.losses import d_loss, g_loss
+from medbalance.models.pix2pix import PatchDiscriminator, init_weights
 from medbalance.models.registry import MODELS, ModelSpec
 
 # ---------------------------------------------------------------------------- pyramid
@@ -179,7 +182,7 @@ class LaplacianDiscriminator(nn.Module):
     """The coarse DCGAN discriminator and one conditional discriminator per finer level
     (``refiners[i]`` scores ``concat(I, up(I_coarser))`` at side ``base_size * 2**(i+1)``)."""
 
-    def __init__(self, coarse: DCGANDiscriminator, refiners: list[DCGANDiscriminator]):
+    def __init__(self, coarse: DCGANDiscriminator, refiners: list[nn.Module]):
         super().__init__()
         self.coarse = coarse
         self.refiners = nn.ModuleList(refiners)
@@ -187,7 +190,12 @@ class LaplacianDiscriminator(nn.Module):
 
 # ---------------------------------------------------------------------------- params
 class LAPGANParams(BaseConfig):
-    base_size: int = Field(8, ge=8, description="side of the coarsest pyramid level (power of two < image size)")
+    base_size: int | None = Field(
+        8,
+        ge=8,
+        description="side of the coarsest pyramid level (power of two < image size); null = half the image side "
+        "(one refinement level)",
+    )
     z_dim: int = Field(100, ge=1, description="latent dimension of the coarse DCGAN")
     ngf: int = Field(64, ge=1, description="coarse DCGAN generator width")
     ndf: int = Field(64, ge=1, description="coarse DCGAN discriminator width (and per-level D width)")
@@ -205,6 +213,17 @@ class LAPGANParams(BaseConfig):
         description="initialise each refiner's output conv to zero, so training starts from the upsampled "
         "coarser image instead of adding random band-pass noise (not in Denton et al.)",
     )
+    upsample: Literal["convt", "resize"] = Field(
+        "convt",
+        description="the coarse DCGAN generator's upsampling: 'convt' (DCGAN paper) or 'resize' (nearest x2 + "
+        "conv k3, no checkerboard pattern; Odena et al. 2016)",
+    )
+    ref_d: Literal["dcgan", "patch"] = Field(
+        "dcgan",
+        description="discriminator of each finer level: 'dcgan' (one logit per image, as the coarse level) or "
+        "'patch' (pix2pix PatchGAN with ref_d_layers strided layers: one logit per patch; not in Denton et al.)",
+    )
+    ref_d_layers: int = Field(2, ge=1, le=4, description="strided layers of the 'patch' refiner D (2: 34 px patches)")
     loss: Literal["bce", "hinge", "lsgan"] = "bce"
     augment: list[Policy] = Field(
         default_factory=list,
@@ -230,26 +249,36 @@ class LAPGAN(GANMethod):
         super().__init__(params, info)
         p = params
         self.size = square_pow2_size(info, self.name)
-        if not is_power_of_two(p.base_size) or p.base_size >= self.size:
+        base = p.base_size if p.base_size is not None else self.size // 2
+        if not is_power_of_two(base) or base < 8 or base >= self.size:
             raise ConfigError(
                 f"{self.name}: base_size must be a power of two >= 8 and smaller than the image side "
-                f"{self.size}; got {p.base_size}"
+                f"{self.size}; got {base}"
             )
-        self.levels = log2i(self.size // p.base_size)
+        self.base_size = base
+        self.levels = log2i(self.size // base)
         self.num_classes = max(1, info.num_classes)
         self.conditional = bool(p.conditional)
         k = self.num_classes if self.conditional else 0
         c = info.channels
-        sizes = [p.base_size * 2**i for i in range(self.levels + 1)]
-        coarse_g = DCGANGenerator(p.z_dim, c, p.base_size, p.ngf, p.max_mult, num_classes=k, embed_dim=p.embed_dim)
+        sizes = [base * 2**i for i in range(self.levels + 1)]
+        coarse_g = DCGANGenerator(
+            p.z_dim, c, base, p.ngf, p.max_mult, num_classes=k, embed_dim=p.embed_dim, upsample=p.upsample
+        )
         refs = [
             LaplacianRefiner(c, p.ref_nz, p.ref_ngf, p.ref_layers, k, p.class_planes, p.ref_zero_init) for _ in sizes[1:]
         ]
-        self.G = LaplacianGenerator(coarse_g, refs, p.base_size)
-        self.D = LaplacianDiscriminator(
-            DCGANDiscriminator(c, p.base_size, p.ndf, p.max_mult, num_classes=k),
-            [DCGANDiscriminator(2 * c, s, p.ndf, p.max_mult, num_classes=k) for s in sizes[1:]],
-        )
+        self.G = LaplacianGenerator(coarse_g, refs, base)
+        if p.ref_d == "patch":
+            ref_ds: list[nn.Module] = [
+                PatchDiscriminator(2 * c, (s, s), p.ndf, p.ref_d_layers, "batch", p.max_mult, num_classes=k)
+                for s in sizes[1:]
+            ]
+            for d in ref_ds:
+                d.apply(init_weights)
+        else:
+            ref_ds = [DCGANDiscriminator(2 * c, s, p.ndf, p.max_mult, num_classes=k) for s in sizes[1:]]
+        self.D = LaplacianDiscriminator(DCGANDiscriminator(c, base, p.ndf, p.max_mult, num_classes=k), ref_ds)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"G": self.G, "D": self.D}
@@ -360,7 +389,8 @@ class LAPGAN(GANMethod):
             gauss = gaussian_pyramid(x.float(), self.levels)
             s = self.D.coarse(gauss[0], yy)
             for i, dk in enumerate(self.D.refiners):
-                s = s + dk(torch.cat([gauss[i + 1], pyr_up(gauss[i])], 1), yy)
+                d = dk(torch.cat([gauss[i + 1], pyr_up(gauss[i])], 1), yy)
+                s = s + (d.flatten(1).mean(1) if d.dim() > 1 else d)  # PatchGAN: mean over patches
             return s
 
         with eval_mode(self.D):
@@ -377,11 +407,12 @@ class LAPGANJoint(LAPGAN):
 _PRESETS = {
     # Denton et al. 2015 / MelanoGANs [INF]: DCGAN at the coarsest level, small conv refiners
     "paper": {"base_size": 16, "z_dim": 100, "ngf": 64, "ndf": 64, "ref_ngf": 64, "ref_layers": 3},
-    # coarsest level 1/4 of a 64 px image (as 64 -> 256 in MelanoGANs' reading), + DiffAugment and zero-initialised
-    # refiners: base 8 without them gave no brain anatomy after 12 min (docs/models/dcgan_family.md)
+    # small-data / few-minutes choices, each measured on brain-tumor-mri at 64 px (docs/models/dcgan_family.md):
+    # coarsest level half the image side (32 px at 64; a 16 px DCGAN stayed a featureless blob after 800 steps),
+    # resize-convolution in the coarse G, PatchGAN refiner Ds, DiffAugment and zero-initialised refiners
     "cpu": {
-        "base_size": 16, "z_dim": 64, "ngf": 32, "ndf": 32, "ref_ngf": 32, "ref_layers": 3,
-        "augment": ["translation", "cutout"], "ref_zero_init": True,
+        "base_size": None, "z_dim": 64, "ngf": 32, "ndf": 32, "ref_ngf": 32, "ref_layers": 3,
+        "augment": ["translation", "cutout"], "ref_zero_init": True, "upsample": "resize", "ref_d": "patch",
     },
 }
 MODELS.add(
@@ -392,6 +423,7 @@ MODELS.add(
         presets=_PRESETS,
         description="LAPGAN: Laplacian-pyramid GAN, levels trained independently on real pyramids",
         paper="Denton et al. 2015 (arXiv 1506.05751); compared in MelanoGANs (arXiv 1804.04338)",
+        batch_sizes={"cpu": 16},  # as dcgan's: twice the updates of batch 32 in the same minutes
     ),
 )
 MODELS.add(
@@ -402,5 +434,6 @@ MODELS.add(
         presets=_PRESETS,
         description="LAPGAN with all levels trained end to end (discriminator at every scale)",
         paper="Baur et al. MelanoGANs 2018 (arXiv 1804.04338), 'modified LAPGAN' [unverified reading]",
+        batch_sizes={"cpu": 16},
     ),
 )
