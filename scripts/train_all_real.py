@@ -179,17 +179,21 @@ def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=
     return out
 
 
-def calibrate(cfg, ds, n: int = 2) -> float:
-    """Seconds per training step of the engine's method (throw-away Trainer, same config)."""
+def calibrate(cfg, ds, n: int = 8) -> float:
+    """Seconds per training step of the engine's method (throw-away Trainer, same config): the median of ``n``
+    timed steps after a warm-up step (a mean of 2 steps was thrown off by a neighbour process's bursts and cut
+    some 300 s budgets to 200 s)."""
     from medbalance.training.engine import Trainer
 
     tr = Trainer(cfg, ds)
     tr.method.train()
     tr.method.training_step(tr.get_batch(0), 0)  # warm-up
-    t = time.perf_counter()
+    times = []
     for s in range(1, n + 1):
+        t = time.perf_counter()
         tr.method.training_step(tr.get_batch(s), s)
-    return (time.perf_counter() - t) / n
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
 
 
 def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=None, tag: str = "") -> dict[str, Any]:

@@ -9,8 +9,9 @@ insertion + 4x the same blur (Burt & Adelson 1983). For a Gaussian pyramid ``I_0
 Generators (all held by one :class:`LaplacianGenerator`, so EMA and sampling see one module):
 a DCGAN generator at the coarsest level (``base_size``), and for each finer level a
 conditional conv net ``G_k(z_k, up(I_{k+1}), y) -> h_k`` (noise and class embedding are extra
-input planes). Discriminators: a DCGAN D at the coarsest level, and per finer level a DCGAN D on
-``concat(I_k, up(I_{k+1}))`` (+ class projection when conditional).
+input planes). Discriminators: a DCGAN D at the coarsest level, and per finer level a DCGAN D
+(``ref_d: dcgan``) or a pix2pix PatchGAN (``ref_d: patch``) on ``concat(I_k, up(I_{k+1}))`` (+ class
+projection / class planes when conditional).
 
 - ``lapgan``: levels trained independently on *real* pyramids (Denton et al.): level k's
   generator is conditioned on ``up(real I_{k+1})``. The per-level losses are summed and share
