@@ -304,7 +304,7 @@ def test_segmentor_from_train_task_folder(tmp_path):
     info = make_info(1, 32, 3)
     unet = SegmentationUNet(1, 3, mode="softmax", channels=(4, 8), num_res_units=0)
     save_task_model(tmp_path / "seg", unet, {"task": "segmentation", "mask_values": [0, 1, 2]})
-    m = build_method("redgan", "cpu", {**TINY, "segmentor": str(tmp_path / "seg")}, info)
+    m = build_method("redgan", "cpu", {**TINY, "segmentor": str(tmp_path / "seg"), "segmentor_blur": False}, info)
     assert m.seg_channels == 3 and m.D.nets[0].layers[0][0].in_channels == 3 + 1 + 3
     x = make_batch(info)["image"]
     torch.testing.assert_close(m.S(x), unet.eval()(x))  # same weights, identity input map for [-1, 1]
@@ -318,16 +318,42 @@ def test_segmentor_from_train_task_folder(tmp_path):
         build_method("redgan", "cpu", {**TINY, "segmentor": str(tmp_path / "missing")}, info)
 
 
+class _Probe(nn.Module):
+    """A stand-in segmentor that records the tensor it is given (``self.seen``) and returns 2 logit channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: torch.Tensor | None = None
+
+    def forward(self, x):
+        self.seen = x
+        return x.repeat(1, 2, 1, 1)
+
+
 def test_segmentor_input_range_adapter():
     info = make_info(1, 32, 2)
-    seen = {}
-
-    class Probe(nn.Module):
-        def forward(self, x):
-            seen["x"] = x
-            return x.repeat(1, 2, 1, 1)
-
-    m = RedGAN(resolve_params("redgan", "cpu", {**TINY, "segmentor_input_range": (0.0, 255.0)}), info, Probe())
+    probe = _Probe()
+    params = {**TINY, "segmentor_input_range": (0.0, 255.0), "segmentor_blur": False}
+    m = RedGAN(resolve_params("redgan", "cpu", params), info, probe)
     img = torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 1, 3).expand(1, 1, 32, 3).repeat(1, 1, 1, 11)[..., :32]
     m.S(img)
-    torch.testing.assert_close(seen["x"][0, 0, 0, :3], torch.tensor([0.0, 127.5, 255.0]))
+    torch.testing.assert_close(probe.seen[0, 0, 0, :3], torch.tensor([0.0, 127.5, 255.0]))
+
+
+def test_segmentor_blur_hides_period_two_patterns():
+    """``segmentor_blur``: S sees the image through a 3x3 binomial blur, which removes a period-2 stripe pattern
+    and keeps a constant image; without the option S sees the image unchanged."""
+    info = make_info(1, 32, 2)
+    stripes = (torch.arange(32) % 2).float().view(1, 1, 1, 32).expand(2, 1, 32, 32) * 0.4 + 0.1  # 0.1, 0.5, ...
+    for blur in (False, True):
+        probe = _Probe()
+        m = RedGAN(resolve_params("redgan", "cpu", {**TINY, "segmentor_blur": blur}), info, probe)
+        m.S(stripes)
+        if blur:
+            torch.testing.assert_close(probe.seen[..., 1:-1], torch.full_like(probe.seen[..., 1:-1], 0.3))
+            const = torch.full((1, 1, 32, 32), -0.25)
+            m.S(const)
+            torch.testing.assert_close(probe.seen, const)
+        else:
+            torch.testing.assert_close(probe.seen, stripes)
+    assert resolve_params("redgan", "cpu", {}).segmentor_blur and not resolve_params("redgan", "paper", {}).segmentor_blur
