@@ -431,3 +431,26 @@ def test_lapgan_zero_init_refiners_start_from_the_upsampled_coarse_image():
         assert torch.allclose(fine, pyr_up(coarse), atol=1e-6)  # untrained: the residual is exactly 0
     m.training_step(batch(n=4, c=1, size=32), 0)  # the output convs get gradients and move off zero
     assert all(r.net[-1].weight.abs().sum() > 0 for r in m.G.refiners)
+
+
+# ---------------------------------------------------------------------------- mode seeking (MSGAN)
+def test_mode_seeking_pairs_and_loss_against_hand_computation():
+    from medbalance.models.dcgan import mode_seeking_loss, mode_seeking_pairs
+
+    y, pairs = mode_seeking_pairs(torch.tensor([2, 0, 1, 1, 0]), 5)
+    assert pairs == 2 and y.tolist() == [2, 0, 2, 0, 0]  # (i, i+2) share a label; the odd last one is unpaired
+    assert mode_seeking_pairs(None, 4) == (None, 2)
+    g = torch.Generator().manual_seed(0)
+    fake, z = torch.randn(5, 1, 4, 4, generator=g), torch.randn(5, 3, generator=g)
+    num = sum((fake[i] - fake[i + 2]).abs().sum() for i in range(2)) / (2 * 16)
+    den = sum((z[i] - z[i + 2]).abs().sum() for i in range(2)) / (2 * 3)
+    torch.testing.assert_close(mode_seeking_loss(fake, z, 2), 1.0 / (num / den + 1e-5))
+
+
+@pytest.mark.parametrize("name", ["dcgan", "acgan"])
+def test_mode_seeking_term_in_the_generator_step(name):
+    extra = {} if name == "acgan" else {"conditional": True}
+    m = tiny(name, mode_seeking=1.0, **extra)
+    out = m.training_step(batch(n=6), 0)
+    assert "loss_ms" in out and torch.isfinite(out["loss_ms"]) and out["loss_ms"] > 0
+    assert "loss_ms" not in tiny(name, **extra).training_step(batch(n=6), 0)

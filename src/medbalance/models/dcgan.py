@@ -206,10 +206,33 @@ class GANCommonParams(BaseConfig):
         description="G's upsampling: 'convt' (transposed conv k4 s2, the DCGAN paper) or 'resize' (nearest x2 + "
         "conv k3: no checkerboard pattern, Odena et al. 2016; not in the DCGAN/ACGAN papers)",
     )
+    mode_seeking: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the mode-seeking term (MSGAN, Mao et al. 2019): G also minimises "
+        "1 / (mean|G(z1,y) - G(z2,y)| / mean|z1 - z2|), pairing the two halves of each fake batch under the same "
+        "labels (0 = off; not in the DCGAN/ACGAN papers)",
+    )
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
+
+
+def mode_seeking_pairs(y: torch.Tensor | None, n: int) -> tuple[torch.Tensor | None, int]:
+    """Labels for a fake batch whose second half repeats the first half's labels (MSGAN pairs ``i``, ``i + n//2``),
+    and the number of pairs. Odd ``n``: the last fake keeps its label and is not paired."""
+    h = n // 2
+    if y is None or h == 0:
+        return y, h
+    return torch.cat([y[:h], y[:h], y[2 * h :]]), h
+
+
+def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, pairs: int, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's term ``1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| + eps)`` over the pairs ``(i, i + pairs)``."""
+    a, b = fake[:pairs].float(), fake[pairs : 2 * pairs].float()
+    ratio = (a - b).abs().mean() / (z[:pairs] - z[pairs : 2 * pairs]).abs().mean()
+    return 1.0 / (ratio + eps)
 
 
 class DCGANParams(GANCommonParams):
@@ -271,7 +294,10 @@ class DCGAN(GANMethod):
         y = self._cond(batch)  # fakes use the batch's labels: same class distribution as the reals
         kind = self.params.loss
         aug = self.params.augment
+        ms = self.params.mode_seeking
         z = torch.randn(real.shape[0], self.params.z_dim, device=real.device)
+        if ms > 0:
+            y, pairs = mode_seeking_pairs(y, real.shape[0])
         # --- D step
         with self.autocast():
             fake = self.G(z, y)
@@ -284,15 +310,21 @@ class DCGAN(GANMethod):
         try:
             with self.autocast():
                 loss_g = g_loss(self.D(diff_augment(fake, aug), y), kind)
+                if ms > 0 and pairs > 0:
+                    loss_ms = mode_seeking_loss(fake, z, pairs)
+                    loss_g = loss_g + ms * loss_ms
             self.optimize("G", loss_g)
         finally:
             set_requires_grad(self.D, True)
-        return {
+        out = {
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
             "d_real": d_real.detach().float().mean(),
             "d_fake": d_fake.detach().float().mean(),
         }
+        if ms > 0 and pairs > 0:
+            out["loss_ms"] = loss_ms.detach()
+        return out
 
     # ------------------------------------------------------------------ sampling / scoring
     def _gen_labels(self, labels: torch.Tensor, device: torch.device) -> torch.Tensor | None:
