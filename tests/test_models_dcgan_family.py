@@ -173,7 +173,7 @@ def test_lapgan_patch_refiner_discriminators(name):
 def test_lapgan_cpu_preset_base_is_half_the_image(size):
     """The cpu preset's ``base_size: null`` means one refinement level from half the image side."""
     m = build_method("lapgan", "cpu", {"ngf": 4, "ndf": 4, "ref_ngf": 4}, info(c=1, size=size))
-    assert m.G.sizes == [size // 2, size] and m.levels == 1 and m.base_size == size // 2
+    assert m.G.sizes == [size // 2, size] and m.levels == 1 and m.G.base_size == size // 2
     assert build_method("lapgan", "paper", {"ngf": 4, "ndf": 4, "ref_ngf": 4}, info(c=1, size=64)).G.sizes == [16, 32, 64]
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from medbalance.data.dataset import DataInfo
 from medbalance.models.augment import diff_augment
 from medbalance.models.base import set_requires_grad
-from medbalance.models.dcgan import DCGAN, DCGANDiscriminator, GANCommonParams, mode_seeking_loss, mode_seeking_pairs
+from medbalance.models.dcgan import DCGAN, DCGANDiscriminator, GANCommonParams
 from medbalance.models.layers import chunked, eval_mode, module_device
 from medbalance.models.losses import class_loss, d_loss, g_loss
 from medbalance.models.registry import MODELS, ModelSpec
@@ -74,9 +74,7 @@ class ACGAN(DCGAN):
         else:
             y_fake = y_real
         z = torch.randn(n, p.z_dim, device=real.device)
-        pairs = 0
-        if p.mode_seeking > 0:
-            y_fake, pairs = mode_seeking_pairs(y_fake, n)
+        y_fake, pairs = self._mode_seeking_labels(y_fake, n)
         # --- D step
         with self.autocast():
             fake = self.G(z, y_fake)
@@ -99,14 +97,10 @@ class ACGAN(DCGAN):
                 loss_g_cls = class_loss(self.D.class_logits(h), y_fake)
                 if p.aux_loss == "tac":
                     loss_g_cls = loss_g_cls - class_loss(self.D.twin_logits(h), y_fake)
-                loss_g = loss_g_src + p.class_weight * loss_g_cls
-                if pairs > 0:
-                    loss_ms = mode_seeking_loss(fake, z, pairs)
-                    loss_g = loss_g + p.mode_seeking * loss_ms
+                loss_g, extra = self._with_mode_seeking(loss_g_src + p.class_weight * loss_g_cls, fake, z, pairs)
             self.optimize("G", loss_g)
         finally:
             set_requires_grad(self.D, True)
-        extra = {"loss_ms": loss_ms.detach()} if pairs > 0 else {}
         return {
             **extra,
             "loss_d": loss_d.detach(),

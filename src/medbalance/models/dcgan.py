@@ -10,7 +10,7 @@ non-saturating G loss; Adam 2e-4, beta1 0.5. See docs/models/dcgan_family.md.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from pydantic import Field
@@ -40,7 +40,12 @@ from medbalance.models.registry import MODELS, ModelSpec
 
 
 # ---------------------------------------------------------------------------- networks
-UPSAMPLES: tuple[str, ...] = ("convt", "resize")
+UpsampleMode = Literal["convt", "resize"]
+UPSAMPLES: tuple[str, ...] = get_args(UpsampleMode)
+UPSAMPLE_HELP = (
+    "generator upsampling: 'convt' (transposed conv k4 s2, the DCGAN paper) or 'resize' (nearest x2 + conv k3: no "
+    "checkerboard pattern, Odena et al. 2016; not in the DCGAN/ACGAN/LAPGAN papers)"
+)
 
 
 class DCGANGenerator(nn.Module):
@@ -201,11 +206,7 @@ class GANCommonParams(BaseConfig):
         description="minibatch-stddev feature before D's real/fake output (Karras et al. 2018; not in the "
         "DCGAN/ACGAN papers): lets D see a collapsed batch",
     )
-    upsample: Literal["convt", "resize"] = Field(
-        "convt",
-        description="G's upsampling: 'convt' (transposed conv k4 s2, the DCGAN paper) or 'resize' (nearest x2 + "
-        "conv k3: no checkerboard pattern, Odena et al. 2016; not in the DCGAN/ACGAN papers)",
-    )
+    upsample: UpsampleMode = Field("convt", description=UPSAMPLE_HELP)
     mode_seeking: float = Field(
         0.0,
         ge=0,
@@ -294,10 +295,8 @@ class DCGAN(GANMethod):
         y = self._cond(batch)  # fakes use the batch's labels: same class distribution as the reals
         kind = self.params.loss
         aug = self.params.augment
-        ms = self.params.mode_seeking
         z = torch.randn(real.shape[0], self.params.z_dim, device=real.device)
-        if ms > 0:
-            y, pairs = mode_seeking_pairs(y, real.shape[0])
+        y, pairs = self._mode_seeking_labels(y, real.shape[0])
         # --- D step
         with self.autocast():
             fake = self.G(z, y)
@@ -309,22 +308,30 @@ class DCGAN(GANMethod):
         set_requires_grad(self.D, False)
         try:
             with self.autocast():
-                loss_g = g_loss(self.D(diff_augment(fake, aug), y), kind)
-                if ms > 0 and pairs > 0:
-                    loss_ms = mode_seeking_loss(fake, z, pairs)
-                    loss_g = loss_g + ms * loss_ms
+                loss_g, extra = self._with_mode_seeking(g_loss(self.D(diff_augment(fake, aug), y), kind), fake, z, pairs)
             self.optimize("G", loss_g)
         finally:
             set_requires_grad(self.D, True)
-        out = {
+        return {
+            **extra,
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
             "d_real": d_real.detach().float().mean(),
             "d_fake": d_fake.detach().float().mean(),
         }
-        if ms > 0 and pairs > 0:
-            out["loss_ms"] = loss_ms.detach()
-        return out
+
+    def _mode_seeking_labels(self, y: torch.Tensor | None, n: int) -> tuple[torch.Tensor | None, int]:
+        """Fake labels and the number of MSGAN pairs (0 when ``mode_seeking`` is off: labels unchanged)."""
+        return mode_seeking_pairs(y, n) if self.params.mode_seeking > 0 else (y, 0)
+
+    def _with_mode_seeking(
+        self, loss_g: torch.Tensor, fake: torch.Tensor, z: torch.Tensor, pairs: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``loss_g`` plus ``mode_seeking`` x MSGAN's term, and the logged ``loss_ms`` (nothing when no pairs)."""
+        if pairs == 0:
+            return loss_g, {}
+        loss_ms = mode_seeking_loss(fake, z, pairs)
+        return loss_g + self.params.mode_seeking * loss_ms, {"loss_ms": loss_ms.detach()}
 
     # ------------------------------------------------------------------ sampling / scoring
     def _gen_labels(self, labels: torch.Tensor, device: torch.device) -> torch.Tensor | None:

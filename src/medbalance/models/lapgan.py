@@ -35,7 +35,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -44,9 +43,10 @@ from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError
 from medbalance.models.augment import Policy, diff_augment
 from medbalance.models.base import GANMethod, set_requires_grad
-from medbalance.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from medbalance.models.dcgan import UPSAMPLE_HELP, DCGANDiscriminator, DCGANGenerator, UpsampleMode
 from medbalance.models.layers import (
     ClassPlanes,
+    binomial_blur,
     check_labels,
     chunked,
     cpu_noise,
@@ -62,19 +62,9 @@ from medbalance.models.pix2pix import PatchDiscriminator, init_weights
 from medbalance.models.registry import MODELS, ModelSpec
 
 # ---------------------------------------------------------------------------- pyramid
-_BINOMIAL5 = (1.0, 4.0, 6.0, 4.0, 1.0)
-
-
-def _blur(x: torch.Tensor, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
-    c = x.shape[1]
-    k1 = torch.tensor(_BINOMIAL5, device=x.device, dtype=x.dtype) / 16.0
-    k = (torch.outer(k1, k1) * gain).expand(c, 1, 5, 5).contiguous()
-    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, stride=stride, groups=c)
-
-
 def pyr_down(x: torch.Tensor) -> torch.Tensor:
     """Blur with the 5-tap binomial kernel and keep every second pixel: (B,C,H,W) -> (B,C,H/2,W/2)."""
-    return _blur(x, stride=2)
+    return binomial_blur(x, 5, stride=2)
 
 
 def pyr_up(x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +72,7 @@ def pyr_up(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     up = x.new_zeros(b, c, 2 * h, 2 * w)
     up[:, :, ::2, ::2] = x
-    return _blur(up, gain=4.0)
+    return binomial_blur(up, 5, gain=4.0)
 
 
 def laplacian_pyramid(x: torch.Tensor, levels: int) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -214,11 +204,7 @@ class LAPGANParams(BaseConfig):
         description="initialise each refiner's output conv to zero, so training starts from the upsampled "
         "coarser image instead of adding random band-pass noise (not in Denton et al.)",
     )
-    upsample: Literal["convt", "resize"] = Field(
-        "convt",
-        description="the coarse DCGAN generator's upsampling: 'convt' (DCGAN paper) or 'resize' (nearest x2 + "
-        "conv k3, no checkerboard pattern; Odena et al. 2016)",
-    )
+    upsample: UpsampleMode = Field("convt", description=f"the coarse DCGAN's {UPSAMPLE_HELP}")
     ref_d: Literal["dcgan", "patch"] = Field(
         "dcgan",
         description="discriminator of each finer level: 'dcgan' (one logit per image, as the coarse level) or "
@@ -256,7 +242,6 @@ class LAPGAN(GANMethod):
                 f"{self.name}: base_size must be a power of two >= 8 and smaller than the image side "
                 f"{self.size}; got {base}"
             )
-        self.base_size = base
         self.levels = log2i(self.size // base)
         self.num_classes = max(1, info.num_classes)
         self.conditional = bool(p.conditional)

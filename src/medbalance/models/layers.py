@@ -1,6 +1,7 @@
 """Small building blocks shared by the GAN methods: size checks, DCGAN weight init, class
 conditioning (embedding concatenated to z, embedding broadcast to planes, projection head),
-noise drawing for reproducible generation and a chunked no-grad evaluation helper."""
+a binomial low-pass filter, noise drawing for reproducible generation and a chunked no-grad
+evaluation helper."""
 
 from __future__ import annotations
 
@@ -9,10 +10,26 @@ import math
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError
+
+
+# ---------------------------------------------------------------------------- filtering
+def binomial_blur(
+    x: torch.Tensor, taps: int = 5, gain: float = 1.0, stride: int = 1, pad_mode: str = "reflect"
+) -> torch.Tensor:
+    """Depthwise separable binomial low-pass of ``(B, C, H, W)`` images with 'same' padding.
+
+    The 1-D kernel is a row of Pascal's triangle normalised to sum 1 (``taps`` 3: [1 2 1]/4, zero response
+    at period 2 px; 5: [1 4 6 4 1]/16, Burt & Adelson's pyramid kernel), times ``gain`` in 2-D."""
+    c, r = x.shape[1], taps // 2
+    k1 = torch.tensor([math.comb(taps - 1, i) for i in range(taps)], device=x.device, dtype=x.dtype)
+    k1 = k1 / k1.sum()
+    k = (torch.outer(k1, k1) * gain).expand(c, 1, taps, taps).contiguous()
+    return F.conv2d(F.pad(x, (r, r, r, r), mode=pad_mode), k, stride=stride, groups=c)
 
 
 # ---------------------------------------------------------------------------- checks

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError
-from medbalance.models.layers import check_labels, module_device
+from medbalance.models.layers import binomial_blur, check_labels, module_device
 from medbalance.models.registry import MODELS, ModelSpec
 from medbalance.models.spade import SPADE, SPADE_CPU, SPADE_PAPER, SPADEGenerator, SPADEParams, one_hot_mask
 
@@ -82,10 +81,7 @@ class FrozenSegmentor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.blur:  # [1 2 1]^T [1 2 1] / 16: zero response at the Nyquist frequency (period 2 px)
-            c = images.shape[1]
-            k1 = torch.tensor([1.0, 2.0, 1.0], device=images.device, dtype=images.dtype) / 4.0
-            k = torch.outer(k1, k1).expand(c, 1, 3, 3).contiguous()
-            images = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), k, groups=c)
+            images = binomial_blur(images, 3, pad_mode="replicate")
         if (self.lo, self.hi) != (-1.0, 1.0):
             images = (images + 1.0) * ((self.hi - self.lo) / 2.0) + self.lo
         return self.net(images)
