@@ -60,11 +60,11 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def data_cfg(name: str, anatomy: bool, image_size: int, levels: int = 1):
+def data_cfg(name: str, anatomy: bool, image_size: int, levels: int = 1, phantom_n: int = 420):
     from medbalance.data.config import DataConfig
 
     if name == "phantom":
-        return DataConfig(path="phantom", phantom={"size": image_size})
+        return DataConfig(path="phantom", phantom={"size": image_size, "n": phantom_n})
     path = BRAIN if Path(BRAIN).is_file() else str(SHARED_BRAIN)
     return DataConfig(path=path, image_size=image_size, anatomy_label=1 if anatomy else None,
                       anatomy_levels=levels if anatomy else 1)
@@ -209,7 +209,8 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
         data=dcfg.model_dump(mode="json"),
         model={"name": name, "preset": "cpu", "params": params},
         train={"steps": 10, "batch_size": args.batch_size, "precision": args.precision, "tensorboard": False,
-               "log_every": 10, "seed": args.seed, "ema_decay": args.ema_decay},
+               "log_every": 10, "seed": args.seed, "ema_decay": args.ema_decay,
+               "sampling": args.sampling},
     )
     cfg = RunConfig.from_dict(base)
     t0 = time.perf_counter()
@@ -234,6 +235,7 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
         "losses": {k: round(v, 4) for k, v in res.losses.items()},
         "grid": str(grids[-1]) if grids else None,
         "params": {k: v for k, v in params.items() if k != "segmentor"},
+        "sampling": cfg.train.sampling,
     }
     rec.update(conditioning_check(res, ds, helpers, args.per_class, seg_ds))
     log(f"  done: {rec['seconds']} s, {rec['images_per_s']} img/s, class acc on fakes {rec['class_acc_fake']:.3f}"
@@ -254,8 +256,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=120.0, help="seconds of training per model (brain)")
     ap.add_argument("--phantom-budget", type=float, default=50.0, help="seconds of training per model (phantom)")
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--phantom-n", type=int, default=420, help="phantom.n (slices; 420 = the built-in default)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: each model preset's (train.batch_size null)")
     ap.add_argument("--seed", type=int, default=0, help="train.seed (the helpers and the checks keep their seeds)")
+    ap.add_argument("--sampling", default="uniform", choices=["uniform", "class_balanced"], help="train.sampling")
     ap.add_argument("--ema-decay", type=float, default=None, help="train.ema_decay (EMA of G's weights for sampling)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=1,
@@ -299,7 +303,7 @@ def main() -> None:
         t0 = time.perf_counter()
         # brain: mask models use the anatomy label (tumour-only masks otherwise); phantom masks have anatomy
         anat = dname == "brain"
-        dcfg_plain = data_cfg(dname, False, args.image_size)
+        dcfg_plain = data_cfg(dname, False, args.image_size, phantom_n=args.phantom_n)
         ds_plain = load_dataset(dcfg_plain)
         dcfg_anat, ds_anat = (
             (data_cfg(dname, True, args.image_size, args.anatomy_levels), None) if anat else (dcfg_plain, ds_plain)
@@ -312,6 +316,8 @@ def main() -> None:
         cache = None
         if args.helpers_cache:
             key = f"{dname}-{args.image_size}px-L{args.anatomy_levels if anat and ds_anat is not None else 0}"
+            if dname == "phantom" and args.phantom_n != 420:
+                key += f"-n{args.phantom_n}"
             cache = Path(args.helpers_cache) / f"{key}-c{args.cls_epochs}-s{args.seg_epochs}"
         helpers = train_helpers(ds_anat if ds_anat is not None else ds_plain, out, args.seg_epochs, args.cls_epochs,
                                 cache)

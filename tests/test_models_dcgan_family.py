@@ -454,3 +454,45 @@ def test_mode_seeking_term_in_the_generator_step(name):
     out = m.training_step(batch(n=6), 0)
     assert "loss_ms" in out and torch.isfinite(out["loss_ms"]) and out["loss_ms"] > 0
     assert "loss_ms" not in tiny(name, **extra).training_step(batch(n=6), 0)
+
+
+def test_class_batchnorm_against_manual_computation():
+    from medbalance.models.layers import ClassBatchNorm2d
+
+    torch.manual_seed(0)
+    cbn = ClassBatchNorm2d(5, 3)
+    x, y = torch.randn(6, 5, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert torch.allclose(cbn(x, y), torch.nn.BatchNorm2d(5, affine=False)(x), atol=1e-6)  # starts as plain BN
+    with torch.no_grad():
+        cbn.gain.weight.uniform_(0.5, 2)
+        cbn.bias.weight.normal_()
+    mu, var = x.mean(dim=(0, 2, 3), keepdim=True), x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    ref = (x - mu) / torch.sqrt(var + 1e-5) * cbn.gain.weight[y][:, :, None, None] + cbn.bias.weight[y][:, :, None, None]
+    assert torch.allclose(cbn(x, y), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dcgan", "acgan"])
+@pytest.mark.parametrize("c", [1, 3, 4])
+def test_class_bn_generator(name, c):
+    """``class_bn``: every G BatchNorm becomes class-conditional; the class changes the image for the same z."""
+    from medbalance.models.layers import ClassBatchNorm2d
+
+    extra = {} if name == "acgan" else {"conditional": True}
+    m = tiny(name, c=c, class_bn=True, **extra)
+    n_bn = sum(isinstance(mod, ClassBatchNorm2d) for mod in m.G.modules())
+    assert n_bn == 3 and not any(isinstance(mod, torch.nn.BatchNorm2d) and mod.affine for mod in m.G.modules())
+    with torch.no_grad():
+        for mod in m.G.modules():
+            if isinstance(mod, ClassBatchNorm2d):
+                mod.bias.weight.normal_()
+    m.G.eval()
+    z = torch.randn(1, 8).repeat(3, 1)
+    x = m.G(z, torch.tensor([0, 1, 2]))
+    assert x.shape == (3, c, 32, 32) and (x[0] - x[1]).abs().max() > 1e-3 and (x[1] - x[2]).abs().max() > 1e-3
+    out = m.training_step(batch(c=c), 0)
+    assert all(torch.isfinite(v) for v in out.values())
+    # an unconditional DCGAN ignores the option (nothing to condition on)
+    plain = tiny("dcgan", c=c, class_bn=True)
+    assert not any(isinstance(mod, ClassBatchNorm2d) for mod in plain.G.modules())
+    with pytest.raises(ConfigError, match="class_bn needs a class-conditional"):
+        DCGANGenerator(8, c, 32, class_bn=True)

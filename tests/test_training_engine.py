@@ -15,7 +15,7 @@ import _tiny_method as tm
 from medbalance.errors import CheckpointError, ConfigError, DataError
 from medbalance.training import checkpoint as ckpt_mod
 from medbalance.training.config import RunConfig
-from medbalance.training.engine import split_train_heldout, train
+from medbalance.training.engine import Trainer, class_balanced_order, split_train_heldout, train
 from medbalance.training.logging import read_losses_csv
 from medbalance.training.run import batch_generator, load_run
 from medbalance.utils.io import load_safetensors, sha256_file
@@ -157,6 +157,46 @@ def test_resume_equals_uninterrupted(tmp_path):
         train(make_cfg(tmp_path / "part", params={"hidden": 16}, **kw), ds, resume=True)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train(make_cfg(tmp_path / "none", **kw), ds, resume=True)
+
+
+def test_class_balanced_order_balances_classes_and_is_seeded():
+    labels = torch.tensor([0] * 300 + [1] * 90 + [2] * 30)  # the phantom's 10:3:1
+    a = class_balanced_order(3, 0, labels)
+    assert torch.equal(a, class_balanced_order(3, 0, labels))  # pure function of (seed, epoch)
+    assert not torch.equal(a, class_balanced_order(3, 1, labels)) and not torch.equal(a, class_balanced_order(4, 0, labels))
+    draws = torch.cat([class_balanced_order(0, e, labels) for e in range(20)])  # 8400 draws
+    share = torch.bincount(labels[draws], minlength=3).double() / len(draws)
+    assert torch.allclose(share, torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.02), share
+    # within a class the draws are uniform: every one of the 30 rare samples is drawn, none dominates
+    rare = torch.bincount(draws[labels[draws] == 2], minlength=420)[390:]
+    assert (rare > 0).all() and rare.max() < 3 * rare.float().mean()
+    # labels need not be 0..K-1 and a class present once is still drawn a third of the time
+    odd = class_balanced_order(0, 0, torch.tensor([7] * 50 + [2] * 49 + [5]))
+    assert 0.2 < (odd == 99).double().mean() < 0.45
+
+
+def test_class_balanced_sampling_in_training_and_resume(tmp_path):
+    full_ds = tm.tiny_dataset(n=60)
+    keep = torch.cat([torch.where(full_ds.labels == 0)[0], torch.where(full_ds.labels == 1)[0][:6],
+                      torch.where(full_ds.labels == 2)[0][:3]])
+    ds = full_ds.subset(keep.numpy())
+    assert torch.bincount(ds.labels).tolist() == [20, 6, 3]
+    kw = dict(steps=7, checkpoint_every=3, batch_size=6, sampling="class_balanced")
+    seen = torch.cat([Trainer(make_cfg(tmp_path / "order", **kw), ds).batch_indices(s) for s in range(7)])
+    assert torch.bincount(ds.labels[seen], minlength=3).min() >= 7  # 42 draws: the rare class is not starved
+    full_uniform = torch.cat([Trainer(make_cfg(tmp_path / "u", **{**kw, "sampling": "uniform"}), ds).batch_indices(s)
+                              for s in range(4)])  # one epoch: no repeats
+    assert len(set(full_uniform.tolist())) == 24  # 4 batches of 6 from 29 samples, none repeated
+    train(make_cfg(tmp_path / "full", **kw), ds)
+    train(make_cfg(tmp_path / "part", **{**kw, "steps": 3}), ds)
+    train(make_cfg(tmp_path / "part", **kw), ds, resume=True)
+    a = read_losses_csv(tmp_path / "full" / "losses.csv")
+    b = read_losses_csv(tmp_path / "part" / "losses.csv")
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]  # noqa: E731
+    assert drop(a) == drop(b) and len(a) == 7
+    # the sampling mode is part of the data order: a resume may not change it
+    with pytest.raises(ConfigError, match="sampling"):
+        train(make_cfg(tmp_path / "part", **{**kw, "steps": 9, "sampling": "uniform"}), ds, resume=True)
 
 
 def test_ema_matches_independent_computation(tmp_path):

@@ -24,7 +24,7 @@ from medbalance.models.augment import diff_augment
 from medbalance.models.base import set_requires_grad
 from medbalance.models.dcgan import DCGAN, DCGANDiscriminator, GANCommonParams
 from medbalance.models.layers import chunked, eval_mode, module_device
-from medbalance.models.losses import class_loss, d_loss, g_loss
+from medbalance.models.losses import class_loss, d_loss, g_loss, r1_input, with_r1
 from medbalance.models.registry import MODELS, ModelSpec
 
 
@@ -78,7 +78,8 @@ class ACGAN(DCGAN):
         # --- D step
         with self.autocast():
             fake = self.G(z, y_fake)
-            h_r = self.D.features(diff_augment(real, p.augment))
+            real_in = r1_input(diff_augment(real, p.augment), p.r1_gamma)
+            h_r = self.D.features(real_in)
             h_f = self.D.features(diff_augment(fake.detach(), p.augment))
             src_r, src_f = self.D.logits(h_r), self.D.logits(h_f)
             cls_r, cls_f = self.D.class_logits(h_r), self.D.class_logits(h_f)
@@ -86,7 +87,7 @@ class ACGAN(DCGAN):
             # TAC: the classifier learns real classes only, the twin the generated ones
             fake_head = self.D.twin_logits(h_f) if p.aux_loss == "tac" else cls_f
             loss_d_cls = class_loss(cls_r, y_real) + class_loss(fake_head, y_fake)
-            loss_d = loss_d_src + p.class_weight * loss_d_cls
+            loss_d, r1 = with_r1(loss_d_src + p.class_weight * loss_d_cls, src_r, real_in, p.r1_gamma)
         self.optimize("D", loss_d)
         # --- G step
         set_requires_grad(self.D, False)
@@ -103,6 +104,7 @@ class ACGAN(DCGAN):
             set_requires_grad(self.D, True)
         return {
             **extra,
+            **r1,
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
             "loss_d_src": loss_d_src.detach(),

@@ -23,6 +23,7 @@ from medbalance.errors import ConfigError
 from medbalance.models.augment import Policy, diff_augment
 from medbalance.models.base import GANMethod, set_requires_grad
 from medbalance.models.layers import (
+    ClassBatchNorm2d,
     ProjectionHead,
     check_labels,
     chunked,
@@ -35,7 +36,7 @@ from medbalance.models.layers import (
     module_device,
     square_pow2_size,
 )
-from medbalance.models.losses import d_loss, g_loss
+from medbalance.models.losses import R1_HELP, d_loss, g_loss, r1_input, with_r1
 from medbalance.models.registry import MODELS, ModelSpec
 
 
@@ -65,29 +66,32 @@ class DCGANGenerator(nn.Module):
         embed_dim: int = 0,
         tanh: bool = True,
         upsample: str = "convt",
+        class_bn: bool = False,
     ):
         super().__init__()
         if not is_power_of_two(size) or size < 8:
             raise ConfigError(f"DCGAN generator size must be a power of two >= 8, got {size}")
         if upsample not in UPSAMPLES:
             raise ConfigError(f"unknown generator upsampling {upsample!r}; allowed: {', '.join(UPSAMPLES)}")
+        if class_bn and num_classes < 1:
+            raise ConfigError("class_bn needs a class-conditional generator (num_classes > 0)")
         self.z_dim, self.size, self.num_classes = z_dim, size, num_classes
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes > 0 and embed_dim > 0 else None
         n_up = log2i(size) - 2  # 4x4 -> size
         widths = [ngf * min(max_mult, 2 ** (n_up - 1 - i)) for i in range(n_up)]  # at 4, 8, ..., size/2
         zin = z_dim + (embed_dim if self.embed is not None else 0)
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(zin, widths[0], 4, 1, 0, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(True),
-        ]
+
+        def norm(c: int) -> nn.Module:
+            return ClassBatchNorm2d(c, num_classes) if class_bn else nn.BatchNorm2d(c)
+
+        layers: list[nn.Module] = [nn.ConvTranspose2d(zin, widths[0], 4, 1, 0, bias=False), norm(widths[0]), nn.ReLU(True)]
         def up2(cin: int, cout: int) -> list[nn.Module]:
             if upsample == "resize":  # Odena et al. 2016: no uneven kernel overlap, so no checkerboard pattern
                 return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)]
             return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)]
 
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [*up2(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(True)]
+            layers += [*up2(cin, cout), norm(cout), nn.ReLU(True)]
         layers += up2(widths[-1], out_channels)
         if tanh:
             layers.append(nn.Tanh())
@@ -99,7 +103,10 @@ class DCGANGenerator(nn.Module):
             if labels is None:
                 raise ConfigError("conditional generator needs labels")
             z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
-        return self.net(z[:, :, None, None])
+        h = z[:, :, None, None]
+        for m in self.net:
+            h = m(h, labels) if isinstance(m, ClassBatchNorm2d) else m(h)
+        return h
 
 
 D_NORMS: tuple[str, ...] = ("batch", "spectral", "none")
@@ -214,6 +221,13 @@ class GANCommonParams(BaseConfig):
         "1 / (mean|G(z1,y) - G(z2,y)| / mean|z1 - z2|), pairing the two halves of each fake batch under the same "
         "labels (0 = off; not in the DCGAN/ACGAN papers)",
     )
+    class_bn: bool = Field(
+        False,
+        description="class-conditional BatchNorm in G: a per-class gain and bias at every BatchNorm (de Vries et al. "
+        "2017; the generator paired with the projection discriminator in Miyato & Koyama 2018), on top of the "
+        "embedding concatenated to z; ignored by an unconditional model (not in the DCGAN/ACGAN papers)",
+    )
+    r1_gamma: float = Field(0.0, ge=0, description=R1_HELP)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -267,6 +281,7 @@ class DCGAN(GANMethod):
         return DCGANGenerator(
             p.z_dim, self.info.channels, self.size, p.ngf, p.max_mult,
             num_classes=self.num_classes if self.conditional else 0, embed_dim=p.embed_dim, upsample=p.upsample,
+            class_bn=p.class_bn and self.conditional,
         )
 
     def build_discriminator(self) -> nn.Module:
@@ -298,11 +313,13 @@ class DCGAN(GANMethod):
         z = torch.randn(real.shape[0], self.params.z_dim, device=real.device)
         y, pairs = self._mode_seeking_labels(y, real.shape[0])
         # --- D step
+        gamma = self.params.r1_gamma
         with self.autocast():
             fake = self.G(z, y)
-            d_real = self.D(diff_augment(real, aug), y)
+            real_in = r1_input(diff_augment(real, aug), gamma)
+            d_real = self.D(real_in, y)
             d_fake = self.D(diff_augment(fake.detach(), aug), y)
-            loss_d = d_loss(d_real, d_fake, kind)
+            loss_d, r1 = with_r1(d_loss(d_real, d_fake, kind), d_real, real_in, gamma)
         self.optimize("D", loss_d)
         # --- G step (D frozen: no weight gradients computed for it)
         set_requires_grad(self.D, False)
@@ -314,6 +331,7 @@ class DCGAN(GANMethod):
             set_requires_grad(self.D, True)
         return {
             **extra,
+            **r1,
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
             "d_real": d_real.detach().float().mean(),

@@ -57,7 +57,7 @@ from medbalance.models.layers import (
     module_device,
     square_pow2_size,
 )
-from medbalance.models.losses import d_loss, g_loss
+from medbalance.models.losses import R1_HELP, d_loss, g_loss, r1_input, with_r1
 from medbalance.models.pix2pix import PatchDiscriminator, init_weights
 from medbalance.models.registry import MODELS, ModelSpec
 
@@ -218,6 +218,7 @@ class LAPGANParams(BaseConfig):
         "level's (image, upsampled coarser image) pair is transformed jointly (Zhao et al. 2020; not in "
         "LAPGAN/MelanoGANs; [] = off)",
     )
+    r1_gamma: float = Field(0.0, ge=0, description=R1_HELP + "; applied to every level's discriminator")
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -307,12 +308,19 @@ class LAPGAN(GANMethod):
                 low = pyr_up(fakes[-1]) if self.joint else real_lows[i]
                 fake_lows.append(low)
                 fakes.append(low + ref(planes[i], low, y))
-            per_d = [d_loss(D.coarse(aug(gauss[0]), y), D.coarse(aug(fakes[0].detach()), y), kind)]
+            gamma = self.params.r1_gamma
+            real_in = r1_input(aug(gauss[0]), gamma)
+            r = D.coarse(real_in, y)
+            per_d = [d_loss(r, D.coarse(aug(fakes[0].detach()), y), kind)]
+            per_d_r1 = [with_r1(per_d[0], r, real_in, gamma)]
             for i, dk in enumerate(D.refiners):
-                r = dk(aug(torch.cat([gauss[i + 1], real_lows[i]], 1)), y)
+                real_in = r1_input(aug(torch.cat([gauss[i + 1], real_lows[i]], 1)), gamma)
+                r = dk(real_in, y)
                 f = dk(aug(torch.cat([fakes[i + 1].detach(), fake_lows[i].detach()], 1)), y)
                 per_d.append(d_loss(r, f, kind))
-            loss_d = torch.stack(per_d).sum()
+                per_d_r1.append(with_r1(per_d[-1], r, real_in, gamma))
+            pens = [lg.get("r1") for _, lg in per_d_r1]
+            loss_d = torch.stack([ld for ld, _ in per_d_r1]).sum()
         self.optimize("D", loss_d)
         set_requires_grad(D, False)
         try:
@@ -325,9 +333,11 @@ class LAPGAN(GANMethod):
         finally:
             set_requires_grad(D, True)
         out = {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
-        for s, ld, lg in zip(G.sizes, per_d, per_g):
+        for s, ld, lg, pen in zip(G.sizes, per_d, per_g, pens):
             out[f"loss_d_{s}"] = ld.detach()
             out[f"loss_g_{s}"] = lg.detach()
+            if pen is not None:
+                out[f"r1_{s}"] = pen
         return out
 
     def _labels(self, labels, what: str, device) -> torch.Tensor | None:

@@ -86,6 +86,24 @@ class ClassPlanes(nn.Module):
         return e[:, :, None, None].expand(-1, -1, size[0], size[1])
 
 
+class ClassBatchNorm2d(nn.Module):
+    """Class-conditional BatchNorm (de Vries et al. 2017; the generator of Miyato & Koyama 2018):
+    ``BN(x)`` without its own affine, then a per-class gain and bias, ``gain[y] * BN(x) + bias[y]``.
+    Gains start at 1 and biases at 0, so at initialisation it is a plain BatchNorm."""
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.gain = nn.Embedding(num_classes, num_features)
+        self.bias = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.bn(x)
+        return self.gain(labels).to(h.dtype)[:, :, None, None] * h + self.bias(labels).to(h.dtype)[:, :, None, None]
+
+
 class ProjectionHead(nn.Module):
     """Class-projection term of a conditional discriminator (Miyato & Koyama 2018):
     ``<embed(y), sum_xy h>`` added to the unconditional logit."""

@@ -72,3 +72,36 @@ def feature_matching_loss(real_feats: Sequence[torch.Tensor], fake_feats: Sequen
         raise ValueError("feature lists must be non-empty and of equal length")
     total = sum(F.l1_loss(f.float(), r.detach().float()) for r, f in zip(real_feats, fake_feats))
     return total / len(real_feats)
+
+
+# ---------------------------------------------------------------------------- gradient penalty
+R1_HELP = (
+    "R1 gradient penalty weight gamma (Mescheder et al. 2018): D's loss gets gamma/2 * E_real ||grad_x D(x)||^2, "
+    "the gradient of D's real/fake logits (summed over patches and scales) with respect to its real input "
+    "(0 = off; not in the papers of the four methods)"
+)
+
+
+def r1_input(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``x`` as a leaf that records gradients when the R1 penalty is on (``gamma > 0``), else ``x`` itself."""
+    return x.detach().requires_grad_(True) if gamma > 0 else x
+
+
+def r1_penalty(real_logits: torch.Tensor | Sequence[torch.Tensor], real_input: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): ``E_x ||d sum(D(x)) / dx||^2`` over the real batch, in float32, with
+    ``create_graph`` so that D's parameters receive its gradient. ``real_logits`` may be a list (scales); each
+    image's logits are summed. Multiply by ``gamma / 2``; ``real_input`` must come from :func:`r1_input`."""
+    logits = [real_logits] if isinstance(real_logits, torch.Tensor) else list(real_logits)
+    total = sum(t.float().sum() for t in logits)
+    (grad,) = torch.autograd.grad(total, real_input, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
+def with_r1(
+    loss_d: torch.Tensor, real_logits: torch.Tensor | Sequence[torch.Tensor], real_input: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``loss_d + gamma/2 * R1`` and the logged ``r1`` (unchanged loss and nothing logged when ``gamma == 0``)."""
+    if gamma <= 0:
+        return loss_d, {}
+    pen = r1_penalty(real_logits, real_input)
+    return loss_d + 0.5 * gamma * pen, {"r1": pen.detach()}

@@ -26,7 +26,7 @@ from medbalance.config import BaseConfig
 from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError, DataError
 from medbalance.models.base import GANMethod, set_requires_grad
-from medbalance.models.losses import d_loss, g_loss
+from medbalance.models.losses import R1_HELP, d_loss, g_loss, r1_input, with_r1
 from medbalance.models.registry import MODELS, ModelSpec
 
 
@@ -53,6 +53,7 @@ class Pix2PixParams(BaseConfig):
     )
     n_layers_d: int = Field(3, ge=1, description="strided PatchGAN layers (3 = 70x70 patches in 2D)")
     lambda_l1: float = Field(100.0, ge=0)
+    r1_gamma: float = Field(0.0, ge=0, description=R1_HELP + "; the gradient is taken with respect to the image, not the label map")
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -330,10 +331,12 @@ class Pix2Pix(GANMethod):
         with self.autocast():
             fake = self.G(seg, lab)
         # D: real pairs -> 1, fake pairs -> 0 (pix2pix halves D's loss).
+        gamma = self.params.r1_gamma
         with self.autocast():
-            d_real = self.D(torch.cat([seg, real], 1), lab).float()
+            real_in = r1_input(real, gamma)
+            d_real = self.D(torch.cat([seg.to(real_in.dtype), real_in], 1), lab).float()
             d_fake = self.D(torch.cat([seg, fake.detach()], 1), lab).float()
-            loss_d = 0.5 * d_loss(d_real, d_fake, "bce")
+            loss_d, r1 = with_r1(0.5 * d_loss(d_real, d_fake, "bce"), d_real, real_in, gamma)
         self.optimize("D", loss_d)
         # G: fool D + lambda * L1 to the real image.
         set_requires_grad(self.D, False)
@@ -347,6 +350,7 @@ class Pix2Pix(GANMethod):
         finally:
             set_requires_grad(self.D, True)
         return {
+            **r1,
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
             "loss_g_gan": loss_gan.detach(),

@@ -42,7 +42,7 @@ from medbalance.data.dataset import DataInfo
 from medbalance.errors import ConfigError, DataError
 from medbalance.models.base import GANMethod, set_requires_grad
 from medbalance.models.layers import cpu_noise, eval_mode, module_device
-from medbalance.models.losses import feature_matching_loss, g_loss
+from medbalance.models.losses import R1_HELP, feature_matching_loss, g_loss, r1_input, with_r1
 from medbalance.models.registry import MODELS, ModelSpec
 
 
@@ -58,6 +58,9 @@ class SPADEParams(BaseConfig):
     num_d: int = Field(2, ge=1, description="number of discriminator scales")
     n_layers_d: int = Field(3, ge=1, description="layers of each PatchGAN")
     lambda_fm: float = Field(10.0, ge=0, description="feature-matching weight (0 = off)")
+    r1_gamma: float = Field(
+        0.0, ge=0, description=R1_HELP + "; the gradient is taken with respect to D's whole real input (mask, image[, S(image)])"
+    )
     lr_g: float = Field(1e-4, ge=0, description="generator Adam lr (TTUR)")
     lr_d: float = Field(4e-4, ge=0, description="discriminator Adam lr (TTUR)")
     beta1: float = Field(0.0, ge=0, lt=1)
@@ -400,12 +403,15 @@ class SPADE(GANMethod):
                 fake = self.G(seg, cls, z)
                 s_fake = self._seg_out(fake)
                 s_real = self._seg_out(real)
-            pred = self.D(torch.cat([self._d_input(seg, fake.detach(), s_fake), self._d_input(seg, real, s_real)]))  # type: ignore[misc]
+            gamma = self.params.r1_gamma
+            real_in = r1_input(self._d_input(seg, real, s_real), gamma)
+            pred = self.D(torch.cat([self._d_input(seg, fake.detach(), s_fake), real_in]))  # type: ignore[misc]
         b = real.shape[0]
         pf = [[scale[-1][:b]] for scale in pred]
         pr = [[scale[-1][b:]] for scale in pred]
         d_real, d_fake = hinge_d(pr, pf)
-        return d_real + d_fake, {"D_real": d_real.detach(), "D_fake": d_fake.detach()}
+        total, r1 = with_r1(d_real + d_fake, [r[-1] for r in pr], real_in, gamma)
+        return total, {"D_real": d_real.detach(), "D_fake": d_fake.detach(), **r1}
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         self._require_d()

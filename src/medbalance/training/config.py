@@ -20,6 +20,12 @@ class TrainConfig(BaseConfig):
         "(`medbalance train --list-models`; 32 unless the preset names one)",
     )
     seed: int = 0
+    sampling: Literal["uniform", "class_balanced"] = Field(
+        "uniform",
+        description="data order: 'uniform' = a shuffled pass over the training set per epoch; 'class_balanced' = "
+        "draws with replacement so that every class fills about the same share of each batch (rare classes are "
+        "seen more often; fakes follow the batch's labels, so they are balanced too)",
+    )
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False

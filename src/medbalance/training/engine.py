@@ -7,7 +7,10 @@ of G, checkpoints and resume, sample grids, ``losses.csv``/TensorBoard and the p
 Data order: batch ``s`` (0-based global step) is the slice ``[p*B, (p+1)*B)`` of a seeded
 permutation of the training indices for epoch ``e``, where ``e, p = divmod(s, n_train // B)``
 (``drop_last``). The permutation is a pure function of ``(train.seed, e)``, so a resumed run
-reads exactly the batches an uninterrupted run would. With N processes, rank ``r`` takes the
+reads exactly the batches an uninterrupted run would. With ``train.sampling: class_balanced``
+the epoch's order is instead ``n_train`` indices drawn with replacement, each with probability
+proportional to 1 / (its class's count): every class fills about the same share of each batch
+(still a pure function of ``(train.seed, e)``). With N processes, rank ``r`` takes the
 contiguous shard ``[r*B/N, (r+1)*B/N)`` of every global batch.
 """
 
@@ -36,7 +39,15 @@ from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
 from medbalance.utils.seed import seed_everything
 
 # Config keys that must not change when a run is resumed (everything else may, e.g. train.steps).
-RESUME_FIXED_KEYS = ("data", "model", "train.seed", "train.batch_size", "train.val_fraction", "train.ema_decay")
+RESUME_FIXED_KEYS = (
+    "data",
+    "model",
+    "train.seed",
+    "train.batch_size",
+    "train.val_fraction",
+    "train.ema_decay",
+    "train.sampling",
+)
 
 
 # --------------------------------------------------------------------------- seeds / data order
@@ -54,6 +65,17 @@ def seeded_generator(*parts: int) -> torch.Generator:
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of one epoch: a pure function of (seed, epoch)."""
     return torch.randperm(n, generator=seeded_generator(seed, 0xDA7A, epoch))
+
+
+def class_balanced_order(seed: int, epoch: int, labels: torch.Tensor) -> torch.Tensor:
+    """One epoch of class-balanced positions into ``labels``: ``len(labels)`` draws with replacement,
+    position ``i`` with probability ``1 / (K * count(labels[i]))`` for the ``K`` classes present, so
+    every class is equally likely in every draw. A pure function of (seed, epoch, labels)."""
+    labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts.to(torch.float64)[inverse]
+    g = seeded_generator(seed, 0xBA1A, epoch)
+    return torch.multinomial(weights, len(labels), replacement=True, generator=g)
 
 
 def split_train_heldout(dataset: ImageDataset, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -221,13 +243,19 @@ class Trainer:
                 path=self.cfg.data.path,
             )
 
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """Positions into ``train_idx`` in the order epoch ``epoch`` reads them (see the module docstring)."""
+        if self.cfg.train.sampling == "class_balanced":
+            return class_balanced_order(self.cfg.train.seed, epoch, self.dataset.labels[self.train_idx])
+        return epoch_permutation(self.cfg.train.seed, epoch, self.n_train)
+
     def batch_indices(self, step: int, rank: int | None = None) -> torch.Tensor:
         """Dataset indices of this rank's shard of global batch ``step`` (0-based)."""
         rank = self.dist.rank if rank is None else rank
         B = self.cfg.train.batch_size
         epoch, pos = divmod(step, self.steps_per_epoch)
         if self._perm_cache is None or self._perm_cache[0] != epoch:
-            self._perm_cache = (epoch, epoch_permutation(self.cfg.train.seed, epoch, self.n_train))
+            self._perm_cache = (epoch, self.epoch_order(epoch))
         glob = self._perm_cache[1][pos * B : (pos + 1) * B]
         local = glob[rank * self.local_batch : (rank + 1) * self.local_batch]
         return self.train_idx[local]
@@ -395,7 +423,12 @@ class Trainer:
                 "position_in_epoch": pos,
                 "steps_per_epoch": self.steps_per_epoch,
                 "n_train": self.n_train,
-                "order": "torch.randperm(n_train, generator=seed(train.seed, epoch)); drop_last",
+                "order": (
+                    "torch.multinomial(1/class_count, n_train, replacement=True, generator=seed(train.seed, epoch))"
+                    if self.cfg.train.sampling == "class_balanced"
+                    else "torch.randperm(n_train, generator=seed(train.seed, epoch))"
+                )
+                + "; drop_last",
             },
             "precision": self.precision,
             "device": str(self.device),
