@@ -257,6 +257,24 @@ def test_load_run_round_trip_and_errors(tmp_path):
         load_run(tmp_path / "run", checkpoint="step_999999")
 
 
+def test_saved_config_states_every_model_parameter_and_survives_a_preset_change(tmp_path, monkeypatch):
+    from medbalance.models.registry import MODELS
+
+    ds = tm.tiny_dataset()
+    train(make_cfg(tmp_path / "run", steps=2, checkpoint_every=2), ds)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["params"]
+    assert saved == tm.TinyParams().model_dump(mode="json")  # every parameter, not only the (empty) overrides
+    ref = load_run(tmp_path / "run").generate([0, 1, 2], seed=3)
+    # the preset changes after the run (a later release): the run folder still rebuilds the networks it trained
+    monkeypatch.setitem(MODELS.get("tiny-test").presets, "cpu", {"hidden": 16})
+    assert RunConfig.from_dict({"model": {"name": "tiny-test"}}).model.params["hidden"] == 16
+    assert torch.equal(load_run(tmp_path / "run").generate([0, 1, 2], seed=3), ref)
+    train(make_cfg(tmp_path / "run", steps=4, checkpoint_every=2, params=saved), ds, resume=True)  # resumes too
+    # a bad parameter is reported when the config is made, naming the model and the key
+    with pytest.raises(ConfigError, match="hidden"):
+        RunConfig.from_dict({"model": {"name": "tiny-test", "params": {"hidden": "wide"}}})
+
+
 def test_samples_losses_csv_tensorboard(tmp_path):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

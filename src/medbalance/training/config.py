@@ -57,9 +57,17 @@ class RunConfig(BaseConfig):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
-    def _resolve_batch_size(self) -> "RunConfig":
-        if self.train.batch_size is None:  # resolved here, so the saved config.yaml states the value used
-            from medbalance.models.registry import preset_batch_size
+    def _resolve_preset(self) -> "RunConfig":
+        """Fill in what the preset decides, so that the saved config.yaml states every value used: the batch size,
+        and every model parameter (preset merged under the overrides). A run folder then rebuilds the same
+        networks even after a preset changes (``load_run``, ``--resume``). Unknown models are left for
+        ``build_method`` to report."""
+        from medbalance.models.registry import MODELS, ensure_registered, preset_batch_size, resolve_params
 
+        if self.train.batch_size is None:
             self.train.batch_size = preset_batch_size(self.model.name, self.model.preset)
+        ensure_registered()
+        if self.model.name in MODELS:
+            resolved = resolve_params(self.model.name, self.model.preset, dict(self.model.params))
+            self.model.params = resolved.model_dump(mode="json")
         return self
