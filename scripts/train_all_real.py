@@ -270,7 +270,8 @@ def main() -> None:
     ap.add_argument("--phantom-n", type=int, default=420, help="phantom.n (slices; 420 = the built-in default)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: each model preset's (train.batch_size null)")
     ap.add_argument("--seed", type=int, default=0, help="train.seed (the helpers and the checks keep their seeds)")
-    ap.add_argument("--sampling", default="uniform", choices=["uniform", "class_balanced"], help="train.sampling")
+    ap.add_argument("--sampling", default=None, choices=["uniform", "class_balanced"],
+                    help="train.sampling (default: each model preset's)")
     ap.add_argument("--ema-decay", type=float, default=None, help="train.ema_decay (EMA of G's weights for sampling)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=1,

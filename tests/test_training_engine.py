@@ -395,3 +395,9 @@ def test_batch_size_defaults_to_the_model_preset():
     # the saved (resolved) config states the value used and reloads to the same
     assert RunConfig.from_dict(cfg.model_dump(mode="json")).train.batch_size == 4
     assert preset_batch_size("no-such-model", "cpu") == DEFAULT_BATCH_SIZE  # building it reports the error
+    # the data order follows the preset the same way (acgan cpu: class-balanced batches)
+    assert RunConfig.from_dict({"model": {"name": "acgan", "preset": "cpu"}}).train.sampling == "class_balanced"
+    assert RunConfig.from_dict({"model": {"name": "acgan", "preset": "paper"}}).train.sampling == "uniform"
+    assert RunConfig.from_dict({"model": {"name": "dcgan"}}).train.sampling == "uniform"
+    explicit = RunConfig.from_dict({"model": {"name": "acgan"}, "train": {"sampling": "uniform"}})
+    assert explicit.train.sampling == "uniform" and RunConfig.from_dict(explicit.model_dump(mode="json")).train.sampling == "uniform"

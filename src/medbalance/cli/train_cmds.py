@@ -12,7 +12,7 @@ from medbalance.errors import ConfigError
 
 
 def _list_models() -> None:
-    from medbalance.models.registry import MODELS, ensure_registered, preset_batch_size
+    from medbalance.models.registry import MODELS, ensure_registered, preset_batch_size, preset_sampling
 
     ensure_registered()
     if not len(MODELS):
@@ -21,7 +21,11 @@ def _list_models() -> None:
     width = max(len(n) for n in MODELS.names())
     for name, help_ in MODELS.describe().items():
         spec = MODELS.get(name)
-        presets = ", ".join(f"{k}: batch {preset_batch_size(name, k)}" for k in sorted(spec.presets))
+        presets = ", ".join(
+            f"{k}: batch {preset_batch_size(name, k)}"
+            + (", class-balanced" if preset_sampling(name, k) == "class_balanced" else "")
+            for k in sorted(spec.presets)
+        )
         if spec.description:
             help_ = spec.description.strip().split("\n")[0]
         elif help_.startswith("ModelSpec("):  # Registry fell back to the dataclass docstring

@@ -26,6 +26,8 @@ class ModelSpec:
     paper: str = ""
     # preset -> training batch size used when the run config leaves ``train.batch_size`` unset
     batch_sizes: dict[str, int] = field(default_factory=dict)
+    # preset -> data order ('uniform' | 'class_balanced') used when the run config leaves ``train.sampling`` unset
+    samplings: dict[str, str] = field(default_factory=dict)
 
 
 DEFAULT_BATCH_SIZE = 32
@@ -68,6 +70,14 @@ def preset_batch_size(name: str, preset: str) -> int:
     if name not in MODELS:
         return DEFAULT_BATCH_SIZE
     return MODELS.get(name).batch_sizes.get(preset, DEFAULT_BATCH_SIZE)
+
+
+def preset_sampling(name: str, preset: str) -> str:
+    """The data order a model's preset is tuned for ('uniform' when the spec names none or the model is unknown)."""
+    ensure_registered()
+    if name not in MODELS:
+        return "uniform"
+    return MODELS.get(name).samplings.get(preset, "uniform")
 
 
 def build_method(name: str, preset: str, params: dict[str, Any], info: DataInfo) -> GANMethod:

@@ -20,11 +20,11 @@ class TrainConfig(BaseConfig):
         "(`medbalance train --list-models`; 32 unless the preset names one)",
     )
     seed: int = 0
-    sampling: Literal["uniform", "class_balanced"] = Field(
-        "uniform",
+    sampling: Optional[Literal["uniform", "class_balanced"]] = Field(
+        None,
         description="data order: 'uniform' = a shuffled pass over the training set per epoch; 'class_balanced' = "
         "draws with replacement so that every class fills about the same share of each batch (rare classes are "
-        "seen more often; fakes follow the batch's labels, so they are balanced too)",
+        "seen more often); null = the model preset's (uniform unless the preset names one; acgan cpu: class_balanced)",
     )
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -59,13 +59,21 @@ class RunConfig(BaseConfig):
     @model_validator(mode="after")
     def _resolve_preset(self) -> "RunConfig":
         """Fill in what the preset decides, so that the saved config.yaml states every value used: the batch size,
-        and every model parameter (preset merged under the overrides). A run folder then rebuilds the same
+        the data order, and every model parameter (preset merged under the overrides). A run folder then rebuilds the same
         networks even after a preset changes (``load_run``, ``--resume``). Unknown models are left for
         ``build_method`` to report."""
-        from medbalance.models.registry import MODELS, ensure_registered, preset_batch_size, resolve_params
+        from medbalance.models.registry import (
+            MODELS,
+            ensure_registered,
+            preset_batch_size,
+            preset_sampling,
+            resolve_params,
+        )
 
         if self.train.batch_size is None:
             self.train.batch_size = preset_batch_size(self.model.name, self.model.preset)
+        if self.train.sampling is None:
+            self.train.sampling = preset_sampling(self.model.name, self.model.preset)
         ensure_registered()
         if self.model.name in MODELS:
             resolved = resolve_params(self.model.name, self.model.preset, dict(self.model.params))
