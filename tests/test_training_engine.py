@@ -197,6 +197,13 @@ def test_class_balanced_sampling_in_training_and_resume(tmp_path):
     # the sampling mode is part of the data order: a resume may not change it
     with pytest.raises(ConfigError, match="sampling"):
         train(make_cfg(tmp_path / "part", **{**kw, "steps": 9, "sampling": "uniform"}), ds, resume=True)
+    # a run saved before train.sampling existed read uniform batches: resuming it class-balanced is refused
+    cfgp = tmp_path / "part" / "config.yaml"
+    d = yaml.safe_load(cfgp.read_text())
+    del d["train"]["sampling"]
+    cfgp.write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError, match="sampling"):
+        train(make_cfg(tmp_path / "part", **{**kw, "steps": 9}), ds, resume=True)
 
 
 def test_ema_matches_independent_computation(tmp_path):

@@ -35,6 +35,7 @@ from medbalance.training import distributed as ddp
 from medbalance.training.config import RunConfig
 from medbalance.training.logging import RunLogger, render_grid, save_png
 from medbalance.utils.device import autocast, resolve_precision, select_device
+from medbalance.config import read_yaml
 from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
 from medbalance.utils.seed import seed_everything
 
@@ -346,6 +347,8 @@ class Trainer:
             if not saved_cfg_path.is_file() or not has_ckpt:
                 raise CheckpointError("nothing to resume: no config.yaml or checkpoints/latest", path=self.run_dir)
             saved = RunConfig.from_yaml(saved_cfg_path)
+            if "sampling" not in (read_yaml(saved_cfg_path).get("train") or {}):
+                saved.train.sampling = "uniform"  # saved before train.sampling existed: those runs read uniform batches
             self._check_resume_compatible(saved, saved_cfg_path)
         elif has_ckpt:
             raise ConfigError(
