@@ -258,6 +258,32 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
     return rec
 
 
+def save_record(records: list[dict[str, Any]], rec: dict[str, Any], json_path: Path) -> list[dict[str, Any]]:
+    """``records`` with ``rec`` replacing any earlier record of the same dataset and model, written to ``json_path``."""
+    records = [r for r in records if not (r["dataset"] == rec["dataset"] and r["model"] == rec["model"])] + [rec]
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"runs": records}, indent=1, default=str))
+    return records
+
+
+def rejudge(run_dir: str, dname: str, ds_plain, ds_anat, helpers: dict[str, Any], per_class: int) -> dict[str, Any]:
+    """The checks of :func:`conditioning_check` on a saved run folder (nothing is trained); a run that cannot be
+    loaded gives a record with its error."""
+    from medbalance.training.run import load_run
+
+    try:
+        run = load_run(run_dir)
+        rds = ds_anat if "mask" in run.method.needs and ds_anat is not None else ds_plain
+        rec = {"dataset": dname, "model": Path(run_dir).name, "rejudged": str(run_dir), "steps": run.step,
+               **conditioning_check(run, rds, helpers, per_class, ds_anat)}
+        log(f"  {run_dir}: class following {rec['class_acc_fake']:.3f} {rec['class_acc_fake_per_class']}, "
+            f"within-class std {rec['within_class_std_fake']}")
+    except Exception as e:  # keep going: one unloadable run must not hide the others
+        log(f"  FAILED {run_dir}: {type(e).__name__}: {e}")
+        rec = {"dataset": dname, "model": Path(run_dir).name, "error": f"{type(e).__name__}: {e}"}
+    return rec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="brain,phantom", help="comma list of brain, phantom")
@@ -352,23 +378,9 @@ def main() -> None:
                     "judge": "independent balanced phantom" if judge_ds is not None else "training split",
                     "seg_val": helpers.get("seg_val")}
         if args.rejudge:
-            from medbalance.training.run import load_run
-
             for run_dir in args.rejudge:
-                try:
-                    run = load_run(run_dir)
-                    mask = "mask" in run.method.needs
-                    rds = ds_anat if mask and ds_anat is not None else ds_plain
-                    rec = {"dataset": dname, "model": Path(run_dir).name, "rejudged": str(run_dir), "steps": run.step,
-                           **conditioning_check(run, rds, helpers, args.per_class, ds_anat), "helpers_ref": seg_info}
-                    log(f"  {run_dir}: class following {rec['class_acc_fake']:.3f} {rec['class_acc_fake_per_class']}, "
-                        f"within-class std {rec['within_class_std_fake']}")
-                except Exception as e:
-                    log(f"  FAILED {run_dir}: {type(e).__name__}: {e}")
-                    rec = {"dataset": dname, "model": Path(run_dir).name, "error": f"{type(e).__name__}: {e}"}
-                records = [r for r in records if not (r["dataset"] == dname and r["model"] == rec["model"])] + [rec]
-                json_path.parent.mkdir(parents=True, exist_ok=True)
-                json_path.write_text(json.dumps({"runs": records}, indent=1, default=str))
+                rec = rejudge(run_dir, dname, ds_plain, ds_anat, helpers, args.per_class)
+                records = save_record(records, {**rec, "helpers_ref": seg_info}, json_path)
             continue
         a = argparse.Namespace(**{**vars(args), "budget": budget})
         for name in models:
@@ -381,9 +393,7 @@ def main() -> None:
                 rec = {"dataset": dname, "model": name + args.tag, "error": f"{type(e).__name__}: {e}"}
             rec["anatomy_label"] = bool(mask and anat)
             rec.update(helpers_ref=seg_info)
-            records = [r for r in records if not (r["dataset"] == dname and r["model"] == rec["model"])] + [rec]
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps({"runs": records}, indent=1, default=str))
+            records = save_record(records, rec, json_path)
             if name == "spade" and anat and not args.no_compare_anatomy:
                 try:
                     rec = run_model(name, ds_plain, dcfg_plain, dname, out, a, helpers, seg_ds=ds_anat, tag="-no-anatomy")
@@ -392,8 +402,7 @@ def main() -> None:
                     rec = {"dataset": dname, "model": "spade-no-anatomy", "error": f"{type(e).__name__}: {e}"}
                 rec["anatomy_label"] = False
                 rec.update(helpers_ref=seg_info)
-                records = [r for r in records if not (r["dataset"] == dname and r["model"] == rec["model"])] + [rec]
-                json_path.write_text(json.dumps({"runs": records}, indent=1, default=str))
+                records = save_record(records, rec, json_path)
     log(f"all done in {time.perf_counter() - t_all:.0f} s; summary {json_path}")
 
 

@@ -280,6 +280,8 @@ def test_saved_config_states_every_model_parameter_and_survives_a_preset_change(
     # a bad parameter is reported when the config is made, naming the model and the key
     with pytest.raises(ConfigError, match="hidden"):
         RunConfig.from_dict({"model": {"name": "tiny-test", "params": {"hidden": "wide"}}})
+    with pytest.raises(ConfigError, match=r"^cfg\.yaml: model tiny-test \(preset cpu\): invalid config: hidden"):
+        RunConfig.from_dict({"model": {"name": "tiny-test", "params": {"hidden": "wide"}}}, source="cfg.yaml")
 
 
 def test_samples_losses_csv_tensorboard(tmp_path):

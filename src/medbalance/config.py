@@ -31,6 +31,10 @@ class BaseConfig(BaseModel):
             return cls.model_validate(data)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e), path=source) from None
+        except ConfigError as e:  # from a validator that checks a nested part (a model's params against its preset)
+            if source is None:
+                raise
+            raise ConfigError(str(e), path=source) from None
 
     @classmethod
     def from_yaml(cls: type[C], path: str | Path, overrides: list[str] | None = None) -> C:

@@ -84,12 +84,12 @@ class DCGANGenerator(nn.Module):
         def norm(c: int) -> nn.Module:
             return ClassBatchNorm2d(c, num_classes) if class_bn else nn.BatchNorm2d(c)
 
-        layers: list[nn.Module] = [nn.ConvTranspose2d(zin, widths[0], 4, 1, 0, bias=False), norm(widths[0]), nn.ReLU(True)]
         def up2(cin: int, cout: int) -> list[nn.Module]:
             if upsample == "resize":  # Odena et al. 2016: no uneven kernel overlap, so no checkerboard pattern
                 return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)]
             return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)]
 
+        layers: list[nn.Module] = [nn.ConvTranspose2d(zin, widths[0], 4, 1, 0, bias=False), norm(widths[0]), nn.ReLU(True)]
         for cin, cout in zip(widths[:-1], widths[1:]):
             layers += [*up2(cin, cout), norm(cout), nn.ReLU(True)]
         layers += up2(widths[-1], out_channels)

@@ -308,19 +308,21 @@ class LAPGAN(GANMethod):
                 low = pyr_up(fakes[-1]) if self.joint else real_lows[i]
                 fake_lows.append(low)
                 fakes.append(low + ref(planes[i], low, y))
+            # per level: (its D, real input, fake input); finer levels see (image, upsampled coarser image)
+            levels = [(D.coarse, gauss[0], fakes[0].detach())] + [
+                (dk, torch.cat([gauss[i + 1], real_lows[i]], 1), torch.cat([fakes[i + 1], fake_lows[i]], 1).detach())
+                for i, dk in enumerate(D.refiners)
+            ]
             gamma = self.params.r1_gamma
-            real_in = r1_input(aug(gauss[0]), gamma)
-            r = D.coarse(real_in, y)
-            per_d = [d_loss(r, D.coarse(aug(fakes[0].detach()), y), kind)]
-            per_d_r1 = [with_r1(per_d[0], r, real_in, gamma)]
-            for i, dk in enumerate(D.refiners):
-                real_in = r1_input(aug(torch.cat([gauss[i + 1], real_lows[i]], 1)), gamma)
+            per_d, totals, pens = [], [], []
+            for dk, real_x, fake_x in levels:
+                real_in = r1_input(aug(real_x), gamma)
                 r = dk(real_in, y)
-                f = dk(aug(torch.cat([fakes[i + 1].detach(), fake_lows[i].detach()], 1)), y)
-                per_d.append(d_loss(r, f, kind))
-                per_d_r1.append(with_r1(per_d[-1], r, real_in, gamma))
-            pens = [lg.get("r1") for _, lg in per_d_r1]
-            loss_d = torch.stack([ld for ld, _ in per_d_r1]).sum()
+                per_d.append(d_loss(r, dk(aug(fake_x), y), kind))
+                total, r1 = with_r1(per_d[-1], r, real_in, gamma)
+                totals.append(total)
+                pens.append(r1.get("r1"))
+            loss_d = torch.stack(totals).sum()
         self.optimize("D", loss_d)
         set_requires_grad(D, False)
         try:

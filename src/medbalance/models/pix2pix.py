@@ -334,7 +334,7 @@ class Pix2Pix(GANMethod):
         gamma = self.params.r1_gamma
         with self.autocast():
             real_in = r1_input(real, gamma)
-            d_real = self.D(torch.cat([seg.to(real_in.dtype), real_in], 1), lab).float()
+            d_real = self.D(torch.cat([seg, real_in], 1), lab).float()
             d_fake = self.D(torch.cat([seg, fake.detach()], 1), lab).float()
             loss_d, r1 = with_r1(0.5 * d_loss(d_real, d_fake, "bce"), d_real, real_in, gamma)
         self.optimize("D", loss_d)

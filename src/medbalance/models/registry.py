@@ -63,21 +63,23 @@ def resolve_params(name: str, preset: str, params: dict[str, Any]) -> BaseConfig
     return spec.params.from_dict(merged, source=f"model {name} (preset {preset})")
 
 
-def preset_batch_size(name: str, preset: str) -> int:
-    """The batch size a model's preset is tuned for (``DEFAULT_BATCH_SIZE`` when the spec names none or the
-    model/preset is unknown: building the model reports those with a clear error)."""
+def _preset_value(name: str, preset: str, table: str, default: Any) -> Any:
+    """``spec.<table>[preset]`` of a registered model, else ``default`` (also for unknown models/presets:
+    building the model reports those with a clear error)."""
     ensure_registered()
     if name not in MODELS:
-        return DEFAULT_BATCH_SIZE
-    return MODELS.get(name).batch_sizes.get(preset, DEFAULT_BATCH_SIZE)
+        return default
+    return getattr(MODELS.get(name), table).get(preset, default)
+
+
+def preset_batch_size(name: str, preset: str) -> int:
+    """The batch size a model's preset is tuned for (``DEFAULT_BATCH_SIZE`` when the spec names none)."""
+    return _preset_value(name, preset, "batch_sizes", DEFAULT_BATCH_SIZE)
 
 
 def preset_sampling(name: str, preset: str) -> str:
-    """The data order a model's preset is tuned for ('uniform' when the spec names none or the model is unknown)."""
-    ensure_registered()
-    if name not in MODELS:
-        return "uniform"
-    return MODELS.get(name).samplings.get(preset, "uniform")
+    """The data order a model's preset is tuned for ('uniform' when the spec names none)."""
+    return _preset_value(name, preset, "samplings", "uniform")
 
 
 def build_method(name: str, preset: str, params: dict[str, Any], info: DataInfo) -> GANMethod:

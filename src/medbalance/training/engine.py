@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medbalance.config import read_yaml
 from medbalance.data.anatomy import lesion_indices
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import CheckpointError, ConfigError, DataError
@@ -35,7 +36,6 @@ from medbalance.training import distributed as ddp
 from medbalance.training.config import RunConfig
 from medbalance.training.logging import RunLogger, render_grid, save_png
 from medbalance.utils.device import autocast, resolve_precision, select_device
-from medbalance.config import read_yaml
 from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
 from medbalance.utils.seed import seed_everything
 
@@ -66,6 +66,14 @@ def seeded_generator(*parts: int) -> torch.Generator:
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of one epoch: a pure function of (seed, epoch)."""
     return torch.randperm(n, generator=seeded_generator(seed, 0xDA7A, epoch))
+
+
+# train.sampling -> how an epoch's order is drawn (recorded in every checkpoint's metadata)
+ORDER_DESCRIPTIONS = {
+    "uniform": "torch.randperm(n_train, generator=seed(train.seed, epoch)); drop_last",
+    "class_balanced": "torch.multinomial(1/class_count, n_train, replacement=True, generator=seed(train.seed, epoch)); "
+    "drop_last",
+}
 
 
 def class_balanced_order(seed: int, epoch: int, labels: torch.Tensor) -> torch.Tensor:
@@ -346,8 +354,9 @@ class Trainer:
             saved_cfg_path = self.run_dir / "config.yaml"
             if not saved_cfg_path.is_file() or not has_ckpt:
                 raise CheckpointError("nothing to resume: no config.yaml or checkpoints/latest", path=self.run_dir)
-            saved = RunConfig.from_yaml(saved_cfg_path)
-            if "sampling" not in (read_yaml(saved_cfg_path).get("train") or {}):
+            raw = read_yaml(saved_cfg_path)
+            saved = RunConfig.from_dict(raw, source=saved_cfg_path)
+            if "sampling" not in (raw.get("train") or {}):
                 saved.train.sampling = "uniform"  # saved before train.sampling existed: those runs read uniform batches
             self._check_resume_compatible(saved, saved_cfg_path)
         elif has_ckpt:
@@ -426,12 +435,7 @@ class Trainer:
                 "position_in_epoch": pos,
                 "steps_per_epoch": self.steps_per_epoch,
                 "n_train": self.n_train,
-                "order": (
-                    "torch.multinomial(1/class_count, n_train, replacement=True, generator=seed(train.seed, epoch))"
-                    if self.cfg.train.sampling == "class_balanced"
-                    else "torch.randperm(n_train, generator=seed(train.seed, epoch))"
-                )
-                + "; drop_last",
+                "order": ORDER_DESCRIPTIONS[self.cfg.train.sampling],
             },
             "precision": self.precision,
             "device": str(self.device),
