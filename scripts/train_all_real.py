@@ -15,7 +15,13 @@ run folder and then measures, on generated samples:
   seed): one trained on the 420 training slices at 10:3:1 never predicted the rarest class;
 * mask following (mask-conditioned models): foreground Dice between a segmentor's prediction on the
   generated image and the lesion part of the conditioning mask, next to the same segmentor's Dice on
-  the real images those masks belong to.
+  the real images those masks belong to;
+* lesion presence (noise-driven models, where the helper segmentor's validation Dice is at least 0.3, i.e. brain,
+  not the phantom): per class, the share of generated images in which that tumour segmentor finds a lesion of at
+  least 10 px (at 64x64) and the median lesion area, next to the same on the real images of that class; a grid of
+  fakes with the segmentor's lesions outlined is saved as ``samples/lesions_final.png``. The segmentor also fires on
+  rough texture, so read the area next to the share: a generator that draws noise scores a high share with large
+  areas.
 
 Red-GAN needs a frozen segmentor; the one trained here (``medbalance.training.task``) is used for
 both Red-GAN and the mask-following check. Brain-tumour-MRI masks are tumour-only, so the
@@ -187,7 +193,37 @@ def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=
         target = lesion_map(masks, ds)
         out["lesion_dice_fake"] = round(dice(lesion_map(pf, sds), target), 3)
         out["lesion_dice_real"] = round(dice(lesion_map(pr, sds), target), 3)
+    seg_dice = (helpers.get("seg_val") or {}).get("dice") or 0.0
+    if masks is None and "segmentor" in helpers and ds.masks is not None and seg_dice >= 0.3:
+        # (not on the phantom: its segmentor's Dice is ~0.1 and it marks most of the head as lesion)
+        out.update(lesion_presence(imgs, ds.images[src], labels, helpers["segmentor"], seg_ds if seg_ds is not None else ds,
+                                   Path(res.run_dir) / "samples" / "lesions_final.png", min(per_class, 8)))
     return out
+
+
+def lesion_presence(fake, real, labels, seg, sds, grid_path: Path, cols: int, min_frac: float = 10 / 64**2) -> dict:
+    """Does a noise-driven generator draw lesions? The tumour segmentor (trained on real images and masks) is run on
+    the fakes and on the real images of the same classes: per class, the share of images in which it finds a lesion
+    of at least ``min_frac`` of the image (10 px at 64x64) and the median lesion area (pixels). Also saves a grid of
+    fakes with the segmentor's lesion outlined (a collapsed or lesion-free generator shows few outlines)."""
+    from medbalance.training.logging import render_grid, save_png
+    from medbalance.training.task import predict_segmentor
+
+    C = int(labels.max()) + 1
+    min_px = max(1, round(min_frac * fake[0, 0].numel()))
+    lf, lr = lesion_map(predict_segmentor(seg, fake), sds), lesion_map(predict_segmentor(seg, real), sds)
+    area_f, area_r = lf.flatten(1).sum(1).float(), lr.flatten(1).sum(1).float()
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:cols] for c in range(C)])
+    save_png(grid_path, render_grid(fake[keep], C, cols, masks=lf[keep].long()))
+
+    def per_class(area):
+        share = [round(float((area[labels == c] >= min_px).float().mean()), 3) for c in range(C)]
+        med = [float(area[labels == c].median()) for c in range(C)]
+        return share, med
+
+    (sf, mf), (sr, mr) = per_class(area_f), per_class(area_r)
+    return {"lesion_share_fake": sf, "lesion_share_real": sr, "lesion_median_px_fake": mf, "lesion_median_px_real": mr,
+            "lesion_min_px": min_px, "grid_lesions": str(grid_path)}
 
 
 def calibrate(cfg, ds, n: int = 8) -> float:
@@ -252,6 +288,8 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
     log(f"  done: {rec['seconds']} s, {rec['images_per_s']} img/s, class acc on fakes {rec['class_acc_fake']:.3f}"
         + (f", lesion dice fake {rec['lesion_dice_fake']} / real {rec['lesion_dice_real']}" if "lesion_dice_fake" in rec else "")
         + f", within-class std fake {rec['within_class_std_fake']} / real {rec['within_class_std_real']}"
+        + (f", lesion share fake {rec['lesion_share_fake']} / real {rec['lesion_share_real']}, median px fake "
+           f"{rec['lesion_median_px_fake']} / real {rec['lesion_median_px_real']}" if "lesion_share_fake" in rec else "")
         + (f", class acc with swapped masks {rec['class_acc_swapped_masks']} (mask's class "
            f"{rec['mask_class_acc_swapped_masks']})" if "class_acc_swapped_masks" in rec else "")
         + f"; grid {rec['grid']}")
@@ -277,7 +315,8 @@ def rejudge(run_dir: str, dname: str, ds_plain, ds_anat, helpers: dict[str, Any]
         rec = {"dataset": dname, "model": Path(run_dir).name, "rejudged": str(run_dir), "steps": run.step,
                **conditioning_check(run, rds, helpers, per_class, ds_anat)}
         log(f"  {run_dir}: class following {rec['class_acc_fake']:.3f} {rec['class_acc_fake_per_class']}, "
-            f"within-class std {rec['within_class_std_fake']}")
+            f"within-class std {rec['within_class_std_fake']}"
+            + (f", lesion share fake {rec['lesion_share_fake']} / real {rec['lesion_share_real']}" if "lesion_share_fake" in rec else ""))
     except Exception as e:  # keep going: one unloadable run must not hide the others
         log(f"  FAILED {run_dir}: {type(e).__name__}: {e}")
         rec = {"dataset": dname, "model": Path(run_dir).name, "error": f"{type(e).__name__}: {e}"}

@@ -153,7 +153,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     for k, v in full.ema_G.state_dict().items():
         assert torch.equal(v, resumed.ema_G.state_dict()[k])
     # resuming with a changed model is refused, naming the key
-    with pytest.raises(ConfigError, match="model differs"):
+    with pytest.raises(ConfigError, match=r"model.params.hidden \(saved 32, now 16\) differs"):
         train(make_cfg(tmp_path / "part", params={"hidden": 16}, **kw), ds, resume=True)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train(make_cfg(tmp_path / "none", **kw), ds, resume=True)

@@ -36,7 +36,7 @@ from medbalance.models.layers import (
     module_device,
     square_pow2_size,
 )
-from medbalance.models.losses import R1_HELP, d_loss, g_loss, r1_input, with_r1
+from medbalance.models.losses import MISMATCH_HELP, R1_HELP, d_loss, g_loss, mismatched_labels, r1_input, with_r1
 from medbalance.models.registry import MODELS, ModelSpec
 
 
@@ -254,6 +254,7 @@ class DCGANParams(GANCommonParams):
     conditional: bool = Field(
         False, description="class-conditional: label embedding concatenated to z in G, class projection in D"
     )
+    mismatch: bool = Field(False, description=MISMATCH_HELP)
 
 
 # ---------------------------------------------------------------------------- method
@@ -270,6 +271,10 @@ class DCGAN(GANMethod):
         self.conditional = self._is_conditional()
         # an unconditional DCGAN ignores labels: say so, so that rebalancing refuses it
         self.needs = ("label",) if self.conditional else ()
+        # mismatch is ignored by an unconditional model (as class_bn), so a preset may switch it on for both
+        self.mismatch = bool(getattr(params, "mismatch", False)) and self.conditional
+        if self.mismatch and info.num_classes < 2:
+            raise ConfigError(f"mismatch (matching-aware D) needs at least 2 classes; the data has {info.num_classes}")
         self.G = self.build_generator()
         self.D = self.build_discriminator()
 
@@ -317,8 +322,11 @@ class DCGAN(GANMethod):
         with self.autocast():
             fake = self.G(z, y)
             real_in = r1_input(diff_augment(real, aug), gamma)
-            d_real = self.D(real_in, y)
+            h_real = self.D.features(real_in)
+            d_real = self.D.logits(h_real, y)
             d_fake = self.D(diff_augment(fake.detach(), aug), y)
+            if self.mismatch:  # GAN-CLS: (real, wrong class) joins the fake side, same features, no new pass
+                d_fake = torch.cat([d_fake, self.D.logits(h_real, mismatched_labels(y, self.num_classes))])
             loss_d, r1 = with_r1(d_loss(d_real, d_fake, kind), d_real, real_in, gamma)
         self.optimize("D", loss_d)
         # --- G step (D frozen: no weight gradients computed for it)
@@ -392,9 +400,11 @@ MODELS.add(
             # Radford et al.; MelanoGANs' 256 px DCGAN [INF]: 4x4x1024 at 256 px -> max_mult 16
             "paper": {"z_dim": 100, "ngf": 64, "ndf": 64, "max_mult": 16},
             # + DiffAugment: with a few thousand images D saturates within ~100 steps; + resize-convolution in G: no
-            # checkerboard noise in the first thousand steps (docs/models/dcgan_family.md)
+            # checkerboard noise in the first thousand steps; + matching-aware D (acts only with conditional: true):
+            # without it conditional DCGAN drew one image for every class on the phantom (docs/models/dcgan_family.md)
             "cpu": {
                 "z_dim": 64, "ngf": 32, "ndf": 32, "max_mult": 8, "augment": ["translation", "cutout"], "upsample": "resize",
+                "mismatch": True,
             },
         },
         description="DCGAN, unconditional or class-conditional (MelanoGANs baseline)",

@@ -57,7 +57,7 @@ from medbalance.models.layers import (
     module_device,
     square_pow2_size,
 )
-from medbalance.models.losses import R1_HELP, d_loss, g_loss, r1_input, with_r1
+from medbalance.models.losses import MISMATCH_HELP, R1_HELP, d_loss, g_loss, mismatched_labels, r1_input, with_r1
 from medbalance.models.pix2pix import PatchDiscriminator, init_weights
 from medbalance.models.registry import MODELS, ModelSpec
 
@@ -219,6 +219,7 @@ class LAPGANParams(BaseConfig):
         "LAPGAN/MelanoGANs; [] = off)",
     )
     r1_gamma: float = Field(0.0, ge=0, description=R1_HELP + "; applied to every level's discriminator")
+    mismatch: bool = Field(False, description=MISMATCH_HELP + "; at every level")
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -246,6 +247,9 @@ class LAPGAN(GANMethod):
         self.levels = log2i(self.size // base)
         self.num_classes = max(1, info.num_classes)
         self.conditional = bool(p.conditional)
+        self.mismatch = bool(p.mismatch) and self.conditional  # ignored by an unconditional model
+        if self.mismatch and info.num_classes < 2:
+            raise ConfigError(f"mismatch (matching-aware D) needs at least 2 classes; the data has {info.num_classes}")
         k = self.num_classes if self.conditional else 0
         c = info.channels
         sizes = [base * 2**i for i in range(self.levels + 1)]
@@ -314,11 +318,15 @@ class LAPGAN(GANMethod):
                 for i, dk in enumerate(D.refiners)
             ]
             gamma = self.params.r1_gamma
+            wrong = mismatched_labels(y, self.num_classes) if self.mismatch else None
             per_d, totals, pens = [], [], []
             for dk, real_x, fake_x in levels:
                 real_in = r1_input(aug(real_x), gamma)
                 r = dk(real_in, y)
-                per_d.append(d_loss(r, dk(aug(fake_x), y), kind))
+                f = dk(aug(fake_x), y)
+                if wrong is not None:  # GAN-CLS: (real, wrong class) joins the fake side
+                    f = torch.cat([f, dk(real_in, wrong)])
+                per_d.append(d_loss(r, f, kind))
                 total, r1 = with_r1(per_d[-1], r, real_in, gamma)
                 totals.append(total)
                 pens.append(r1.get("r1"))

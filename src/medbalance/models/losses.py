@@ -74,6 +74,24 @@ def feature_matching_loss(real_feats: Sequence[torch.Tensor], fake_feats: Sequen
     return total / len(real_feats)
 
 
+# ---------------------------------------------------------------------------- matching-aware discriminator
+MISMATCH_HELP = (
+    "matching-aware discriminator (GAN-CLS, Reed et al. 2016): D also sees each real image with a wrong class "
+    "as fake, so its fake side is the mean of (fake, its class) and (real, a wrong class); D must then read the "
+    "class from the image, which gives G a class signal (ignored by an unconditional model; not in the "
+    "DCGAN/MelanoGANs papers)"
+)
+
+
+def mismatched_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """For each label, a different class drawn uniformly from the other ``num_classes - 1`` (torch's global RNG,
+    so it is reproduced by the seed and resumed with the RNG state)."""
+    if num_classes < 2:
+        raise ConfigError(f"wrong-class labels need at least 2 classes, got {num_classes}")
+    shift = torch.randint(1, num_classes, labels.shape, device=labels.device)
+    return (labels + shift) % num_classes
+
+
 # ---------------------------------------------------------------------------- gradient penalty
 R1_HELP = (
     "R1 gradient penalty weight gamma (Mescheder et al. 2018): D's loss gets gamma/2 * E_real ||grad_x D(x)||^2, "

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from typing import Literal, Optional
+from pathlib import Path
+from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from medbalance.config import BaseConfig
+from medbalance.config import BaseConfig, read_yaml
 from medbalance.data.config import DataConfig
 from medbalance.models.config import ModelConfig
 
@@ -79,3 +80,36 @@ class RunConfig(BaseConfig):
             resolved = resolve_params(self.model.name, self.model.preset, dict(self.model.params))
             self.model.params = resolved.model_dump(mode="json")
         return self
+
+
+# Keys added after run folders were already being written, with the value that a saved config.yaml without the key
+# meant (the behaviour of the code that wrote it). Filled in when a saved run is read back (``--resume``,
+# ``load_run``), so that neither silently takes a newer preset's value. ``train.<key>`` applies to every run,
+# ``model.params.<key>`` to the models listed.
+KEYS_ADDED_LATER: dict[str, tuple[Any, tuple[str, ...] | None]] = {
+    "train.sampling": ("uniform", None),  # uniform batches
+    "model.params.mismatch": (False, ("dcgan", "lapgan", "lapgan-joint")),  # no wrong-class pairs in D
+}
+
+
+def fill_keys_added_later(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a saved run config as read from YAML) with every key of :data:`KEYS_ADDED_LATER` it lacks set to
+    the value it meant when it was written (a new dict; ``raw`` is not changed)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    model = out.setdefault("model", {})
+    name = model.get("name")
+    for key, (value, models) in KEYS_ADDED_LATER.items():
+        *parents, leaf = key.split(".")
+        if models is not None and name not in models:
+            continue
+        node = out
+        for part in parents:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        node.setdefault(leaf, value)
+    return out
+
+
+def read_saved_run_config(path: str | Path) -> RunConfig:
+    """The ``config.yaml`` of a run folder, with the keys it predates filled in as they were meant."""
+    return RunConfig.from_dict(fill_keys_added_later(read_yaml(path)), source=path)

@@ -26,20 +26,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from medbalance.config import read_yaml
 from medbalance.data.anatomy import lesion_indices
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import CheckpointError, ConfigError, DataError
 from medbalance.models.base import GANMethod
 from medbalance.training import checkpoint as ckpt
 from medbalance.training import distributed as ddp
-from medbalance.training.config import RunConfig
+from medbalance.training.config import RunConfig, read_saved_run_config
 from medbalance.training.logging import RunLogger, render_grid, save_png
 from medbalance.utils.device import autocast, resolve_precision, select_device
 from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
 from medbalance.utils.seed import seed_everything
 
 # Config keys that must not change when a run is resumed (everything else may, e.g. train.steps).
+def _differences(prefix: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
+    """Dotted keys where two (nested) config values differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(f"{prefix}.{k}", a.get(k), b.get(k))]
+    return [] if a == b else [(prefix, a, b)]
+
+
 RESUME_FIXED_KEYS = (
     "data",
     "model",
@@ -354,10 +360,7 @@ class Trainer:
             saved_cfg_path = self.run_dir / "config.yaml"
             if not saved_cfg_path.is_file() or not has_ckpt:
                 raise CheckpointError("nothing to resume: no config.yaml or checkpoints/latest", path=self.run_dir)
-            raw = read_yaml(saved_cfg_path)
-            saved = RunConfig.from_dict(raw, source=saved_cfg_path)
-            if "sampling" not in (raw.get("train") or {}):
-                saved.train.sampling = "uniform"  # saved before train.sampling existed: those runs read uniform batches
+            saved = read_saved_run_config(saved_cfg_path)  # keys it predates take the value they meant then
             self._check_resume_compatible(saved, saved_cfg_path)
         elif has_ckpt:
             raise ConfigError(
@@ -390,7 +393,8 @@ class Trainer:
             for k in key.split("."):
                 va, vb = va[k], vb[k]
             if va != vb:
-                raise ConfigError(f"cannot resume: {key} differs from the run's saved config", path=path)
+                where = ", ".join(f"{d} (saved {x!r}, now {y!r})" for d, x, y in _differences(key, va, vb)[:3])
+                raise ConfigError(f"cannot resume: {where} differs from the run's saved config", path=path)
 
     def _load_checkpoint(self) -> tuple[int, float | None]:
         folder = ckpt.resolve_checkpoint(self.run_dir, "latest")

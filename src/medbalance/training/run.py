@@ -17,7 +17,7 @@ from medbalance.data.dataset import DataInfo
 from medbalance.errors import CheckpointError, ConfigError
 from medbalance.models.base import GANMethod
 from medbalance.training import checkpoint as ckpt
-from medbalance.training.config import RunConfig
+from medbalance.training.config import RunConfig, read_saved_run_config
 from medbalance.training.engine import seeded_generator
 from medbalance.utils.io import read_json, sha256_file
 from medbalance.utils.progress import make_progress
@@ -99,7 +99,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path = "latest", device: str
         if not (run_dir / name).exists():
             raise CheckpointError(f"not a medbalance run folder ({name} missing)", path=run_dir)
     device = torch.device(device)
-    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    cfg = read_saved_run_config(run_dir / "config.yaml")
     info_raw = read_json(run_dir / "data_info.json")
     try:
         info = DataInfo.from_dict(info_raw)
