@@ -36,7 +36,16 @@ from medbalance.models.layers import (
     module_device,
     square_pow2_size,
 )
-from medbalance.models.losses import MISMATCH_HELP, R1_HELP, d_loss, g_loss, mismatched_labels, r1_input, with_r1
+from medbalance.models.losses import (
+    MISMATCH_HELP,
+    R1_HELP,
+    d_loss,
+    g_loss,
+    mismatch_enabled,
+    mismatched_labels,
+    r1_input,
+    with_r1,
+)
 from medbalance.models.registry import MODELS, ModelSpec
 
 
@@ -271,10 +280,8 @@ class DCGAN(GANMethod):
         self.conditional = self._is_conditional()
         # an unconditional DCGAN ignores labels: say so, so that rebalancing refuses it
         self.needs = ("label",) if self.conditional else ()
-        # mismatch is ignored by an unconditional model (as class_bn), so a preset may switch it on for both
-        self.mismatch = bool(getattr(params, "mismatch", False)) and self.conditional
-        if self.mismatch and info.num_classes < 2:
-            raise ConfigError(f"mismatch (matching-aware D) needs at least 2 classes; the data has {info.num_classes}")
+        # (acgan shares this constructor; its params have no mismatch: its class head reads the class)
+        self.mismatch = mismatch_enabled(getattr(params, "mismatch", False), self.conditional, info.num_classes)
         self.G = self.build_generator()
         self.D = self.build_discriminator()
 

@@ -57,7 +57,16 @@ from medbalance.models.layers import (
     module_device,
     square_pow2_size,
 )
-from medbalance.models.losses import MISMATCH_HELP, R1_HELP, d_loss, g_loss, mismatched_labels, r1_input, with_r1
+from medbalance.models.losses import (
+    MISMATCH_HELP,
+    R1_HELP,
+    d_loss,
+    g_loss,
+    mismatch_enabled,
+    mismatched_labels,
+    r1_input,
+    with_r1,
+)
 from medbalance.models.pix2pix import PatchDiscriminator, init_weights
 from medbalance.models.registry import MODELS, ModelSpec
 
@@ -247,9 +256,7 @@ class LAPGAN(GANMethod):
         self.levels = log2i(self.size // base)
         self.num_classes = max(1, info.num_classes)
         self.conditional = bool(p.conditional)
-        self.mismatch = bool(p.mismatch) and self.conditional  # ignored by an unconditional model
-        if self.mismatch and info.num_classes < 2:
-            raise ConfigError(f"mismatch (matching-aware D) needs at least 2 classes; the data has {info.num_classes}")
+        self.mismatch = mismatch_enabled(p.mismatch, self.conditional, info.num_classes)
         k = self.num_classes if self.conditional else 0
         c = info.channels
         sizes = [base * 2**i for i in range(self.levels + 1)]

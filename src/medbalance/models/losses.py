@@ -83,6 +83,15 @@ MISMATCH_HELP = (
 )
 
 
+def mismatch_enabled(requested: bool, conditional: bool, num_classes: int) -> bool:
+    """Whether a model trains a matching-aware D: ``requested`` and class-conditional (an unconditional model ignores
+    the option, so a preset may switch it on for both); a conditional model needs at least 2 classes for it."""
+    enabled = bool(requested) and conditional
+    if enabled and num_classes < 2:
+        raise ConfigError(f"mismatch (matching-aware D) needs at least 2 classes; the data has {num_classes}")
+    return enabled
+
+
 def mismatched_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """For each label, a different class drawn uniformly from the other ``num_classes - 1`` (torch's global RNG,
     so it is reproduced by the seed and resumed with the RNG state)."""

@@ -84,26 +84,29 @@ class RunConfig(BaseConfig):
 
 # Keys added after run folders were already being written, with the value that a saved config.yaml without the key
 # meant (the behaviour of the code that wrote it). Filled in when a saved run is read back (``--resume``,
-# ``load_run``), so that neither silently takes a newer preset's value. ``train.<key>`` applies to every run,
-# ``model.params.<key>`` to the models listed.
-KEYS_ADDED_LATER: dict[str, tuple[Any, tuple[str, ...] | None]] = {
-    "train.sampling": ("uniform", None),  # uniform batches
-    "model.params.mismatch": (False, ("dcgan", "lapgan", "lapgan-joint")),  # no wrong-class pairs in D
+# ``load_run``), so that neither silently takes a newer preset's value. A ``model.params.<key>`` is filled in only for
+# models whose parameters have that key.
+KEYS_ADDED_LATER: dict[str, Any] = {
+    "train.sampling": "uniform",  # uniform batches
+    "model.params.mismatch": False,  # no wrong-class pairs in D (dcgan, lapgan, lapgan-joint)
 }
 
 
 def fill_keys_added_later(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` (a saved run config as read from YAML) with every key of :data:`KEYS_ADDED_LATER` it lacks set to
     the value it meant when it was written (a new dict; ``raw`` is not changed)."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    model = out.setdefault("model", {})
-    name = model.get("name")
-    for key, (value, models) in KEYS_ADDED_LATER.items():
+    from medbalance.models.registry import MODELS, ensure_registered
+
+    ensure_registered()
+    name = (raw.get("model") or {}).get("name")
+    fields = MODELS.get(name).params.model_fields if name in MODELS else {}
+    out = dict(raw)
+    for key, value in KEYS_ADDED_LATER.items():
         *parents, leaf = key.split(".")
-        if models is not None and name not in models:
+        if parents == ["model", "params"] and leaf not in fields:
             continue
         node = out
-        for part in parents:
+        for part in parents:  # copy the path down to the key, so that raw is not changed
             node[part] = dict(node.get(part) or {})
             node = node[part]
         node.setdefault(leaf, value)

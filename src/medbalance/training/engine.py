@@ -38,7 +38,6 @@ from medbalance.utils.device import autocast, resolve_precision, select_device
 from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
 from medbalance.utils.seed import seed_everything
 
-# Config keys that must not change when a run is resumed (everything else may, e.g. train.steps).
 def _differences(prefix: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
     """Dotted keys where two (nested) config values differ, with both values."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -46,6 +45,7 @@ def _differences(prefix: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(prefix, a, b)]
 
 
+# Config keys that must not change when a run is resumed (everything else may, e.g. train.steps).
 RESUME_FIXED_KEYS = (
     "data",
     "model",
