@@ -30,7 +30,7 @@ def report_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("medbalance-demo"), "--out", help="demo folder (everything is written here)"),
-    quick: bool = typer.Option(False, "--quick", help="smaller data, shorter training (about 2 minutes)"),
+    quick: bool = typer.Option(False, "--quick", help="smaller data, shorter training (1-2 minutes on 2 cores)"),
     seed: int = typer.Option(0, "--seed", help="seed of the data, split, generator and generation"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing demo folder"),
