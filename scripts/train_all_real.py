@@ -219,29 +219,30 @@ def lesion_presence(fake, real, labels, seg, sds, grid_path: Path, cols: int, mi
     keep = torch.cat([torch.nonzero(labels == c).flatten()[:cols] for c in range(C)])
     save_png(grid_path, render_grid(fake[keep], C, cols, masks=lf[keep].long()))
 
-    def per_class(area):
-        share = [round(float((area[labels == c] >= min_px).float().mean()), 3) for c in range(C)]
-        med = [float(area[labels == c].median()) for c in range(C)]
-        return share, med
+    def per_class(images, lesions, area):
+        """Per class: share of images with a lesion, median lesion area, median contrast of the found lesions."""
+        share, med, contrast = [], [], []
+        found, c_all = area >= min_px, lesion_contrast(images, lesions)
+        for c in range(C):
+            of_c = labels == c
+            share.append(round(float(found[of_c].float().mean()), 3))
+            med.append(float(area[of_c].median()))
+            hit = of_c & found
+            contrast.append(round(float(c_all[hit].median()), 3) if hit.any() else None)
+        return share, med, contrast
 
-    (sf, mf), (sr, mr) = per_class(area_f), per_class(area_r)
-    cf, cr = lesion_contrast(fake, lf), lesion_contrast(real, lr)
-
-    def med_contrast(c, area):
-        return [None if not (ok := (labels == k) & (area >= min_px)).any() else round(float(c[ok].median()), 3)
-                for k in range(C)]
-
+    (sf, mf, cf), (sr, mr, cr) = per_class(fake, lf, area_f), per_class(real, lr, area_r)
     return {"lesion_share_fake": sf, "lesion_share_real": sr, "lesion_median_px_fake": mf, "lesion_median_px_real": mr,
-            "lesion_contrast_fake": med_contrast(cf, area_f), "lesion_contrast_real": med_contrast(cr, area_r),
-            "lesion_min_px": min_px, "grid_lesions": str(grid_path)}
+            "lesion_contrast_fake": cf, "lesion_contrast_real": cr, "lesion_min_px": min_px, "grid_lesions": str(grid_path)}
 
 
 def lesion_contrast(images: torch.Tensor, lesion: torch.Tensor, ring: int = 3) -> torch.Tensor:
-    """Per image, mean intensity inside the lesion minus the mean in a ``ring``-px band around it (inside the head,
-    image > -0.9 in [-1, 1]); NaN where there is no lesion. A lesion a reader can see differs from its surroundings
-    (in T1c, meningiomas and pituitary tumours enhance: brighter); a segmentor hit on flat texture has ~0."""
+    """Per image, mean intensity (first channel) inside the boolean ``(N, H, W)`` lesion map minus the mean in a
+    ``ring``-px band around it (inside the head, image > -0.9 in [-1, 1]); NaN where there is no lesion. A lesion a
+    reader can see differs from its surroundings (in T1c, meningiomas and pituitary tumours enhance: brighter); a
+    segmentor hit on flat texture has ~0."""
     x = images[:, :1].float()
-    m = lesion.float().unsqueeze(1) if lesion.dim() == 3 else lesion[:, :1].float()
+    m = lesion.unsqueeze(1).float()
     band = (torch.nn.functional.max_pool2d(m, 2 * ring + 1, 1, ring) - m) * (x > -0.9).float()
 
     def mean_in(w):
@@ -284,11 +285,11 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
                "sampling": args.sampling},
     )
     cfg = RunConfig.from_dict(base)
-    t0 = time.perf_counter()
     if args.steps:  # a fixed step count (e.g. to compare precisions at equal steps) instead of a time budget
         steps = args.steps
         log(f"{dname}/{name}{tag}: {steps} steps (--steps)")
     else:
+        t0 = time.perf_counter()
         sec_per_step = calibrate(cfg, ds)
         steps = max(20, int(args.budget / sec_per_step))
         log(f"{dname}/{name}{tag}: {sec_per_step:.2f} s/step (calibration {time.perf_counter() - t0:.0f} s) -> {steps} steps")
