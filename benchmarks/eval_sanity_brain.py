@@ -1,6 +1,6 @@
 """Sanity check of the evaluation metrics on the brain-tumour MRI data (real data, no generator).
 
-    python benchmarks/eval_sanity_brain.py [--csv /work/shared/datasets/brain-tumor-mri/labels.csv]
+    python benchmarks/eval_sanity_brain.py [--csv ../shared/datasets/brain-tumor-mri/labels.csv]
         [--image-size 64] [--domain-epochs 3] [--out benchmarks/results/eval_sanity_brain.json]
 
 The data are split (stratified, seed 0) into 60 % "generator training" images, 20 % candidate
@@ -43,7 +43,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--csv", default="/work/shared/datasets/brain-tumor-mri/labels.csv")
+    shared = Path(os.environ.get("MEDBALANCE_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    ap.add_argument("--csv", default=str(shared / "brain-tumor-mri" / "labels.csv"))
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--domain-epochs", type=int, default=3)
     ap.add_argument("--no-domain", action="store_true")

@@ -65,6 +65,10 @@ MODELS: dict[str, dict[str, Any]] = {
     "pix2pix": {"params": {}, "mask": True},
     "spade": {"params": {}, "mask": True},
     "redgan": {"params": {}, "mask": True},
+    "latent-diffusion": {"params": {}, "mask": False},  # cpu preset: 500 autoencoder steps first (docs/models/diffusion.md)
+    "diffusion": {"params": {}, "mask": False},
+    # "model": the registered model when the entry's name is a variant
+    "latent-diffusion-mask": {"model": "latent-diffusion", "params": {"mask_conditioning": True}, "mask": True},
 }
 
 
@@ -180,6 +184,21 @@ def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=
 
     out["within_class_std_fake"] = within_class_std(imgs)
     out["within_class_std_real"] = within_class_std(ds.images[src])
+    # domain FD: Frechet distance in the judge classifier's penultimate features between the fakes and the real
+    # images their labels were drawn from (same size, same classes), next to the FD between those real images and
+    # another draw of real images of the same classes (the floor at this sample size)
+    from medbalance.evaluation.fidelity import frechet_distance
+
+    def feats(x: torch.Tensor) -> np.ndarray:
+        clf = helpers["classifier"].eval()
+        return torch.cat([clf.features(x[i : i + 256]).float() for i in range(0, len(x), 256)]).numpy()
+
+    g2 = torch.Generator().manual_seed(4321)
+    ref = torch.cat([torch.nonzero(ds.labels == c).flatten()[torch.randint(int((ds.labels == c).sum()), (per_class,),
+                                                                             generator=g2)] for c in range(C)])
+    f_real = feats(ds.images[src])
+    out["fd_domain_fake"] = round(frechet_distance(real=f_real, synthetic=feats(imgs)), 3)
+    out["fd_domain_real_ref"] = round(frechet_distance(real=f_real, synthetic=feats(ds.images[ref])), 3)
     if masks is not None and "label" in method.needs:
         # class control beyond the mask: request class c with masks drawn from class c+1 (mod C); a model that
         # only follows the mask scores ~0 here (the classifier then sees class c+1), one that follows the class ~1
@@ -279,7 +298,7 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
     base = dict(
         out_dir=str(run_dir),
         data=dcfg.model_dump(mode="json"),
-        model={"name": name, "preset": "cpu", "params": params},
+        model={"name": MODELS[name].get("model", name), "preset": "cpu", "params": params},
         train={"steps": 10, "batch_size": args.batch_size, "precision": args.precision, "tensorboard": False,
                "log_every": 10, "seed": args.seed, "ema_decay": args.ema_decay,
                "sampling": args.sampling},
@@ -314,9 +333,18 @@ def run_model(name: str, ds, dcfg, dname: str, out: Path, args, helpers, seg_ds=
         "sampling": cfg.train.sampling,
     }
     rec.update(conditioning_check(res, ds, helpers, args.per_class, seg_ds))
+    if getattr(res.method, "reports_memorization", False):  # diffusion models: near-copies of training images
+        from medbalance.evaluation.diffusion_memorization import memorization_report
+
+        mem = memorization_report(run_dir, ds, n_per_class=args.per_class)
+        rec["memorization"] = {k: mem[k] for k in ("near_copy_share", "near_copies", "n_synthetic", "nn_ratio_median",
+                                                   "exact_duplicates", "nn_ratio")}
+        log(f"  memorisation: {mem['near_copies']}/{mem['n_synthetic']} near-copies, median NN ratio "
+            f"{mem['nn_ratio_median']:.3f}, exact duplicates {mem['exact_duplicates']}")
     log(f"  done: {rec['seconds']} s, {rec['images_per_s']} img/s, class acc on fakes {rec['class_acc_fake']:.3f}"
         + (f", lesion dice fake {rec['lesion_dice_fake']} / real {rec['lesion_dice_real']}" if "lesion_dice_fake" in rec else "")
         + f", within-class std fake {rec['within_class_std_fake']} / real {rec['within_class_std_real']}"
+        + f", domain FD fake {rec['fd_domain_fake']} (real vs real {rec['fd_domain_real_ref']})"
         + (f", lesion share fake {rec['lesion_share_fake']} / real {rec['lesion_share_real']}, median px fake "
            f"{rec['lesion_median_px_fake']} / real {rec['lesion_median_px_real']}, contrast fake "
            f"{rec['lesion_contrast_fake']} / real {rec['lesion_contrast_real']}" if "lesion_share_fake" in rec else "")

@@ -13,14 +13,13 @@ import torch.nn.functional as F
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import CheckpointError, ConfigError, DataError
 from medbalance.models.tasknets import Classifier, SegmentationUNet, load_task_model, save_task_model
+from medbalance.training.metrics import segmentation_metrics
 from medbalance.training.task import (
     TaskConfig,
     augment_batch,
-    classification_metrics,
     compute_class_weights,
     predict_classifier,
     predict_segmentor,
-    segmentation_metrics,
     train_task_model,
 )
 
@@ -165,28 +164,6 @@ def test_augment_keeps_image_and_mask_aligned():
     assert top_brighter(augment_batch(img, None, torch.Generator().manual_seed(1))[0]).all()
     frac = top_brighter(augment_batch(img, None, torch.Generator().manual_seed(1), True, True)[0]).float().mean()
     assert 0.15 < frac < 0.65
-
-
-def test_segmentation_metrics_against_manual():
-    t = torch.zeros(3, 4, 4, dtype=torch.long)
-    p = torch.zeros(3, 4, 4, dtype=torch.long)
-    t[0, :2, :2] = 1  # 4 px
-    p[0, :2, :1] = 1  # 2 px inside -> dice 2*2/(4+2)
-    t[1, 0, 0] = 1
-    p[1, 3, 3] = 1  # dice 0
-    p[2, 0, :2] = 1  # empty GT: ignored per image, counts as false positives globally
-    met = segmentation_metrics(p, t, [0, 255])
-    assert math.isclose(met["dice"], (4 / 6 + 0) / 2, rel_tol=1e-6)
-    assert math.isclose(met["dice_global"], 2 * 2 / (5 + 5), rel_tol=1e-6)
-
-
-def test_classification_metrics():
-    y = torch.tensor([0, 0, 0, 0, 1, 2])
-    probs = F.one_hot(torch.tensor([0, 0, 0, 1, 1, 0]), 3).float() * 0.8 + 0.2 / 3
-    met = classification_metrics(y, probs, ["a", "b", "c"])
-    assert math.isclose(met["balanced_accuracy"], (3 / 4 + 1 + 0) / 3)
-    assert math.isclose(met["accuracy"], 4 / 6)
-    assert met["recall"] == {"a": 0.75, "b": 1.0, "c": 0.0}
 
 
 # ---------------------------------------------------------------------------- training

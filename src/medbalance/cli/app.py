@@ -1,11 +1,13 @@
 """The typer application object. Command modules import ``app`` from here and register on it.
 
 User errors (:class:`~medbalance.errors.MedbalanceError`) are printed as one line
-``error: <file>: <problem>`` on stderr and exit with code 2, never as a traceback.
+``error: <file>: <problem>`` on stderr and exit with code 2, never as a traceback; so are OS errors
+(read-only output, full disk, missing permission): ``error: <path>: cannot write or read: <cause>``.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -22,6 +24,20 @@ class _ErrorHandlingGroup(TyperGroup):
             typer.echo(f"error: {e}", err=True)
             sys.stderr.flush()
             ctx.exit(2)
+        except OSError as e:  # read-only location, full disk, missing permission, ...: one line, exit 2
+            typer.echo(f"error: {os_error_line(e)}", err=True)
+            sys.stderr.flush()
+            ctx.exit(2)
+
+
+def os_error_line(e: OSError) -> str:
+    """``<path>: <cause>`` for an OS error (the path the system call failed on, the cause in words)."""
+    cause = e.strerror or type(e).__name__
+    if e.errno is not None:
+        cause = f"{cause} ({errno.errorcode.get(e.errno, e.errno)})"
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    where = " -> ".join(paths) if paths else "(no path given by the system)"
+    return f"{where}: cannot write or read: {cause}".replace("\n", " ")
 
 
 app = typer.Typer(

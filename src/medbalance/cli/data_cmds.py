@@ -47,6 +47,19 @@ def build_data_config(
     return DataConfig.from_dict(base, source=config)
 
 
+def _parse_shape(text: Optional[str]) -> Optional[list[int]]:
+    """``"128,128,64"`` -> ``[128, 128, 64]`` (None stays None)."""
+    if text is None:
+        return None
+    try:
+        out = [int(x) for x in text.replace("x", ",").split(",")]
+    except ValueError:
+        out = []
+    if len(out) != 3:
+        raise ConfigError(f"--volume-shape must be three integers X,Y,Z (e.g. 128,128,64), got {text!r}")
+    return out
+
+
 @app.command("inspect")
 def inspect_cmd(
     data: str = typer.Argument(..., help="manifest CSV, class-folder root, NIfTI root, MedMNIST .npz, or 'phantom'"),
@@ -61,6 +74,12 @@ def inspect_cmd(
     label_pattern: Optional[str] = typer.Option(None, "--label-pattern", help="NIfTI label volume glob"),
     brain_mask_pattern: Optional[str] = typer.Option(None, "--brain-mask-pattern", help="NIfTI brain mask glob"),
     min_lesion_voxels: Optional[int] = typer.Option(None, "--min-lesion-voxels", min=0),
+    nifti_mode: Optional[str] = typer.Option(
+        None, "--nifti-mode", help="NIfTI: slices (2-D axial slices) | volume (one cropped, resampled volume per case)"
+    ),
+    volume_shape: Optional[str] = typer.Option(
+        None, "--volume-shape", help="NIfTI volume mode: X,Y,Z after crop and resample (default 128,128,64)"
+    ),
     split: Optional[str] = typer.Option(None, "--split", help="MedMNIST split"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip unreadable/inconsistent files (listed in the report)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
@@ -92,6 +111,8 @@ def inspect_cmd(
             "label_pattern": label_pattern,
             "brain_mask_pattern": brain_mask_pattern,
             "min_lesion_voxels": min_lesion_voxels,
+            "mode": nifti_mode,
+            "volume_shape": _parse_shape(volume_shape),
         },
     )
     ds = load_dataset(cfg)
@@ -99,6 +120,11 @@ def inspect_cmd(
     if json_out is not None:
         atomic_write_json(json_out, report)
     if plot is not None:
+        if ds.images.dim() == 5:  # volumes: plot the middle axial slice of each
+            from dataclasses import replace
+
+            mid = ds.images.shape[2] // 2
+            ds = replace(ds, images=ds.images[:, :, mid], masks=None if ds.masks is None else ds.masks[:, mid])
         plot_dataset(ds, plot)
     if as_json:
         typer.echo(json.dumps(report, indent=2))

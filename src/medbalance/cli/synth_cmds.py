@@ -20,14 +20,62 @@ def _load_run(run_dir: Path, checkpoint: str, device: str):
     return load_run(run_dir, checkpoint=checkpoint, device=str(select_device(device)))
 
 
-def _run_data(run, data_path: Optional[str]):
-    """The run's data options (size, columns, normalisation), optionally on another path."""
+def _run_data(run, data_path: Optional[str], all_classes: bool = False):
+    """The run's data options (size, columns, normalisation), optionally on another path; ``all_classes``
+    drops the run's ``class_subset`` (per-class runs rebalance the whole dataset)."""
     from medbalance.data import load_dataset
 
     cfg = run.config.data
     if data_path is not None:
         cfg = cfg.model_copy(update={"path": data_path, "source": "auto"})
+    if all_classes:
+        cfg = cfg.model_copy(update={"class_subset": None})
     return load_dataset(cfg)
+
+
+def _parse_runs(specs: list[str]) -> tuple[Optional[Path], dict[str, Path]]:
+    """``--run RUN`` (one run) or ``--run CLASS=RUN`` repeated (one run per class, MelanoGANs' recipe)."""
+    if not specs:
+        raise ConfigError("--run is required: a run folder, or CLASS=RUN once per class")
+    per: dict[str, Path] = {}
+    plain = [s for s in specs if "=" not in s]
+    if plain:
+        if len(specs) > 1:
+            raise ConfigError("pass either one --run RUN or --run CLASS=RUN for each class, not a mix or several plain runs")
+        return Path(plain[0]), {}
+    for spec in specs:
+        c, _, path = spec.partition("=")
+        c = c.strip()
+        if not c or not path:
+            raise ConfigError(f"--run {spec!r} is not CLASS=RUN")
+        if c in per:
+            raise ConfigError(f"--run given twice for class {c!r}")
+        per[c] = Path(path)
+    return None, per
+
+
+def _load_per_class(per: dict[str, Path], checkpoint: str, device: str):
+    """Load one run per class, check each was trained on its class only; also a merged run for export."""
+    import dataclasses
+
+    from medbalance.synthesis.oversampler import check_per_class_run
+
+    runs = {}
+    for c, path in per.items():
+        runs[c] = _load_run(path, checkpoint, device)
+        check_per_class_run(c, runs[c])
+    first = next(iter(runs.values()))
+    merged = dataclasses.replace(
+        first,
+        train_ids=sorted({i for r in runs.values() for i in r.train_ids}),
+        heldout_ids=sorted({i for r in runs.values() for i in r.heldout_ids} - {i for r in runs.values() for i in r.train_ids}),
+    )
+    return runs, merged
+
+
+def _runs_info(runs: dict) -> dict:
+    return {c: {"run_dir": str(r.run_dir), "checkpoint_sha256": r.checkpoint_sha256, "step": int(r.step)}
+            for c, r in runs.items()}
 
 
 def _ids_subset(ds, ids):
@@ -67,6 +115,7 @@ def _build_filters(specs: list[str], run, data, min_confidence: float, percentil
 
 
 def _synthesise(run, data, sampler_kwargs, filters, seed, batch_size):
+    """``run``: one loaded run, or ``{class: run}`` (per-class runs)."""
     from medbalance.synthesis.oversampler import GenerativeOverSampler
 
     sampler = GenerativeOverSampler(run, filters=filters, random_state=seed, batch_size=batch_size, **sampler_kwargs)
@@ -90,6 +139,8 @@ def _finish(out: Path, sampler, syn, run, dt, real, overwrite, options):
     manifest = export_dataset(
         out, syn, sampler.provenance_, real=real, generator_name=run.method.name,
         checkpoint_sha256=run.checkpoint_sha256, model_card=model_card(run), synthesis_info=info, overwrite=overwrite,
+        reference=getattr(sampler, "dataset_", None),  # places synthetic volumes (NIfTI affine of the mask's source)
+        training_ids=run.train_ids,  # provenance for downstream's leakage guard
     )
     console.print(f"[bold]plan[/bold] (new samples per class): {info['plan']}")
     console.print(f"[bold]filters[/bold]: {sampler.report_.summary()}")
@@ -108,7 +159,8 @@ def generate_cmd(
     data: Optional[str] = typer.Option(None, "--data", help="where to draw label maps from (default: the run's data)"),
     mask_source: str = typer.Option("real", help="real | elastic | edited | folder"),
     mask_folder: Optional[str] = typer.Option(None, help="folder of label-map PNGs for --mask-source folder"),
-    mask_pool: str = typer.Option("same_class", help="same_class | any"),
+    mask_pool: str = typer.Option("auto", help="auto | same_class | any (masks of every class; auto: any for Red-GAN)"),
+    target: str = typer.Option("label", help="label | condition (--class then names a site of the condition column)"),
     filters: list[str] = typer.Option([], "--filter", help="classifier:PATH | discriminator | memorization (repeatable)"),
     min_confidence: float = typer.Option(0.5, help="classifier filter threshold"),
     memorization_percentile: float = typer.Option(1.0, help="memorization gate: percentile of held-out NN distances"),
@@ -118,16 +170,27 @@ def generate_cmd(
     device: str = typer.Option("auto"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
-    """Generate N synthetic samples of one class (with masks for mask-conditioned models)."""
+    """Generate N synthetic samples of one class (with masks for mask-conditioned models).
+
+    A run trained on one class only (``data.class_subset``, one unconditional generator per class) generates
+    that class."""
+    from medbalance.synthesis.oversampler import check_per_class_run
+
     run = _load_run(run_dir, checkpoint, device)
     ds = _run_data(run, data)
     train = _ids_subset(ds, run.train_ids) if run.train_ids else ds
-    if cls not in ds.class_names:
-        raise ConfigError(f"unknown class {cls!r}; the run's classes are {', '.join(ds.class_names)}")
+    names = (ds.condition_names or []) if target == "condition" else ds.class_names
+    if cls not in names:
+        what = "sites (condition values)" if target == "condition" else "classes"
+        raise ConfigError(f"unknown {'site' if target == 'condition' else 'class'} {cls!r}; the run's {what} are {', '.join(names)}")
     out = out or (run_dir / "generated" / f"{cls}_n{n}_seed{seed}")
     flt = _build_filters(filters, run, ds, min_confidence, memorization_percentile)
-    kw = dict(inject=(cls, n), mask_source=mask_source, mask_pool=mask_pool, mask_folder=mask_folder)
-    sampler, syn, dt = _synthesise(run, train, kw, flt, seed, batch_size)
+    kw = dict(inject=(cls, n), mask_source=mask_source, mask_pool=mask_pool, mask_folder=mask_folder, target=target)
+    gen = run
+    if target == "label" and len(run.info.class_names) == 1:  # a per-class run (MelanoGANs' recipe)
+        check_per_class_run(cls, run)
+        gen = {cls: run}
+    sampler, syn, dt = _synthesise(gen, train, kw, flt, seed, batch_size)
     _finish(out, sampler, syn, run, dt, None, overwrite, {**kw, "inject": [cls, n], "seed": seed, "filters": filters})
 
 
@@ -135,7 +198,10 @@ def generate_cmd(
 def rebalance_cmd(
     data: str = typer.Argument(..., help="the dataset to rebalance (manifest CSV, folder, npz, nifti root, 'phantom')"),
     out: Path = typer.Argument(..., help="output folder (written atomically)"),
-    run_dir: Path = typer.Option(..., "--run", help="a run folder made by `medbalance train`"),
+    run_specs: list[str] = typer.Option(
+        [], "--run", help="a run folder made by `medbalance train`, or CLASS=RUN once per class (one run per class)"
+    ),
+    target: str = typer.Option("label", help="label | condition (plan by site: the condition column)"),
     strategy: str = typer.Option(
         "auto", help="auto | minority | 'not minority' | 'not majority' | all | a float (2 classes) | class=total,..."
     ),
@@ -144,7 +210,7 @@ def rebalance_cmd(
     inject: Optional[str] = typer.Option(None, help="CLASS=N: add N samples of one class only"),
     mask_source: str = typer.Option("real", help="real | elastic | edited | folder"),
     mask_folder: Optional[str] = typer.Option(None),
-    mask_pool: str = typer.Option("same_class", help="same_class | any"),
+    mask_pool: str = typer.Option("auto", help="auto | same_class | any (masks of every class; auto: any for Red-GAN)"),
     filters: list[str] = typer.Option([], "--filter", help="classifier:PATH | discriminator | memorization (repeatable)"),
     min_confidence: float = typer.Option(0.5),
     memorization_percentile: float = typer.Option(1.0),
@@ -158,9 +224,16 @@ def rebalance_cmd(
     """Bring the classes of DATA to the requested distribution with a trained generator; write OUT/manifest.csv."""
     from medbalance.synthesis.strategy import parse_strategy
 
-    run = _load_run(run_dir, checkpoint, device)
-    ds = _run_data(run, data)
-    kw: dict = dict(mask_source=mask_source, mask_pool=mask_pool, mask_folder=mask_folder)
+    run_dir, per = _parse_runs(run_specs)
+    runs: dict = {}
+    if per:
+        if any(f.partition(":")[0] == "discriminator" for f in filters):
+            raise ConfigError("--filter discriminator needs one generator; per-class runs (--run CLASS=RUN) have several")
+        runs, run = _load_per_class(per, checkpoint, device)
+    else:
+        run = _load_run(run_dir, checkpoint, device)
+    ds = _run_data(run, data, all_classes=bool(per))
+    kw: dict = dict(mask_source=mask_source, mask_pool=mask_pool, mask_folder=mask_folder, target=target)
     if inject:
         c, _, k = inject.partition("=")
         try:
@@ -172,6 +245,8 @@ def rebalance_cmd(
     else:
         kw["sampling_strategy"] = parse_strategy(strategy)
     flt = _build_filters(filters, run, ds, min_confidence, memorization_percentile)
-    sampler, syn, dt = _synthesise(run, ds, kw, flt, seed, batch_size)
+    sampler, syn, dt = _synthesise(runs or run, ds, kw, flt, seed, batch_size)
     opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}
+    if runs:
+        opts["runs"] = _runs_info(runs)
     _finish(out, sampler, syn, run, dt, ds if include_real else None, overwrite, {**opts, "seed": seed, "filters": filters})

@@ -143,12 +143,14 @@ def train_task_cmd(
     table = Table(title=f"train-task {task}: best epoch {result.best_epoch}/{len(result.history)}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in result.val_metrics.items():
+    def rows(prefix: str, v) -> None:  # nested dicts flattened; per-case lists and the confusion matrix left out
         if isinstance(v, dict):
             for kk, vv in v.items():
-                table.add_row(escape(f"{k}[{kk}]"), "-" if vv is None else f"{vv:.4f}")
-        else:
-            table.add_row(k, "-" if v is None else f"{v:.4f}")
+                rows(f"{prefix}[{kk}]" if prefix else kk, vv)
+        elif v is None or isinstance(v, (int, float)):
+            table.add_row(escape(prefix), "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.4f}"))
+
+    rows("", result.val_metrics)
     if not result.val_metrics:
         table.add_row("(no validation set)", "-")
     Console().print(table)

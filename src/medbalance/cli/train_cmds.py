@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,7 +13,14 @@ from medbalance.errors import ConfigError
 
 
 def _list_models() -> None:
-    from medbalance.models.registry import MODELS, ensure_registered, preset_batch_size, preset_sampling
+    from medbalance.models.registry import (
+        MODELS,
+        describe_train_length,
+        ensure_registered,
+        preset_batch_size,
+        preset_flip,
+        preset_sampling,
+    )
 
     ensure_registered()
     if not len(MODELS):
@@ -21,9 +29,10 @@ def _list_models() -> None:
     width = max(len(n) for n in MODELS.names())
     for name, help_ in MODELS.describe().items():
         spec = MODELS.get(name)
-        presets = ", ".join(
-            f"{k}: batch {preset_batch_size(name, k)}"
+        presets = "; ".join(
+            f"{k}: batch {preset_batch_size(name, k)}, {describe_train_length(name, k)}"
             + (", class-balanced" if preset_sampling(name, k) == "class_balanced" else "")
+            + (", flip" if preset_flip(name, k) else "")
             for k in sorted(spec.presets)
         )
         if spec.description:
@@ -64,3 +73,8 @@ def train_cmd(
         f"trained {cfg.model.name} for {res.step} steps ({res.images_per_s:.1f} images/s): {losses}\n"
         f"run folder: {res.run_dir}\nlatest checkpoint: {res.checkpoint}\nbest checkpoint: {res.best_checkpoint}"
     )
+    if getattr(res.method, "reports_memorization", False) and os.environ.get("RANK", "0") == "0":
+        # privacy first (diffusion models): near-copies of training images, written into the run folder
+        from medbalance.evaluation.diffusion_memorization import REPORT_NAME, memorization_report, summary_line
+
+        typer.echo(summary_line(memorization_report(res.run_dir)) + f" ({res.run_dir / REPORT_NAME})")

@@ -3,7 +3,7 @@
 Mask-conditioned generators (SPADE, Red-GAN, pix2pix) are deterministic or nearly so given the label map. With
 tumour-only masks the map says nothing about the head outline or the slice orientation, so a generator can only
 learn an average anatomy. Red-GAN's BraTS preprocessing therefore adds a "healthy brain" label to every mask
-(seed-methods.md 1.2: connected component of the image, label 3). :func:`add_anatomy_label` does the same for
+(Red-GAN code, ``generate_dataset.py``: connected component of the image, label 3). :func:`add_anatomy_label` does the same for
 any dataset: background pixels whose image intensity is above a threshold (holes filled, specks removed) get a
 new label value, recorded in ``meta["anatomy_values"]`` so that mask sources keep lesions inside the anatomy.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from medbalance.config import BaseConfig
 
@@ -31,6 +31,22 @@ class NiftiConfig(BaseConfig):
     labels_csv_case_column: str = "case"
     labels_csv_label_column: str = "label"
     cache_dir: Optional[str] = Field(None, description="slice cache folder (default: ~/.cache/medbalance/nifti)")
+    mode: Literal["slices", "volume"] = Field(
+        "slices",
+        description="slices: one 2-D sample per axial slice; volume: one 3-D sample per case, cropped to the brain "
+        "and resampled to volume_shape (images trilinear, label map nearest), tensors (C, Z, Y, X)",
+    )
+    volume_shape: tuple[int, int, int] = Field(
+        (128, 128, 64), description="volume mode: size after crop and resample, as X (left-right), Y, Z (axial)"
+    )
+    volume_margin: int = Field(0, ge=0, description="volume mode: voxels kept around the brain's bounding box")
+
+    @field_validator("volume_shape")
+    @classmethod
+    def _positive_shape(cls, v):
+        if any(int(x) < 1 for x in v):
+            raise ValueError("every axis of volume_shape must be >= 1")
+        return v
 
 
 class PhantomConfig(BaseConfig):
@@ -56,6 +72,11 @@ class DataConfig(BaseConfig):
     condition_column: Optional[str] = None
     group_column: Optional[str] = Field("group", description="patient/case column (used when present)")
     classes: Optional[list[str]] = Field(None, description="declared class names (order = class index)")
+    class_subset: Optional[list[str]] = Field(
+        None,
+        description="keep only the rows of these classes (class index = order here), e.g. [melanoma] to train one "
+        "unconditional generator per class (MelanoGANs); a class not in the data is an error",
+    )
     mask_values: Optional[list[int]] = Field(None, description="declared label-map values; null = inferred")
     anatomy_values: Optional[list[int]] = Field(
         None, description="mask values that denote anatomy/tissue (e.g. [1] for the phantom's brain label)"

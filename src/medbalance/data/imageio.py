@@ -83,6 +83,25 @@ def _problem(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"
 
 
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # well below Pillow's decompression-bomb limit (~179 M pixels)
+
+
+def max_image_pixels() -> int:
+    """The per-image pixel limit: ``MEDBALANCE_MAX_IMAGE_PIXELS`` (environment) or 40 M pixels (e.g. 6300 x 6300).
+    A larger image is refused before it is decoded (a 12000 x 12000 PNG of 445 KB would take 144 MB per
+    channel as uint8 and 0.6 GB as float32)."""
+    raw = os.environ.get("MEDBALANCE_MAX_IMAGE_PIXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        v = int(float(raw))
+    except ValueError:
+        raise DataError(f"MEDBALANCE_MAX_IMAGE_PIXELS={raw!r} is not a number") from None
+    if v < 1:
+        raise DataError(f"MEDBALANCE_MAX_IMAGE_PIXELS={raw!r} must be positive")
+    return v
+
+
 def _open(path: Path, what: str) -> Image.Image:
     if not path.exists():
         raise DataError(f"{what} file not found", path=path)
@@ -90,6 +109,12 @@ def _open(path: Path, what: str) -> Image.Image:
         raise DataError(f"{what} path is not a file", path=path)
     try:
         img = Image.open(path)
+        w, h = img.size  # from the header: checked before any pixel is decoded
+        limit = max_image_pixels()
+        if w * h > limit:
+            raise DataError(
+                f"{what} is {w} x {h} = {w * h:,} pixels, over the per-image limit of {limit:,} pixels "
+                f"(raise it with MEDBALANCE_MAX_IMAGE_PIXELS if this image is genuine)", path=path)
         img.load()
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read {what}: not a readable image ({_problem(e)})", path=path) from None

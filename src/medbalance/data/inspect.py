@@ -144,7 +144,8 @@ def inspect_dataset(ds: ImageDataset) -> dict[str, Any]:
         ex = ", ".join(ds.ids[i] for i in dups[0][:3])
         warnings.append(
             f"{n_extra} duplicate images by content ({len(dups)} groups, e.g. {ex})"
-            + (f"; {len(conflicting)} groups have conflicting labels" if conflicting else "")
+            + (f"; {len(conflicting)} groups have conflicting labels (bad input: downstream refuses them)"
+               if conflicting else "; downstream keeps each group on one side of the split")
         )
     for name, c in counts.items():
         if c == 0:

@@ -1,4 +1,4 @@
-"""BraTS-style NIfTI volumes -> 2-D axial slices (source ``nifti``).
+"""BraTS-style NIfTI volumes -> 2-D axial slices or whole 3-D volumes (source ``nifti``).
 
 Layout: one folder per case under ``cfg.path`` (any depth, filtered by ``nifti.case_glob``);
 a *case folder* is a folder that directly holds ``.nii``/``.nii.gz`` files. Inside it, each
@@ -40,8 +40,19 @@ Labels
     Masks are the label-volume slices as indices into ``mask_values`` (the sorted label values
     present, e.g. BraTS ``[0, 1, 2, 3, 4]`` -> indices 0..4).
 
+Volume mode (``nifti.mode: volume``)
+    One sample per case (id = case id): the normalised volumes (statistics over the brain, as above) are cropped
+    to the bounding box of the brain (``nifti.volume_margin`` voxels around it, clipped to the volume) and
+    resampled to ``nifti.volume_shape`` (X, Y, Z) with MONAI ``CropForegroundd`` + ``Resized`` (images trilinear,
+    the label map ``nearest-exact``), then stored as ``(C, Z, Y, X)`` with the slices' in-plane convention:
+    ``t[c, z, h, w] = v[c, w, Y - 1 - h, z]`` (:func:`volume_to_tensor`; inverse :func:`tensor_to_volume`).
+    The affine of the resampled volume (the source's canonical affine adjusted for the crop and the resample) is
+    kept per case in ``meta["volume_affines"]`` and ``meta["cases"][i]["resampled_affine"]``; the NIfTI export
+    writes volumes with it. ``has_lesion`` classes are per volume; ``min_lesion_voxels`` drops a volume with
+    ``0 < lesion voxels < min_lesion_voxels``. ``data.image_size`` does not apply (an error).
+
 Cache
-    Extracted slices are cached as ``.npy`` files (memory-mapped on load) in
+    Extracted slices (or volumes) are cached as ``.npy`` files (memory-mapped on load) in
     ``nifti.cache_dir`` or ``$MEDBALANCE_CACHE/nifti`` or ``~/.cache/medbalance/nifti``, keyed by
     a sha256 of the input files (path, size, mtime) and every option that changes the result.
     The cache folder is written atomically; a second load does not read any volume.
@@ -221,7 +232,18 @@ class _CaseResult:
     dtype: str
 
 
-def _read_case(cf: CaseFiles, opts: NiftiConfig) -> _CaseResult:
+@dataclass
+class _CaseArrays:
+    vols: list[np.ndarray]  # per modality, (X, Y, Z) float32 in canonical RAS
+    lab: np.ndarray | None  # (X, Y, Z) int32 label values
+    brain: np.ndarray  # (X, Y, Z) bool
+    affine: np.ndarray  # canonical affine of the first modality
+    dtype: str
+    warnings: list[str]
+
+
+def _load_case_arrays(cf: CaseFiles, opts: NiftiConfig) -> _CaseArrays:
+    """Every volume of one case in canonical RAS, checked for matching shapes, plus its brain."""
     vols, dtypes, affines = [], [], []
     for p in cf.modalities:
         v, aff, dt = _read_volume(p, "modality")
@@ -263,6 +285,15 @@ def _read_case(cf: CaseFiles, opts: NiftiConfig) -> _CaseResult:
         brain = np.zeros(shape, dtype=bool)
         for v in vols:
             brain |= v != _background_value(v)
+    return _CaseArrays(vols, lab, brain, np.asarray(affines[0], dtype=np.float64), dtypes[0], warnings)
+
+
+def _read_case(cf: CaseFiles, opts: NiftiConfig) -> _CaseResult:
+    a = _load_case_arrays(cf, opts)
+    if opts.mode == "volume":
+        return _read_case_volume(cf, opts, a)
+    vols, lab, brain, warnings = a.vols, a.lab, a.brain, a.warnings
+    shape = vols[0].shape
 
     brain_per_slice = brain.sum(axis=(0, 1))
     lesion_per_slice = (lab > 0).sum(axis=(0, 1)) if lab is not None else np.zeros(shape[2], dtype=np.int64)
@@ -284,7 +315,7 @@ def _read_case(cf: CaseFiles, opts: NiftiConfig) -> _CaseResult:
         "folder": str(cf.folder),
         "files": [str(p) for p in cf.all_files()],
         "volume_shape": list(shape),
-        "affine": np.asarray(affines[0]).round(6).tolist(),
+        "affine": a.affine.round(6).tolist(),
         "slices_total": int(shape[2]),
         "slices_with_brain": int((brain_per_slice >= opts.min_brain_voxels).sum()),
         "slices_dropped_small_lesion": int(ambiguous.sum()),
@@ -292,7 +323,89 @@ def _read_case(cf: CaseFiles, opts: NiftiConfig) -> _CaseResult:
         "slices_with_lesion": int(has_lesion.sum()),
         "warnings": warnings,
     }
-    return _CaseResult(cf.case, images, labels_raw, zs, has_lesion, info, dtypes[0])
+    return _CaseResult(cf.case, images, labels_raw, zs, has_lesion, info, a.dtype)
+
+
+# ----------------------------------------------------------------------------- volumes
+def volume_to_tensor(v: np.ndarray) -> np.ndarray:
+    """``(..., X, Y, Z)`` canonical-RAS volume -> ``(..., Z, Y, X)`` sample layout with the in-plane convention of
+    the slices: ``t[..., z, h, w] = v[..., w, Y - 1 - h, z]`` (anterior at the top, patient left on the left)."""
+    n = v.ndim
+    t = np.swapaxes(v, n - 3, n - 1)  # (..., Z, Y, X)
+    return np.ascontiguousarray(t[..., ::-1, :])
+
+
+def tensor_to_volume(t: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`volume_to_tensor`: ``(..., Z, Y, X)`` -> ``(..., X, Y, Z)``."""
+    n = t.ndim
+    return np.ascontiguousarray(np.swapaxes(t[..., ::-1, :], n - 3, n - 1))
+
+
+def crop_and_resample(
+    images: np.ndarray, lab: np.ndarray | None, brain: np.ndarray, affine: np.ndarray, shape: tuple[int, int, int],
+    margin: int = 0,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[list[int]]]:
+    """Crop ``(C, X, Y, Z)`` images and the ``(X, Y, Z)`` label volume to the bounding box of ``brain`` (plus
+    ``margin`` voxels, within the volume), then resample to ``shape`` (images trilinear, labels nearest), with MONAI
+    (``CropForegroundd``, ``Resized``; MetaTensors carry the affine). Returns the images, labels, the affine of the
+    result (voxel -> world, adjusted for crop and resample: voxel ``i`` of an axis sits at source voxel
+    ``start + (i + 0.5) * crop / shape - 0.5``) and the crop box ``[[start, end), ...]`` in source voxels."""
+    from monai.data import MetaTensor
+    from monai.transforms import CropForegroundd, Resized
+
+    aff = torch.as_tensor(affine, dtype=torch.float64)
+    d: dict[str, Any] = {
+        "image": MetaTensor(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), affine=aff),
+        "brain": MetaTensor(torch.from_numpy(brain[None].astype(np.float32)), affine=aff),
+    }
+    keys = ["image"]
+    if lab is not None:
+        d["label"] = MetaTensor(torch.from_numpy(lab[None].astype(np.float32)), affine=aff)
+        keys.append("label")
+    crop = CropForegroundd(keys=keys, source_key="brain", margin=int(margin), allow_smaller=True)
+    d = crop(d)
+    cropped = tuple(int(x) for x in d["image"].shape[1:])
+    nz = np.nonzero(brain)
+    lo = [max(int(ix.min()) - int(margin), 0) for ix in nz]
+    box = [[s, s + c] for s, c in zip(lo, cropped)]
+    d = Resized(keys=["image"], spatial_size=tuple(int(x) for x in shape), mode="trilinear")(d)
+    if lab is not None:
+        d = Resized(keys=["label"], spatial_size=tuple(int(x) for x in shape), mode="nearest-exact")(d)
+    out_img = d["image"].as_tensor().numpy().astype(np.float32)
+    out_lab = None if lab is None else np.rint(d["label"].as_tensor().numpy()[0]).astype(np.int32)
+    new_aff = np.asarray(d["image"].affine, dtype=np.float64)
+    return out_img, out_lab, new_aff, box
+
+
+def _read_case_volume(cf: CaseFiles, opts: NiftiConfig, a: _CaseArrays) -> _CaseResult:
+    """One case as one sample: normalised, cropped to the brain, resampled to ``opts.volume_shape``."""
+    shape = a.vols[0].shape
+    normed = np.stack([_normalise(v, a.brain, opts, p) for v, p in zip(a.vols, cf.modalities)])
+    lesion = int((a.lab > 0).sum()) if a.lab is not None else 0
+    ambiguous = 0 < lesion < opts.min_lesion_voxels
+    imgs, lab, aff, box = crop_and_resample(normed, a.lab, a.brain, a.affine, opts.volume_shape, opts.volume_margin)
+    images = volume_to_tensor(imgs)[None]  # (1, C, Z, Y, X)
+    labels_raw = None if lab is None else volume_to_tensor(lab)[None]
+    keep = np.array([not ambiguous])
+    info = {
+        "case": cf.case,
+        "folder": str(cf.folder),
+        "files": [str(p) for p in cf.all_files()],
+        "volume_shape": list(shape),
+        "affine": a.affine.round(6).tolist(),
+        "crop_box": box,
+        "resampled_shape": list(opts.volume_shape),
+        "resampled_affine": aff.round(6).tolist(),
+        "lesion_voxels": lesion,
+        "dropped_small_lesion": bool(ambiguous),
+        "warnings": list(a.warnings),
+    }
+    if ambiguous:
+        images, labels_raw = images[:0], None if labels_raw is None else labels_raw[:0]
+    return _CaseResult(
+        cf.case, images, labels_raw, np.nonzero(keep)[0], np.array([lesion >= max(1, opts.min_lesion_voxels)])[keep],
+        info, a.dtype,
+    )
 
 
 # ----------------------------------------------------------------------------- labels CSV
@@ -344,7 +457,9 @@ def _stat(p: Path) -> list[Any]:
 
 
 def cache_key(cfg: DataConfig, cases: list[CaseFiles], skipped: list[dict[str, str]]) -> str:
-    opts = cfg.nifti.model_dump(mode="json", exclude={"cache_dir"})
+    # the volume options change nothing in slice mode: left out there, so that slice caches stay valid
+    volume_keys = {"mode", "volume_shape", "volume_margin"} if cfg.nifti.mode == "slices" else set()
+    opts = cfg.nifti.model_dump(mode="json", exclude={"cache_dir"} | volume_keys)
     payload = {
         "version": CACHE_VERSION,
         "root": str(Path(cfg.path).resolve()),  # type: ignore[arg-type]
@@ -409,9 +524,10 @@ def _dataset_from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any]) ->
 
 
 # ----------------------------------------------------------------------------- source
-@SOURCES.register("nifti", help="BraTS-style NIfTI case folders -> axial 2-D slices")
+@SOURCES.register("nifti", help="BraTS-style NIfTI case folders -> axial 2-D slices (or whole volumes)")
 def load_nifti(cfg: DataConfig) -> ImageDataset:
-    """Load axial slices of BraTS-style NIfTI volumes (see the module docstring)."""
+    """Load axial slices (``nifti.mode: slices``) or whole cropped, resampled volumes (``nifti.mode: volume``) of
+    BraTS-style NIfTI case folders (see the module docstring)."""
     opts = cfg.nifti
     if cfg.path is None:
         raise ConfigError("data.path is required for the nifti source")
@@ -487,6 +603,8 @@ def _build(cfg: DataConfig, root: Path, cases: list[CaseFiles], skipped: list[di
     if not results:
         raise DataError(f"every case was skipped (first problem: {skipped[0]['problem']})", path=root)
     if sum(len(r.zs) for r in results) == 0:
+        if opts.mode == "volume":
+            raise DataError("no volume passed the filter (min_lesion_voxels)", path=root)
         raise DataError("no axial slice passed the filter (brain_only / min_lesion_voxels)", path=root)
 
     # classes / conditions
@@ -535,7 +653,15 @@ def _build(cfg: DataConfig, root: Path, cases: list[CaseFiles], skipped: list[di
         lo, hi = float(images.min()), float(images.max())
         intensity = IntensityInfo("float", lo, hi if hi > lo else lo + 1.0)
 
-    conversions = ["reoriented to canonical RAS (nibabel.as_closest_canonical); axial slices along the last axis"]
+    if opts.mode == "volume":
+        vx, vy, vz = opts.volume_shape
+        conversions = [
+            "reoriented to canonical RAS (nibabel.as_closest_canonical); one sample per case",
+            f"cropped to the brain's bounding box (margin {opts.volume_margin}) and resampled to {vx}x{vy}x{vz} "
+            "(X x Y x Z; MONAI CropForegroundd + Resized: images trilinear, label map nearest)",
+        ]
+    else:
+        conversions = ["reoriented to canonical RAS (nibabel.as_closest_canonical); axial slices along the last axis"]
     conversions.append(
         {
             "zscore": f"per-volume z-score inside the brain, clipped to [-{ZSCORE_CLIP:g}, {ZSCORE_CLIP:g}], "
@@ -553,6 +679,8 @@ def _build(cfg: DataConfig, root: Path, cases: list[CaseFiles], skipped: list[di
     t_images = torch.from_numpy(intensity.scale(torch.from_numpy(images)).numpy())
     t_masks = None if masks_idx is None else torch.from_numpy(masks_idx)
     h, w = images.shape[-2:]
+    if cfg.image_size is not None and opts.mode == "volume":
+        raise ConfigError("data.image_size resizes 2-D slices; in nifti.mode 'volume' set nifti.volume_shape")
     if cfg.image_size is not None and (h, w) != (cfg.image_size, cfg.image_size):
         from medbalance.data.transforms import fit_images, fit_masks
 
@@ -563,23 +691,37 @@ def _build(cfg: DataConfig, root: Path, cases: list[CaseFiles], skipped: list[di
             f"resized {h}x{w} -> {cfg.image_size}x{cfg.image_size} ({cfg.resize_policy}; bilinear, masks nearest)"
         )
 
-    ids = [f"{r.case}_z{int(z):03d}" for r in results for z in r.zs]
+    if opts.mode == "volume":
+        ids = [r.case for r in results for _ in r.zs]
+    else:
+        ids = [f"{r.case}_z{int(z):03d}" for r in results for z in r.zs]
     groups = [r.case for r in results for _ in r.zs]
     warnings = [w for r in results for w in r.info.pop("warnings")]
     dtypes = sorted({r.dtype for r in results})
     meta_ds = {
         "source": "nifti",
         "path": str(root),
-        "original_shapes": {f"{h}x{w}": int(len(ids))},
+        "original_shapes": (
+            dict(Counter("x".join(str(x) for x in r.info["volume_shape"]) for r in results if len(r.zs)))
+            if opts.mode == "volume"
+            else {f"{h}x{w}": int(len(ids))}
+        ),
         "source_dtype": dtypes[0] if len(dtypes) == 1 else ",".join(dtypes),
         "conversions": conversions,
         "skipped": skipped,
         "warnings": warnings,
         "modalities": list(opts.modalities),
         "slice_orientation": "RAS canonical; image[h, w] = volume[w, Y-1-h, z] (anterior up, patient left on the left)",
+        "mode": opts.mode,
         "normalization": opts.normalization,
         "cases": [r.info for r in results],
     }
+    if opts.mode == "volume":
+        meta_ds["volume_layout"] = (
+            "sample (C, Z, Y, X) of the resampled RAS volume v (X, Y, Z): t[c, z, h, w] = v[c, w, Y-1-h, z]"
+        )
+        # per sample id: the affine (voxel -> world mm) of the resampled (X, Y, Z) volume (crop and resample applied)
+        meta_ds["volume_affines"] = {r.case: r.info["resampled_affine"] for r in results if len(r.zs)}
     arrays: dict[str, np.ndarray] = {
         "images": np.ascontiguousarray(t_images.numpy(), dtype=np.float32),
         "labels": labels.astype(np.int64),

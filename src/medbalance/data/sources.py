@@ -59,6 +59,8 @@ def load_dataset(cfg: DataConfig | str | None = None, **overrides) -> ImageDatas
         cfg = cfg.model_copy(update=overrides)
     source = cfg.source if cfg.source != "auto" else detect_source(cfg.path)
     ds = SOURCES.get(source)(cfg)
+    if cfg.class_subset is not None:
+        ds = select_classes(ds, cfg.class_subset, where=cfg.path)
     if cfg.anatomy_values is not None:
         missing = set(cfg.anatomy_values) - set(ds.mask_values or [])
         if missing:
@@ -69,3 +71,32 @@ def load_dataset(cfg: DataConfig | str | None = None, **overrides) -> ImageDatas
 
         ds = add_anatomy_label(ds, cfg.anatomy_label, cfg.anatomy_threshold, cfg.anatomy_levels)
     return ds
+
+
+def select_classes(ds: ImageDataset, classes: list[str], where: str | None = None) -> ImageDataset:
+    """Only the rows of ``classes``, relabelled so that class index = position in ``classes``."""
+    from dataclasses import replace
+
+    import torch
+
+    classes = [str(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes):
+        raise DataError(f"class_subset must list distinct classes; got {classes}", path=where)
+    unknown = [c for c in classes if c not in ds.class_names]
+    if unknown:
+        raise DataError(
+            f"class_subset: unknown class(es) {', '.join(unknown)}; the classes present are "
+            f"{', '.join(ds.class_names)}",
+            path=where,
+        )
+    old = [ds.class_names.index(c) for c in classes]
+    keep = [i for i, lab in enumerate(ds.labels.tolist()) if lab in old]
+    if not keep:
+        raise DataError(f"class_subset {classes}: no rows of these classes", path=where)
+    sub = ds.subset(keep)
+    remap = {o: n for n, o in enumerate(old)}
+    labels = torch.tensor([remap[int(v)] for v in sub.labels.tolist()], dtype=torch.long)
+    meta = dict(sub.meta)
+    meta["class_subset"] = list(classes)
+    meta["classes_before_subset"] = list(ds.class_names)
+    return replace(sub, labels=labels, class_names=list(classes), meta=meta)

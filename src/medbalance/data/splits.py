@@ -10,12 +10,17 @@
   repair pass then makes sure every split holds every class. A group never lands on two
   sides.
 
+Identical images (content hash) are grouped like patients, so copies never straddle the split
+(``stratified_split(group_duplicates=True)``, used by every downstream split; near-duplicates by a perceptual
+hash on request).
+
 ``subsample_class`` keeps a seeded random fraction of one class (e.g. "minority subsampled
 to 10 %" experiments).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -159,17 +164,103 @@ def split_indices(
     return {name: np.flatnonzero(sample_side == s).astype(np.int64) for s, name in enumerate(SPLIT_NAMES)}
 
 
+def _content_key(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).view(np.uint8).tobytes()).hexdigest()
+
+
+def _average_hash(img: torch.Tensor, size: int = 8) -> bytes:
+    """Perceptual average hash: the image (channel mean, 2D middle slice of volumes) pooled to size x size,
+    each cell above the mean -> 1."""
+    x = img.float()
+    while x.dim() > 3:  # (C, D, H, W) -> middle slice
+        x = x[:, x.shape[1] // 2]
+    x = torch.nn.functional.adaptive_avg_pool2d(x.mean(0, keepdim=True)[None], size)[0, 0]
+    return np.packbits((x > x.mean()).numpy().ravel()).tobytes()
+
+
+def duplicate_groups(dataset: Any, near_duplicates: bool = False) -> dict[str, Any]:
+    """Groups (size >= 2) of samples with identical image content (sha256 of the loaded image) and, with
+    ``near_duplicates``, equal perceptual average hashes. Identical images with different labels -> DataError.
+
+    Returns ``{"exact": [[i, ...], ...], "near": [[i, ...], ...]}``.
+    """
+    images = dataset.images
+    labels = _as_numpy(dataset.labels)
+    ids = list(getattr(dataset, "ids", range(len(labels))))
+    by_key: dict[str, list[int]] = {}
+    for i in range(len(labels)):
+        by_key.setdefault(_content_key(images[i].detach().cpu().contiguous().numpy()), []).append(i)
+    exact = [g for g in by_key.values() if len(g) > 1]
+    names = list(getattr(dataset, "class_names", None) or [])
+    for g in exact:
+        if len({int(labels[i]) for i in g}) > 1:
+            lab = ", ".join(f"{ids[i]}={names[labels[i]] if names else labels[i]}" for i in g[:4])
+            raise DataError(
+                f"identical images with conflicting labels ({lab}); fix the labels or remove the copies",
+                path=(getattr(dataset, "meta", None) or {}).get("path"),
+            )
+    near: list[list[int]] = []
+    if near_duplicates:
+        by_hash: dict[bytes, list[int]] = {}
+        for i in range(len(labels)):
+            by_hash.setdefault(_average_hash(images[i].detach().cpu()), []).append(i)
+        near = [g for g in by_hash.values() if len(g) > 1]
+    return {"exact": exact, "near": near}
+
+
+def merge_groups(n: int, groups: Sequence[str] | None, ids: Sequence[str], extra: list[list[int]]) -> list[str]:
+    """Union of the given groups (patients; each sample alone when None) with ``extra`` index groups: every
+    connected set of samples gets one group id (its first member's), so a split keeps it on one side."""
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    if groups is not None:
+        first: dict[str, int] = {}
+        for i, g in enumerate(groups):
+            union(first.setdefault(str(g), i), i)
+    for g in extra:
+        for i in g[1:]:
+            union(g[0], i)
+    base = [str(g) for g in groups] if groups is not None else [str(x) for x in ids]
+    return [base[find(i)] for i in range(n)]
+
+
 def stratified_split(
-    dataset: Any, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+    dataset: Any, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+    group_duplicates: bool = False, near_duplicates: bool = False, stats: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Stratified (and, if ``dataset.groups`` is set, group-disjoint) train/val/test indices.
 
     Returns ``{"train": idx, "val": idx, "test": idx}`` (sorted int64 arrays, disjoint, covering
-    the dataset). Deterministic for a given ``seed``.
+    the dataset). Deterministic for a given ``seed``. With ``group_duplicates`` (``downstream`` and the
+benchmark's :func:`medbalance.evaluation.downstream.make_split` always set it) every group of
+    identical images (and, with ``near_duplicates``, of equal perceptual hashes) is kept on one side, like a
+    patient group; identical images with conflicting labels are bad input (:class:`DataError`). ``stats``
+    (a dict) receives ``groups`` / ``images`` / ``near_duplicate_groups``: how many were grouped.
     """
+    groups = getattr(dataset, "groups", None)
+    dup = {"exact": [], "near": []}
+    if group_duplicates and getattr(dataset, "images", None) is not None and len(dataset.labels):
+        dup = duplicate_groups(dataset, near_duplicates)
+        if dup["exact"] or dup["near"]:
+            ids = list(getattr(dataset, "ids", [str(i) for i in range(len(dataset.labels))]))
+            groups = merge_groups(len(ids), groups, ids, dup["exact"] + dup["near"])
+    if stats is not None:
+        stats.update(groups=len(dup["exact"]), images=sum(len(g) for g in dup["exact"]),
+                     near_duplicate_groups=len(dup["near"]))
     return split_indices(
         dataset.labels,
-        groups=getattr(dataset, "groups", None),
+        groups=groups,
         fractions=fractions,
         seed=seed,
         class_names=getattr(dataset, "class_names", None),
@@ -206,4 +297,4 @@ def subsample_class(
     return np.sort(np.concatenate([idx[y != class_index], chosen]))
 
 
-__all__ = ["SPLIT_NAMES", "allocate", "split_counts", "split_indices", "stratified_split", "subsample_class"]
+__all__ = ["SPLIT_NAMES", "allocate", "duplicate_groups", "merge_groups", "split_counts", "split_indices", "stratified_split", "subsample_class"]

@@ -18,6 +18,8 @@ min..max; float images always use the data range). :meth:`IntensityInfo.unscale`
 
 from __future__ import annotations
 
+import math
+
 from collections import Counter, defaultdict
 from typing import Any, Sequence
 
@@ -132,17 +134,34 @@ def shape_key(hw: tuple[int, int]) -> str:
 def choose_target_size(
     shapes: Sequence[tuple[int, int]], image_size: int | None, warnings: list[str]
 ) -> tuple[int, int]:
-    """``image_size`` as a square, else the common size; mixed sizes -> most common (with a warning)."""
+    """``image_size`` as a square, else the common size; mixed sizes -> chosen robustly (with a warning).
+
+    Robust: the most common size, ties broken by the area nearest the median area (then the smaller), so a
+    few outliers (one huge scan among small images) never set the size of the whole dataset. A size no other
+    image shares is never chosen above the median area."""
     if image_size is not None:
         return int(image_size), int(image_size)
     counts = Counter(shapes)
-    # most common; ties broken by the larger area, then lexicographically (deterministic)
-    target = max(counts, key=lambda s: (counts[s], s[0] * s[1], s))
+    areas = sorted(h * w for h, w in shapes)
+    median = float(areas[(len(areas) - 1) // 2])  # the lower median: an actual image's area
+
+    def closeness(s: tuple[int, int]) -> float:
+        return -abs(math.log(max(s[0] * s[1], 1)) - math.log(max(median, 1.0)))
+
+    target = max(counts, key=lambda s: (counts[s], closeness(s), -(s[0] * s[1]), s))
+    if counts[target] == 1 and target[0] * target[1] > median:
+        target = min((s for s in counts if s[0] * s[1] <= median), key=lambda s: -closeness(s), default=target)
     if len(counts) > 1:
         n_other = len(shapes) - counts[target]
+        big = max(counts, key=lambda s: s[0] * s[1])
+        top = max(counts.values())
+        how = (f"the most common size {shape_key(target)}" if counts[target] == top
+               and sum(1 for v in counts.values() if v == top) == 1 else
+               f"{shape_key(target)} (no single most common size: the size nearest the median area, never an "
+               f"outlier's)")
         warnings.append(
             f"images have {len(counts)} different sizes and no image_size was given: "
-            f"{n_other} image(s) resized to the most common size {shape_key(target)}"
+            f"{n_other} image(s) resized to {how}; largest image {shape_key(big)}; set data.image_size to choose"
         )
     return target
 

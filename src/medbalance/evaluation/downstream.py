@@ -34,10 +34,12 @@ from medbalance.config import BaseConfig
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
 from medbalance.evaluation.stats import min_attainable_p, paired_wilcoxon, summarize
+from medbalance.training.metrics import classification_metrics, segmentation_metrics
 from medbalance.utils.io import atomic_write_json
 from medbalance.utils.progress import make_progress
 
-BASE_ARMS = ("real", "oversample", "class-weight", "augment", "real+synthetic", "synthetic-only")
+PRETRAIN_ARM = "synthetic-pretrain+finetune"  # Shin et al.: train on synthetic only, then fine-tune on real
+BASE_ARMS = ("real", "oversample", "class-weight", "augment", "real+synthetic", "synthetic-only", PRETRAIN_ARM)
 
 
 class DownstreamConfig(BaseConfig):
@@ -51,7 +53,16 @@ class DownstreamConfig(BaseConfig):
     )
     strategy: Any = Field("auto", description="sampling strategy of the balanced synthetic arm")
     mask_source: str = "real"
+    mask_pool: Literal["auto", "same_class", "any"] = Field(
+        "auto", description="label maps for the generator: of the requested class, or of any class; auto = any for "
+        "Red-GAN conditioned on the class (as in the paper), else same_class"
+    )
+    target: Literal["label", "condition"] = Field(
+        "label", description="what the generator arms rebalance: the class, or the condition column (site)"
+    )
     allow_val_overlap: bool = Field(True, description="allow the generator to have seen validation ids (warned)")
+    near_duplicates: bool = Field(False, description="also keep near-duplicates (equal perceptual hash) on one side "
+                                  "of the split (identical images always are)")
     epochs: int = 15
     batch_size: int = 32
     lr: float = 1e-3
@@ -77,80 +88,6 @@ def check_arms(arms: list[str]) -> None:
         raise ConfigError("the arms must include 'real' (every other arm is compared with it)")
 
 
-# ---------------------------------------------------------------------------------------------- metrics
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    """Per-class recall (sensitivity), precision, F1, specificity; balanced accuracy, macro-F1, AUROC (OvR),
-    confusion matrix. scikit-learn throughout."""
-    from sklearn.metrics import (
-        balanced_accuracy_score,
-        confusion_matrix,
-        f1_score,
-        precision_recall_fscore_support,
-        roc_auc_score,
-    )
-
-    k = len(class_names)
-    y_pred = probs.argmax(1)
-    labels = list(range(k))
-    prec, rec, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
-    tn = cm.sum() - cm.sum(0) - cm.sum(1) + np.diag(cm)
-    fp = cm.sum(0) - np.diag(cm)
-    spec = np.where(tn + fp > 0, tn / np.maximum(tn + fp, 1), np.nan)
-    try:
-        if k == 2:
-            auroc = float(roc_auc_score(y_true, probs[:, 1]))
-        else:
-            auroc = float(roc_auc_score(y_true, probs, multi_class="ovr", labels=labels))
-    except ValueError:
-        auroc = float("nan")
-    return {
-        "per_class": {
-            c: {"recall": float(rec[i]), "precision": float(prec[i]), "f1": float(f1[i]),
-                "specificity": float(spec[i]), "support": int(support[i])}
-            for i, c in enumerate(class_names)
-        },
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "accuracy": float((y_pred == y_true).mean()),
-        "auroc": auroc,
-        "confusion_matrix": cm.tolist(),
-    }
-
-
-def _dice(pred: np.ndarray, true: np.ndarray) -> float:
-    """Dice of two boolean arrays; empty-empty counts as 1 (as in Red-GAN's evaluation)."""
-    s = pred.sum() + true.sum()
-    return 1.0 if s == 0 else float(2.0 * np.logical_and(pred, true).sum() / s)
-
-
-def segmentation_metrics(
-    pred: np.ndarray, true: np.ndarray, labels: np.ndarray, class_names: list[str], mask_values: list[int]
-) -> dict[str, Any]:
-    """Dice per label (mean over test images), per global class (mean foreground Dice of that class's images),
-    and BraTS whole tumour / tumour core / enhancing tumour when the label values are BraTS's."""
-    n = pred.shape[0]
-    per_label = {}
-    for li in range(1, len(mask_values)):
-        per_label[str(mask_values[li])] = float(np.mean([_dice(pred[i] == li, true[i] == li) for i in range(n)]))
-    fg = np.array([_dice(pred[i] > 0, true[i] > 0) for i in range(n)])
-    out: dict[str, Any] = {
-        "dice_per_label": per_label,
-        "dice_foreground": float(fg.mean()),
-        "dice_per_class": {c: float(fg[labels == k].mean()) if (labels == k).any() else float("nan")
-                           for k, c in enumerate(class_names)},
-        "per_case_dice_foreground": fg.tolist(),
-    }
-    if set(mask_values) <= {0, 1, 2, 3, 4} and 4 in mask_values and 2 in mask_values:
-        vals = np.asarray(mask_values)
-        pv, tv = vals[pred], vals[true]
-        wt = [_dice(pv[i] > 0, tv[i] > 0) for i in range(n)]
-        tc = [_dice(np.isin(pv[i], [1, 3, 4]), np.isin(tv[i], [1, 3, 4])) for i in range(n)]
-        et = [_dice(pv[i] == 4, tv[i] == 4) for i in range(n)]
-        out["brats"] = {"WT": float(np.mean(wt)), "TC": float(np.mean(tc)), "ET": float(np.mean(et))}
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- data per arm
 @dataclass
 class Split:
@@ -158,12 +95,15 @@ class Split:
     val: ImageDataset
     test: ImageDataset
     indices: dict[str, list[int]] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)  # identical-image groups kept on one side
 
 
 def make_split(data: ImageDataset, cfg: DownstreamConfig) -> Split:
     from medbalance.data.splits import stratified_split, subsample_class
 
-    parts = stratified_split(data, fractions=cfg.fractions, seed=cfg.split_seed)
+    dup_stats: dict[str, int] = {}
+    parts = stratified_split(data, fractions=cfg.fractions, seed=cfg.split_seed, group_duplicates=True,
+                             near_duplicates=cfg.near_duplicates, stats=dup_stats)
     train_idx = np.asarray(parts["train"])
     for cls, frac in cfg.subsample.items():
         if cls not in data.class_names:
@@ -172,7 +112,7 @@ def make_split(data: ImageDataset, cfg: DownstreamConfig) -> Split:
             raise ConfigError(f"--subsample {cls}={frac}: the fraction must be in (0, 1]")
         train_idx = subsample_class(train_idx, data.labels.numpy(), data.class_names.index(cls), frac, seed=cfg.split_seed)
     idx = {"train": train_idx.tolist(), "val": np.asarray(parts["val"]).tolist(), "test": np.asarray(parts["test"]).tolist()}
-    return Split(data.subset(idx["train"]), data.subset(idx["val"]), data.subset(idx["test"]), idx)
+    return Split(data.subset(idx["train"]), data.subset(idx["val"]), data.subset(idx["test"]), idx, dup_stats)
 
 
 def leakage_guard(run: Any, split: Split, allow_val_overlap: bool = True) -> list[str]:
@@ -197,6 +137,45 @@ def leakage_guard(run: Any, split: Split, allow_val_overlap: bool = True) -> lis
             raise DataError("leakage: " + msg)
         warns.append(msg)
     return warns
+
+
+def synthetic_leakage_guard(source: "SyntheticSource", split: Split, allow_val_overlap: bool = True) -> list[str]:
+    """:func:`leakage_guard` for a fixed synthetic set (``--synthetic MANIFEST``): its provenance (the generator's
+    training ids, ``provenance.json`` checked against the manifest's digest) must not contain a test id.
+    Without provenance: refused, unless ``source.allow_unverified`` (then a warning that the report shows)."""
+    prov = source.provenance
+    if prov is None:
+        msg = ("the synthetic set carries no training-ids provenance (provenance.json / train_ids_sha256), so "
+               "leakage into the test split cannot be ruled out")
+        if not source.allow_unverified:
+            raise DataError(msg + "; export it with medbalance rebalance/generate, or pass "
+                            "--allow-unverified-synthetic", path=source.path)
+        return ["UNVERIFIED synthetic set (--allow-unverified-synthetic): " + msg]
+
+    class _Seen:
+        train_ids = prov["train_ids"]
+        run_dir = source.path
+
+    return leakage_guard(_Seen(), split, allow_val_overlap)
+
+
+def align_synthetic_classes(syn: ImageDataset, class_names: list[str], path: Any = None) -> ImageDataset:
+    """Relabel a synthetic set to the real data's class list. A real class it lacks simply gets no synthetic
+    images; a class the real data does not have is refused (one line)."""
+    if list(syn.class_names) == list(class_names):
+        return syn
+    present = sorted(set(syn.labels.tolist()))
+    extra = [syn.class_names[i] for i in present if syn.class_names[i] not in class_names]
+    if extra:
+        raise DataError(f"the synthetic set has classes the real data lacks: {', '.join(extra)} "
+                        f"(real classes: {', '.join(class_names)})", path=path)
+    import torch
+
+    mapping = torch.tensor([class_names.index(c) if c in class_names else -1 for c in syn.class_names])
+    out = syn.subset(range(len(syn)))
+    out.labels = mapping[syn.labels]
+    out.class_names = list(class_names)
+    return out
 
 
 def oversample_dataset(train: ImageDataset, target: dict[str, int], seed: int) -> ImageDataset:
@@ -231,17 +210,27 @@ def balanced_targets(train: ImageDataset, strategy: Any) -> dict[str, int]:
 class SyntheticSource:
     """Where synthetic training images come from: a trained generator run, or a fixed synthetic dataset."""
 
-    run: Any = None
+    run: Any = None  # a loaded run, or {class: run} trained on that class only (per-class runs)
     dataset: ImageDataset | None = None
+    provenance: dict[str, Any] | None = None  # --synthetic: read_provenance(manifest) (the generator's training ids)
+    allow_unverified: bool = False  # --allow-unverified-synthetic
+    path: Any = None
+    missing: set[str] = field(default_factory=set)  # real classes the synthetic set has no images of
+    mask_pool: str = "auto"  # run_downstream sets these three from DownstreamConfig
+    target: str = "label"
+    strategy: Any = "auto"
 
     def make(self, train: ImageDataset, plan: dict[str, int] | None, ratio: float | None, seed: int,
              mask_source: str) -> ImageDataset:
         if self.run is not None:
             from medbalance.synthesis.oversampler import GenerativeOverSampler
 
-            kw: dict[str, Any] = {"mask_source": mask_source, "random_state": seed, "progress": False}
+            kw: dict[str, Any] = {"mask_source": mask_source, "random_state": seed, "progress": False,
+                                  "mask_pool": self.mask_pool, "target": self.target}
             if ratio is not None:
                 kw.update(ratio=ratio)
+            elif self.target == "condition":  # plan by site: the class plan does not apply
+                kw.update(sampling_strategy=self.strategy)
             else:
                 kw.update(sampling_strategy={c: train.class_counts()[c] + n for c, n in plan.items() if n > 0}
                           if plan else "auto")
@@ -255,7 +244,10 @@ class SyntheticSource:
         take = []
         labels = syn.labels.numpy()
         for c, n in want.items():
-            pool = np.nonzero(labels == syn.class_names.index(c))[0]
+            pool = np.nonzero(labels == syn.class_names.index(c))[0] if c in syn.class_names else np.zeros(0, int)
+            if len(pool) == 0 and n > 0:  # the set has no images of this class: it gets none
+                self.missing.add(c)
+                continue
             if n > len(pool):
                 raise DataError(f"the synthetic set has {len(pool)} images of class {c!r}, {n} needed")
             take.append(rng.choice(pool, size=n, replace=False))
@@ -307,11 +299,43 @@ def _strip_masks_if_needed(syn: ImageDataset, like: ImageDataset) -> ImageDatase
     return syn
 
 
+def _test_metrics(model: Any, test: ImageDataset, task: str, data: ImageDataset) -> dict[str, Any]:
+    """Metrics of one trained task model on the test set, overall and per site when the data has sites."""
+    from medbalance.training.task import predict_classifier, predict_segmentor
+
+    if task == "classification":
+        probs = np.asarray(predict_classifier(model, test)[0])
+        y = test.labels.numpy()
+        m = classification_metrics(y, probs, data.class_names)
+        m["per_case_correct"] = (probs.argmax(1) == y).astype(int).tolist()
+    else:
+        pred = np.asarray(predict_segmentor(model, test))
+        anatomy = data.meta.get("anatomy_values")
+        m = segmentation_metrics(pred, test.masks.numpy(), list(data.mask_values), anatomy,
+                                 test.labels.numpy(), data.class_names)
+    if test.conditions is not None and test.condition_names:
+        m["per_site"] = {}
+        cond = test.conditions.numpy()
+        for k, site in enumerate(test.condition_names):
+            sel = np.flatnonzero(cond == k)
+            if not len(sel):
+                continue
+            if task == "classification":
+                sm = classification_metrics(y[sel], probs[sel], data.class_names)
+                m["per_site"][site] = {"n": int(len(sel)), "balanced_accuracy": sm["balanced_accuracy"],
+                                       "macro_f1": sm["macro_f1"],
+                                       "recall": {c: v["recall"] for c, v in sm["per_class"].items()}}
+            else:
+                m["per_site"][site] = {"n": int(len(sel)),
+                                       "dice_foreground": float(np.mean(np.asarray(m["per_case_dice_foreground"])[sel]))}
+    return m
+
+
 def run_downstream(
     data: ImageDataset, cfg: DownstreamConfig, out_dir: str | Path, source: SyntheticSource | None = None
 ) -> dict[str, Any]:
     """Run every arm for every seed; write ``downstream.json`` into ``out_dir`` and return it."""
-    from medbalance.training.task import TaskConfig, predict_classifier, predict_segmentor, train_task_model
+    from medbalance.training.task import TaskConfig, train_task_model
 
     check_arms(cfg.arms)
     if cfg.task == "segmentation" and data.masks is None:
@@ -321,7 +345,12 @@ def run_downstream(
     split = make_split(data, cfg)
     warnings: list[str] = []
     if source is not None and source.run is not None:
-        warnings += leakage_guard(source.run, split, cfg.allow_val_overlap)
+        source.mask_pool, source.target, source.strategy = cfg.mask_pool, cfg.target, cfg.strategy
+        for r in (source.run.values() if isinstance(source.run, dict) else [source.run]):
+            warnings += leakage_guard(r, split, cfg.allow_val_overlap)
+    elif source is not None and source.dataset is not None:
+        warnings += synthetic_leakage_guard(source, split, cfg.allow_val_overlap)
+        source.dataset = align_synthetic_classes(source.dataset, list(data.class_names), source.path)
     for c, n in split.train.class_counts().items():
         if n < 10:
             warnings.append(f"class {c!r} has only {n} training images")
@@ -334,13 +363,17 @@ def run_downstream(
         for seed in cfg.seeds:
             for arm in cfg.arms:
                 bar.update(task, description=f"seed {seed} · {arm}")
-                train_set, opts = arm_training_set(arm, split, cfg, seed, source)
+                pretrain = arm == PRETRAIN_ARM
+                train_set, opts = arm_training_set("synthetic-only" if pretrain else arm, split, cfg, seed, source)
                 comp = {
                     "n": len(train_set),
                     "class_counts": train_set.class_counts(),
                     "synthetic": int(train_set.is_synthetic().sum()),
                     **opts,
                 }
+                if pretrain:  # pre-trained on the synthetic set, then fine-tuned on the real training set
+                    comp = {"pretrain": comp, "finetune": {"n": len(split.train),
+                                                           "class_counts": split.train.class_counts(), "synthetic": 0}}
                 compositions.setdefault(arm, comp)
                 tcfg = TaskConfig(**{
                     "task": cfg.task, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
@@ -349,19 +382,16 @@ def run_downstream(
                 })
                 t0 = time.perf_counter()
                 res = train_task_model(train_set, split.val, tcfg)
+                if pretrain:  # the same epochs budget on real data as every other arm
+                    res = train_task_model(split.train, split.val, tcfg, init_model=res.model)
                 train_s = time.perf_counter() - t0
-                if cfg.task == "classification":
-                    probs, _ = predict_classifier(res.model, split.test)
-                    probs = np.asarray(probs)
-                    m = classification_metrics(split.test.labels.numpy(), probs, data.class_names)
-                    m["per_case_correct"] = (probs.argmax(1) == split.test.labels.numpy()).astype(int).tolist()
-                else:
-                    pred = np.asarray(predict_segmentor(res.model, split.test))
-                    m = segmentation_metrics(pred, split.test.masks.numpy(), split.test.labels.numpy(),
-                                             data.class_names, list(data.mask_values))
+                m = _test_metrics(res.model, split.test, cfg.task, data)
                 m.update(seed=seed, arm=arm, best_epoch=int(res.best_epoch), train_seconds=round(train_s, 2))
                 results[arm].append(m)
                 bar.advance(task)
+    if source is not None and source.missing:
+        warnings.append(f"the synthetic set has no images of class(es) {', '.join(sorted(source.missing))}: "
+                        "those classes got no synthetic images")
     report = {
         "config": cfg.model_dump(mode="json"),
         "task": cfg.task,
@@ -373,6 +403,8 @@ def run_downstream(
         "results": results,
         "summary": summarize_arms(results, cfg.task, data.class_names, split.test.labels.numpy()),
         "warnings": warnings,
+        "synthetic_provenance": _provenance_summary(source),
+        "duplicates": split_duplicate_summary(split),
         "seconds": round(time.perf_counter() - t_start, 1),
         "notes": [
             "model selection on real validation data only; test on real test data only",
@@ -381,6 +413,27 @@ def run_downstream(
     }
     atomic_write_json(out_dir / "downstream.json", report)
     return report
+
+
+def _provenance_summary(source: SyntheticSource | None) -> dict[str, Any] | None:
+    if source is None:
+        return None
+    if isinstance(source.run, dict):  # per-class runs
+        return {"kind": "per-class runs", "verified": True,
+                "n_train_ids": len({i for r in source.run.values() for i in (getattr(r, "train_ids", []) or [])}),
+                "checkpoint_sha256": {c: getattr(r, "checkpoint_sha256", "") for c, r in source.run.items()}}
+    if source.run is not None:
+        return {"kind": "run", "verified": True, "n_train_ids": len(getattr(source.run, "train_ids", []) or []),
+                "checkpoint_sha256": getattr(source.run, "checkpoint_sha256", "")}
+    prov = source.provenance
+    return {"kind": "manifest", "path": None if source.path is None else str(source.path), "verified": prov is not None,
+            "train_ids_sha256": None if prov is None else prov["train_ids_sha256"],
+            "checkpoint_sha256": None if prov is None else prov.get("checkpoint_sha256"),
+            "allow_unverified": bool(source.allow_unverified)}
+
+
+def split_duplicate_summary(split: Split) -> dict[str, Any]:
+    return dict(getattr(split, "duplicates", None) or {"groups": 0, "images": 0, "near_duplicate_groups": 0})
 
 
 def _metric_table(task: str, class_names: list[str]) -> dict[str, Any]:
@@ -402,6 +455,16 @@ def _metric_table(task: str, class_names: list[str]) -> dict[str, Any]:
     return table
 
 
+def _site_value(r: dict[str, Any], site: str, key: str) -> float:
+    m = (r.get("per_site") or {}).get(site)
+    if m is None:
+        return float("nan")
+    if key.startswith("recall/"):
+        v = m["recall"].get(key.split("/", 1)[1])
+        return float("nan") if v is None else v
+    return m[key]
+
+
 def summarize_arms(
     results: dict[str, list[dict[str, Any]]], task: str, class_names: list[str], test_labels: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -409,6 +472,11 @@ def summarize_arms(
     (and, for classification recall and segmentation Dice, across test cases)."""
     table = _metric_table(task, class_names)
     base = results["real"]
+    for site in (base[0].get("per_site") or {}) if base else {}:  # per acquisition site, when the data has sites
+        keys = ["balanced_accuracy"] + [f"recall/{c}" for c in class_names] if task == "classification" \
+            else ["dice_foreground"]
+        for key in keys:
+            table[f"{key}@{site}"] = (lambda s_, k_: (lambda r: _site_value(r, s_, k_)))(site, key)
     out: dict[str, Any] = {}
     for arm, runs in results.items():
         arm_out: dict[str, Any] = {}

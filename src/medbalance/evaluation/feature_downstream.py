@@ -1,4 +1,4 @@
-"""Feature-level augmentation end to end (Mehra, Soliman & Sahoo, arXiv 2209.14097; seed-methods.md section 2).
+"""Feature-level augmentation end to end (Mehra, Soliman & Sahoo, arXiv 2209.14097).
 
 Pipeline (:func:`run_feature_augment`, CLI ``medbalance feature-augment``):
 
@@ -39,7 +39,8 @@ from torch import nn
 from medbalance.config import BaseConfig
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
-from medbalance.evaluation.downstream import DownstreamConfig, classification_metrics, make_split, summarize_arms
+from medbalance.evaluation.downstream import DownstreamConfig, make_split, summarize_arms
+from medbalance.training.metrics import classification_metrics
 from medbalance.utils.io import atomic_write_json
 from medbalance.utils.progress import make_progress
 from medbalance.utils.seed import seed_everything

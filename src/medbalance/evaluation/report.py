@@ -600,15 +600,26 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
                    f"{len(cfg.get('seeds', []))} seeds {cfg.get('seeds')}; {cfg.get('epochs')} epochs per model; "
                    "epoch selected on real validation data, tested on real test data only"))
         warnings += list(downstream.get("warnings") or [])
+        dups = downstream.get("duplicates")
+        if dups is not None:  # identical (and near-duplicate) images kept on one side of the split
+            kv.append(("duplicates grouped in the split", f"{dups.get('groups', 0)} groups of identical images "
+                       f"({dups.get('images', 0)} images), {dups.get('near_duplicate_groups', 0)} near-duplicate "
+                       "groups; each group kept on one side"))
+        prov = downstream.get("synthetic_provenance")
+        if prov is not None:
+            kv.append(("synthetic provenance", ("verified: the generator's training ids include no test id"
+                       if prov.get("verified") else "UNVERIFIED (--allow-unverified-synthetic)")))
     gen_cfg = run_cfg or (card or {})
     if gen_cfg:
         model = gen_cfg.get("model") or {}
         train_c = gen_cfg.get("train") or {}
         dm["generator"] = {"name": model.get("name"), "preset": model.get("preset"), "params": model.get("params"),
-                           "steps": train_c.get("steps"), "batch_size": train_c.get("batch_size")}
+                           "steps": train_c.get("steps"), "epochs": train_c.get("epochs"), "batch_size": train_c.get("batch_size")}
         params = ", ".join(f"{k}={v}" for k, v in (model.get("params") or {}).items()) or "preset defaults"
         kv.append(("generator", f"{model.get('name')} (preset {model.get('preset')}; {params})"))
-        kv.append(("generator training", f"{train_c.get('steps')} steps, batch {train_c.get('batch_size')}, seed {train_c.get('seed')}"))
+        length = (f"{train_c.get('steps')} steps" if train_c.get("steps") is not None
+                  else f"{train_c.get('epochs')} epochs")
+        kv.append(("generator training", f"{length}, batch {train_c.get('batch_size')}, seed {train_c.get('seed')}"))
     if run_dir is not None and (run_dir / "train_ids.json").is_file():
         ids = _read_json(run_dir / "train_ids.json")
         dm["generator_train_images"] = len(ids.get("train", []))

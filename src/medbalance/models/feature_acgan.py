@@ -1,11 +1,11 @@
-"""ACGAN on feature maps (Mehra, Soliman & Sahoo, arXiv 2209.14097; seed-methods.md section 2.6).
+"""ACGAN on feature maps (Mehra, Soliman & Sahoo, arXiv 2209.14097).
 
 A class-conditional convolutional GAN whose "images" are U-Net bottleneck features ``(C, h, w)`` (1024 x 15 x 15
 in the paper, ``channels[-1] x H/2**levels`` here). Standalone trainer (not a registered ``GANMethod``): it
 consumes feature tensors, not ``[-1, 1]`` images, and its inputs are standardised per channel.
 
 Networks (3 hidden layers each, LeakyReLU, as in the paper; exact shapes are not published, this is the
-reconstruction of seed-methods.md 2.6 generalised to any ``h x w``):
+our reconstruction from the paper's description (3 hidden layers, LeakyReLU, conv) generalised to any ``h x w``):
 
 * G: ``z`` (class one-hot written into the first ``num_classes`` entries of the noise, as in the authors'
   code) -> Linear -> ``ngf x ceil(h/4) x ceil(w/4)`` + BN + LReLU -> upsample to ``ceil(h/2)`` + Conv3x3 +

@@ -9,7 +9,7 @@ lambda * L1 (lambda = 100); Adam 2e-4, beta1 = 0.5 for both networks.
 2D (images (B,C,H,W), masks (B,H,W)) and 3D (volumes (B,C,D,H,W), masks (B,D,H,W)) share the
 code; each down block has its own per-axis stride (1 or 2), so thin slabs can be downsampled
 in-plane only, e.g. ``(1, 2, 2)``. See docs/models/pix2pix.md for what follows the paper
-(seed-methods.md section 4) and what is ours.
+(Shin et al. 2018, arXiv 1807.10225, and the pix2pix 3D code of its authors) and what is ours.
 """
 
 from __future__ import annotations
@@ -436,6 +436,11 @@ MODELS.add(
         description="pix2pix label map -> image (U-Net G with dropout noise, PatchGAN D, BCE + 100 L1); 2D or 3D",
         paper="Shin et al. 2018 (arXiv 1807.10225), pix2pix: Isola et al. 2017",
         batch_sizes={"paper": 1},  # Isola et al. and the DLI code Shin et al. used: batch 1
+        # the pix2pix 3D code of Shin et al.'s fork: 200 epochs, random left-right flip of input and target together.
+        # Volumes (data.nifti.mode: volume): this preset with params spatial_dims: 3, num_downs: null (the 8 fixed
+        # blocks need 256 voxels on every axis; null = stride 2 on every axis that can still be halved)
+        train_lengths={"paper": {"epochs": 200}},
+        flips={"paper": True},
     ),
     help="pix2pix label map -> image synthesiser (Shin et al. 2018), 2D/3D",
 )

@@ -1,12 +1,12 @@
 """Red-GAN (Qasim et al., MIDL 2020): SPADE + global class + a frozen segmentor as third player.
 
-Additions to :class:`~medbalance.models.spade.SPADE` (seed-methods.md section 1):
+Additions to :class:`~medbalance.models.spade.SPADE` (Qasim et al., MIDL 2020; reference code IvanEz/Red-GAN):
 
-(a) global conditioning (spec 1.4 steps 2-3): ``Embedding(num_classes, embed_dim) -> Linear ->
+(a) global conditioning (reference ``generator.py``): ``Embedding(num_classes, embed_dim) -> Linear ->
     (class_map_channels, h/2**num_up, w/2**num_up)`` concatenated to the head input. The class
     is the batch ``label`` (lesion type) or, with ``global_condition="condition"``, the
     ``condition`` column (acquisition site / institution, as in the paper's BraTS setting);
-(b) the passive player (spec 1.6): D judges ``concat(mask one-hot, image, S(image))`` where S is a
+(b) the passive player (reference ``pix2pix_model.py``): D judges ``concat(mask one-hot, image, S(image))`` where S is a
     frozen pretrained segmentor returning logits (B,K,H,W). S is never trained (no optimizer,
     ``requires_grad=False``, always in eval mode so its BatchNorm statistics never move), but G's
     loss is back-propagated *through* S.
@@ -269,6 +269,10 @@ MODELS.add(
         description="Red-GAN: SPADE + global class (lesion type or site) + frozen pretrained segmentor as third player",
         paper="Qasim et al., Red-GAN: Attacking class imbalance via conditioned generation, MIDL 2020",
         batch_sizes={"paper": 8, "cpu": 8},  # reference README --batchSize 8 (see spade.py)
+        # reference train_options niter=50 (the ISIC README example uses --niter 100), constant lr; horizontal flip
+        # unless --no_flip
+        train_lengths={"paper": {"epochs": 50}},
+        flips={"paper": True},
     ),
     help="Red-GAN (SPADE + class + frozen segmentor); needs model.params.segmentor",
 )

@@ -28,9 +28,17 @@ class ModelSpec:
     batch_sizes: dict[str, int] = field(default_factory=dict)
     # preset -> data order ('uniform' | 'class_balanced') used when the run config leaves ``train.sampling`` unset
     samplings: dict[str, str] = field(default_factory=dict)
+    # preset -> EMA decay of G used when the run config leaves ``train.ema_decay`` unset (none: no EMA)
+    ema_decays: dict[str, float] = field(default_factory=dict)
+    # preset -> training length, {"epochs": n} or {"steps": n}, used when the run config sets neither
+    # ``train.steps`` nor ``train.epochs`` (none: DEFAULT_STEPS steps)
+    train_lengths: dict[str, dict[str, int]] = field(default_factory=dict)
+    # preset -> random horizontal flip of image and label map (``train.flip``) when the run config leaves it unset
+    flips: dict[str, bool] = field(default_factory=dict)
 
 
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_STEPS = 2000
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -45,7 +53,7 @@ def ensure_registered() -> None:
         return
     import importlib
 
-    for mod in ("dcgan", "acgan", "lapgan", "pix2pix", "spade", "redgan"):
+    for mod in ("dcgan", "acgan", "lapgan", "pix2pix", "spade", "redgan", "diffusion"):
         try:
             importlib.import_module(f"medbalance.models.{mod}")
         except ModuleNotFoundError as e:
@@ -80,6 +88,31 @@ def preset_batch_size(name: str, preset: str) -> int:
 def preset_sampling(name: str, preset: str) -> str:
     """The data order a model's preset is tuned for ('uniform' when the spec names none)."""
     return _preset_value(name, preset, "samplings", "uniform")
+
+
+def preset_ema_decay(name: str, preset: str) -> float | None:
+    """The EMA decay a model's preset is tuned for (None = no EMA when the spec names none)."""
+    return _preset_value(name, preset, "ema_decays", None)
+
+
+def preset_train_length(name: str, preset: str) -> dict[str, int]:
+    """The training length a model's preset names: ``{"epochs": n}`` or ``{"steps": n}``
+    (``{"steps": DEFAULT_STEPS}`` when the spec names none)."""
+    length = dict(_preset_value(name, preset, "train_lengths", {"steps": DEFAULT_STEPS}))
+    if len(length) != 1 or next(iter(length)) not in ("steps", "epochs"):
+        raise ConfigError(f"model {name!r} preset {preset!r}: train_lengths must be {{'steps': n}} or {{'epochs': n}}")
+    return length
+
+
+def describe_train_length(name: str, preset: str) -> str:
+    """``"200 epochs"`` / ``"2000 steps"``: the preset's training length in words (``--list-models``)."""
+    ((unit, n),) = preset_train_length(name, preset).items()
+    return f"{n} {unit}"
+
+
+def preset_flip(name: str, preset: str) -> bool:
+    """Whether a model's preset trains with random horizontal flips (False when the spec names none)."""
+    return bool(_preset_value(name, preset, "flips", False))
 
 
 def build_method(name: str, preset: str, params: dict[str, Any], info: DataInfo) -> GANMethod:

@@ -1,10 +1,10 @@
 """SPADE (Park et al., CVPR 2019) as used by Red-GAN: mask-conditioned image synthesis.
 
-This is the *two-player* baseline of Red-GAN (seed-methods.md section 1; "vanilla SPADE" =
+This is the *two-player* baseline of Red-GAN (Qasim et al., MIDL 2020, reference code IvanEz/Red-GAN; "vanilla SPADE" =
 the reference code run with ``--segmentator None``). :mod:`medbalance.models.redgan` adds the
 global class and the frozen segmentor on top of the classes defined here.
 
-Generator (spec 1.4): the label map (one-hot, ``info.num_mask_labels`` channels) is resized
+Generator (reference ``generator.py``): the label map (one-hot, ``info.num_mask_labels`` channels) is resized
 (nearest) to the latent grid ``H/2**num_up x W/2**num_up`` and convolved to the top width, then
 SPADE residual blocks, each modulated by the label map, upsample it (nearest, x2) to full
 size; LeakyReLU(0.2) -> conv3x3 -> tanh. No noise by default (G is deterministic given the
@@ -13,17 +13,17 @@ SPADE normalisation: parameter-free BatchNorm (``affine=False``) then
 ``x_hat * (1 + gamma(mask)) + beta(mask)`` with gamma, beta from a 2-layer conv net on the mask.
 All residual-block convs carry spectral norm.
 
-Discriminator (spec 1.5): ``num_d`` spectral-norm PatchGANs (``n_layers_d``, ndf, k4, p2, stride
+Discriminator (reference ``discriminator.py``): ``num_d`` spectral-norm PatchGANs (``n_layers_d``, ndf, k4, p2, stride
 2 throughout as in the Red-GAN fork, InstanceNorm without affine), scale i+1 sees the input
 average-pooled by 2; input = concat(one-hot mask, image); every layer's features are returned
 for the feature-matching loss.
 
-Objective (spec 1.7): hinge GAN loss averaged over scales + lambda_fm * feature matching (sum over
+Objective (reference ``loss.py``): hinge GAN loss averaged over scales + lambda_fm * feature matching (sum over
 scales and intermediate layers of L1 / num_d), Adam with TTUR (G 1e-4, D 4e-4, betas (0, 0.9)),
 one G step then one D step per iteration; fake and real go through D in one batch.
 
 Building blocks are our own (MONAI's ``SPADE``/``SPADENetResBlock``/``MultiScalePatchDiscriminator``
-differ from the spec: LeakyReLU in the SPADE MLP, no spectral norm, multi-scale by depth instead
+differ from the reference code: LeakyReLU in the SPADE MLP, no spectral norm, multi-scale by depth instead
 of by input pooling, stride 1 in the last hidden layer); see docs/models/spade_redgan.md.
 """
 
@@ -128,10 +128,10 @@ class SPADEResBlock(nn.Module):
 
 
 class SPADEGenerator(nn.Module):
-    """SPADE generator (spec 1.4), optionally with Red-GAN's global class branch.
+    """SPADE generator (Park et al. 2019, as in the Red-GAN code), optionally with Red-GAN's global class branch.
 
     ``num_classes > 0`` adds ``Embedding(num_classes, embed_dim) -> Linear -> (class_map_channels,
-    sh, sw)`` concatenated to the head input (Red-GAN, spec 1.4 steps 2-3).
+    sh, sw)`` concatenated to the head input (Red-GAN code, ``generator.py``).
     """
 
     def __init__(
@@ -198,7 +198,7 @@ class SPADEGenerator(nn.Module):
 
 
 class NLayerDiscriminator(nn.Module):
-    """PatchGAN (spec 1.5): Conv(in,ndf,s2)+LReLU, then (n_layers-1) x [SN-Conv s2 + InstanceNorm + LReLU],
+    """PatchGAN (reference ``discriminator.py``): Conv(in,ndf,s2)+LReLU, then (n_layers-1) x [SN-Conv s2 + InstanceNorm + LReLU],
     then Conv(.,1,s1); k=4, padding 2. Returns every layer's output (last = patch logits)."""
 
     def __init__(self, in_nc: int, ndf: int = 64, n_layers: int = 3, gain: float = 0.02):
@@ -501,6 +501,10 @@ MODELS.add(
         paper="Park et al., CVPR 2019; as configured in Red-GAN (Qasim et al., MIDL 2020) reference code",
         # Red-GAN README (ISIC) uses --batchSize 8; on CPU, 8 reached recognisable MRI in 5 min where 32 did not
         batch_sizes={"paper": 8, "cpu": 8},
+        # Red-GAN reference train_options: niter=50 epochs, niter_decay=0 (constant lr); random horizontal flip unless
+        # --no_flip (base_dataset.py)
+        train_lengths={"paper": {"epochs": 50}},
+        flips={"paper": True},
     ),
     help="SPADE mask-to-image GAN (Red-GAN's baseline)",
 )

@@ -3,7 +3,7 @@
 * :class:`SegmentationUNet` wraps MONAI's ``UNet`` / ``BasicUNet``. ``mode="softmax"``: mutually
   exclusive labels, one output channel per mask index (background included), loss CE + Dice.
   ``mode="sigmoid"``: one independent channel per foreground mask index (Red-GAN's BraTS
-  segmentor, seed-methods.md section 1.8), loss BCE + (1 - soft Jaccard).
+  segmentor, reference code IvanEz/Red-GAN ``unet/``), loss BCE + (1 - soft Jaccard).
 * :class:`Classifier`: a small CNN for CPU, or MONAI DenseNet121 / ResNet18/34 on request.
   ``features(x)`` is the penultimate layer (B, d), reused as a domain feature extractor.
 * :func:`save_task_model` / :func:`load_task_model`: ``model.safetensors`` + ``model.json``

@@ -1,6 +1,6 @@
 """Bottleneck features of a segmentation U-Net, and a memory-mapped store for them.
 
-Feature-level augmentation (Mehra, Soliman & Sahoo, arXiv 2209.14097; seed-methods.md section 2) does not
+Feature-level augmentation (Mehra, Soliman & Sahoo, arXiv 2209.14097) does not
 generate images but the learned features of a segmentation network. This module extracts the *bottleneck*
 (deepest encoder output) of a :class:`~medbalance.models.tasknets.SegmentationUNet`:
 

@@ -5,6 +5,8 @@
 >>> balanced = sampler.fit_resample(train_set)          # real + synthetic ImageDataset
 >>> sampler.sampling_strategy_                          # new samples per class, imbalanced-learn semantics
 >>> sampler.report_                                     # generated / rejected by filter / kept, per class
+>>> GenerativeOverSampler({"melanoma": load_run("runs/mel"), "nevus": load_run("runs/nev")})  # one run per class
+>>> GenerativeOverSampler(load_run("runs/redgan_site"), target="condition")                 # rebalance sites
 
 ``MixedDataset`` is a ``torch.utils.data.Dataset`` view that mixes real samples with synthetic ones that are
 generated on the fly (deterministically per index), for training loops that should not materialise them.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +29,60 @@ from medbalance.synthesis.filters import FilterContext, SampleFilter
 from medbalance.synthesis.masks import EDIT_OPS, MaskSampler
 from medbalance.synthesis.strategy import Strategy, plan_ratio, plan_sampling, plan_single_class
 from medbalance.utils.progress import make_progress
+
+
+TARGETS = ("label", "condition")
+
+
+def conditions_on_class(method: Any) -> bool:
+    """Whether a generator takes the class label as an input (``needs`` has ``label`` and the model was not
+    built unconditional: ``conditional=False`` on DCGAN/LAPGAN, ``class_conditional=False`` on diffusion)."""
+    if "label" not in tuple(getattr(method, "needs", ())):
+        return False
+    if getattr(method, "conditional", True) is False:
+        return False
+    params = getattr(method, "params", None)
+    return getattr(params, "class_conditional", True) is not False
+
+
+MASK_POOLS = ("auto", "same_class", "any")
+
+
+def resolve_mask_pool(method: Any, pool: str) -> str:
+    """``auto``: ``any`` for Red-GAN conditioned on the class (the paper renders every training mask under every
+    class, Abhishek et al.'s ``gan/test.py`` with a fixed ``--condition_class``), else ``same_class``."""
+    if pool not in MASK_POOLS:
+        raise ConfigError(f"unknown mask pool {pool!r}; allowed: {', '.join(MASK_POOLS)}")
+    if pool != "auto":
+        return pool
+    return "any" if getattr(method, "name", "") == "redgan" and conditions_on_class(method) else "same_class"
+
+
+def check_per_class_run(cls_name: str, run: Any) -> None:
+    """A run used for class ``cls_name`` alone (MelanoGANs' recipe) must have been trained on that class only."""
+    names = list(getattr(run.info, "class_names", []))
+    where = getattr(run, "run_dir", "the run")
+    if names != [cls_name]:
+        raise ConfigError(
+            f"run {where} was trained on class(es) {names}, not on {cls_name!r} only: a per-class run must be "
+            f"trained with data.class_subset: [{cls_name}]"
+        )
+
+
+def check_can_label(method: Any, *, mask_pool: str = "same_class", mask_source: str = "real") -> None:
+    """Refuse (one line) a generator that cannot produce a requested class: it must take the class as input,
+    or be mask-conditioned with masks of that class (the class is carried by the lesion in the label map)."""
+    needs = tuple(getattr(method, "needs", ()))
+    if conditions_on_class(method):
+        return
+    if "mask" in needs and mask_pool == "same_class" and mask_source != "folder":
+        return
+    name = getattr(method, "name", "?")
+    raise ConfigError(
+        f"model {name!r} is not class-conditional, so it cannot write a class label on its images "
+        "(train a class-conditional model such as acgan, redgan or conditional dcgan/lapgan, pass one "
+        "unconditional run per class (--run CLASS=RUN), or use a mask-conditioned model with mask_pool='same_class')"
+    )
 
 
 def _batch_seed(random_state: int, cls: int, counter: int) -> int:
@@ -81,12 +137,17 @@ class GenerativeOverSampler:
     ----------
     generator: a loaded run (:func:`medbalance.training.run.load_run`) or anything with ``method``
         (a :class:`~medbalance.models.base.GANMethod`), ``G`` (the network to sample with, e.g. the EMA copy)
-        and ``info``.
+        and ``info``; or a dict ``{class_name: run}`` of runs each trained on that one class only
+        (``data.class_subset``, MelanoGANs' one-unconditional-generator-per-class recipe).
+    target: ``label`` plans and labels by class; ``condition`` plans by the condition column (e.g. the
+        acquisition site, Red-GAN's global class): the model must condition on it, the planned sites are fed to
+        the generator and each image's class label is that of its label map's source image.
     sampling_strategy: imbalanced-learn semantics (see :mod:`medbalance.synthesis.strategy`); ignored when
         ``ratio`` or ``inject`` is given.
     ratio, ratio_mode: synthetic = ratio x real, ``per_class`` or ``overall``.
     inject: ``(class_name, n)``: add n samples of one class only.
-    mask_source, mask_pool, edit_ops, mask_folder, anatomy_values: see :class:`MaskSampler`.
+    mask_source, mask_pool, edit_ops, mask_folder, anatomy_values: see :class:`MaskSampler`; ``mask_pool='auto'``
+        (default) is ``any`` for Red-GAN conditioned on the class (as in the paper), else ``same_class``.
     filters: acceptance filters applied in order; a sample rejected by one is counted under its name.
     max_rounds: generation rounds per class to replace rejected samples before giving up (the shortfall is
         reported, never hidden).
@@ -101,7 +162,7 @@ class GenerativeOverSampler:
         ratio_mode: str = "per_class",
         inject: tuple[str, int] | None = None,
         mask_source: str = "real",
-        mask_pool: str = "same_class",
+        mask_pool: str = "auto",
         edit_ops: Sequence[str] = EDIT_OPS,
         mask_folder: str | None = None,
         anatomy_values: Sequence[int] | None = None,
@@ -110,8 +171,10 @@ class GenerativeOverSampler:
         batch_size: int = 64,
         random_state: int = 0,
         progress: bool = True,
+        target: str = "label",
     ):
         self.generator = generator
+        self.target = target
         self.sampling_strategy = sampling_strategy
         self.ratio = ratio
         self.ratio_mode = ratio_mode
@@ -129,32 +192,78 @@ class GenerativeOverSampler:
 
     # ------------------------------------------------------------------ planning
     @property
-    def method(self):
-        return self.generator.method
+    def per_class(self) -> bool:
+        return isinstance(self.generator, Mapping)
 
-    def _needs(self) -> tuple[str, ...]:
-        return tuple(getattr(self.method, "needs", ()))
+    def _run_for(self, cls_name: str | None = None) -> Any:
+        if not self.per_class:
+            return self.generator
+        if cls_name is None:
+            return next(iter(self.generator.values()))
+        if cls_name not in self.generator:
+            raise ConfigError(
+                f"no run for class {cls_name!r}: per-class runs were given for {', '.join(self.generator)} "
+                "(pass --run CLASS=RUN for every class the plan generates)"
+            )
+        return self.generator[cls_name]
+
+    @property
+    def method(self):
+        return self._run_for().method
+
+    def _needs(self, cls_name: str | None = None) -> tuple[str, ...]:
+        return tuple(getattr(self._run_for(cls_name).method, "needs", ()))
+
+    @property
+    def pool_(self) -> str:
+        """The mask pool in effect (``auto`` resolved for the generator)."""
+        return resolve_mask_pool(self.method, self.mask_pool)
 
     def _check(self, dataset: ImageDataset) -> None:
-        info = self.generator.info
-        if list(dataset.class_names) != list(info.class_names):
-            raise DataError(
-                f"the dataset's classes {dataset.class_names} differ from the generator's {info.class_names}"
-            )
-        needs = self._needs()
-        # A mask-conditioned model without a class input (SPADE, pix2pix) can still render class k when its
-        # label maps come from class k (the class is carried by the lesion in the mask).
-        if "label" not in needs and not ("mask" in needs and self.mask_pool == "same_class" and self.mask_source != "folder"):
-            raise ConfigError(
-                f"model {self.method.name!r} is not class-conditional, so it cannot rebalance classes "
-                "(train a class-conditional model such as acgan, redgan or conditional dcgan; mask-conditioned "
-                "models need mask_pool='same_class')"
-            )
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown target {self.target!r}; allowed: {', '.join(TARGETS)}")
+        if self.per_class:
+            if self.target != "label":
+                raise ConfigError("per-class runs rebalance classes: use target='label'")
+            unknown = [c for c in self.generator if c not in dataset.class_names]
+            if unknown:
+                raise ConfigError(f"--run for unknown class(es) {unknown}; the data's classes are {dataset.class_names}")
+            for c, run in self.generator.items():
+                check_per_class_run(c, run)
+                shape = (run.info.channels, *run.info.spatial_shape)
+                if tuple(shape) != (dataset.channels, *dataset.spatial_shape):
+                    raise DataError(f"the run for class {c!r} makes images of shape {tuple(shape)}, the data has "
+                                    f"{(dataset.channels, *dataset.spatial_shape)}")
+        else:
+            info = self.generator.info
+            if list(dataset.class_names) != list(info.class_names):
+                raise DataError(
+                    f"the dataset's classes {dataset.class_names} differ from the generator's {info.class_names}"
+                )
+            if self.target == "condition":
+                needs = self._needs()
+                if "condition" not in needs:
+                    raise ConfigError(
+                        f"model {self.method.name!r} does not condition on the condition column, so it cannot "
+                        "rebalance it (train Red-GAN with global_condition: condition)"
+                    )
+                if "mask" not in needs or self.mask_source == "folder":
+                    raise ConfigError(
+                        "target='condition' takes each image's class from its label map's source image: it needs a "
+                        "mask-conditioned model and a mask source other than 'folder'"
+                    )
+                if dataset.conditions is None:
+                    raise DataError("target='condition' but the dataset has no condition column (data.condition_column)")
+            else:
+                check_can_label(self.method, mask_pool=self.pool_, mask_source=self.mask_source)
         if "mask" in self._needs() and self.mask_source != "folder" and dataset.masks is None:
             raise DataError(f"model {self.method.name!r} needs label maps but the dataset has no masks")
 
     def plan(self, dataset: ImageDataset) -> "OrderedDict[str, int]":
-        names = [dataset.class_names[i] for i in dataset.labels.tolist()]
+        if self.target == "condition":
+            names = [_cond_name(dataset, i) for i in dataset.conditions.tolist()]
+        else:
+            names = [dataset.class_names[i] for i in dataset.labels.tolist()]
         if self.inject is not None:
             cls, n = self.inject
             return plan_single_class(names, cls, n)
@@ -170,20 +279,20 @@ class GenerativeOverSampler:
 
     # ------------------------------------------------------------------ generation
     def _mask_sampler(self, dataset: ImageDataset) -> MaskSampler | None:
-        if "mask" not in self._needs():
+        if not any("mask" in self._needs(c) for c in (self.generator if self.per_class else [None])):
             return None
         return MaskSampler(
             dataset,
             source=self.mask_source,
             anatomy_values=self.anatomy_values,
-            pool=self.mask_pool,
+            pool=self.pool_,
             edit_ops=self.edit_ops,
             folder=self.mask_folder,
         )
 
-    def _device(self) -> torch.device:
+    def _device(self, run: Any = None) -> torch.device:
         try:
-            return next(self.generator.G.parameters()).device
+            return next((run if run is not None else self._run_for()).G.parameters()).device
         except (StopIteration, AttributeError):
             return torch.device("cpu")
 
@@ -192,15 +301,18 @@ class GenerativeOverSampler:
         """Generate the planned samples (after :meth:`fit`). Sets ``synthetic_``, ``provenance_``, ``report_``."""
         ds = self.dataset_
         sampler = self._mask_sampler(ds)
-        device = self._device()
-        needs = self._needs()
+        by_site = self.target == "condition"
         images, labels, masks, conds, prov = [], [], [], [], []
         report = SynthesisReport()
         total = sum(self.sampling_strategy_.values())
         with make_progress(enabled=self.progress) as bar:
             task = bar.add_task("generating", total=total)
             for cls_name, n in self.sampling_strategy_.items():
-                c = ds.class_names.index(cls_name)
+                run = self._run_for(None if by_site else cls_name)
+                needs = self._needs(None if by_site else cls_name)
+                device = self._device(run)
+                # per-class run: trained on this one class, so its own label index is 0
+                c = ds.condition_names.index(cls_name) if by_site else ds.class_names.index(cls_name)
                 rec = {"requested": int(n), "generated": 0, "rejected": {f.name: 0 for f in self.filters}, "kept": 0}
                 kept = 0
                 counter = 0
@@ -210,17 +322,24 @@ class GenerativeOverSampler:
                     seed = _batch_seed(self.random_state, c, counter)
                     counter += 1
                     rng = np.random.default_rng(seed)
-                    lab = torch.full((b,), c, dtype=torch.long)
-                    drawn = sampler.draw(b, c if self.mask_pool == "same_class" else None, rng) if sampler else None
+                    if by_site:  # masks from every image; the class comes with the mask's source image
+                        drawn = sampler.draw(b, None, rng)
+                        lab = torch.as_tensor([int(ds.labels[self._id_index(ds)[d.parent_id]]) for d in drawn])
+                        cond = torch.full((b,), c, dtype=torch.long)
+                    else:
+                        lab = torch.full((b,), c, dtype=torch.long)
+                        pool_cls = c if self.pool_ == "same_class" else None
+                        drawn = sampler.draw(b, pool_cls, rng) if (sampler and "mask" in needs) else None
+                        cond = self._conditions(ds, drawn, b, rng) if "condition" in needs else None
                     m = torch.as_tensor(np.stack([d.mask for d in drawn])) if drawn else None
-                    cond = self._conditions(ds, drawn, b, rng) if "condition" in needs else None
                     g = torch.Generator().manual_seed(seed)
-                    x = self.method.generate(
-                        lab.to(device),
+                    g_lab = torch.zeros_like(lab) if self.per_class else lab
+                    x = run.method.generate(
+                        g_lab.to(device),
                         masks=None if m is None else m.to(device),
                         conditions=None if cond is None else cond.to(device),
                         generator=g,
-                        G=getattr(self.generator, "G", None),
+                        G=getattr(run, "G", None),
                     ).float().cpu()
                     rec["generated"] += b
                     keep = torch.ones(b, dtype=torch.bool)
@@ -237,7 +356,7 @@ class GenerativeOverSampler:
                     rounds_without_progress = 0 if idx else rounds_without_progress + 1
                     for i in idx:
                         images.append(x[i])
-                        labels.append(c)
+                        labels.append(int(lab[i]))
                         if m is not None:
                             masks.append(m[i])
                         if cond is not None:
@@ -245,7 +364,8 @@ class GenerativeOverSampler:
                         d = drawn[i] if drawn else None
                         prov.append(
                             {
-                                "class": cls_name,
+                                "class": ds.class_names[int(lab[i])],
+                                "run": str(getattr(run, "run_dir", "")) if self.per_class else "",
                                 "seed": seed,
                                 "batch_position": i,
                                 "condition": None if cond is None else _cond_name(ds, int(cond[i])),
@@ -278,7 +398,7 @@ class GenerativeOverSampler:
             condition_names=ds.condition_names if conds else None,
             groups=list(ids),
             intensity=ds.intensity,
-            meta={"source": "synthetic", "generator": getattr(self.method, "name", "?")},
+            meta={"source": "synthetic", "generator": getattr(self.method, "name", "?"), "target": self.target},
             synthetic=torch.ones(n, dtype=torch.bool),
         )
         return self.synthetic_
@@ -310,13 +430,18 @@ class OnTheFlySynthetic(Dataset):
     """Synthetic samples generated when indexed (deterministic per index), for a planned class distribution."""
 
     def __init__(self, generator: Any, dataset: ImageDataset, plan: dict[Hashable, int], mask_source: str = "real",
-                 random_state: int = 0):
+                 random_state: int = 0, mask_pool: str = "auto"):
+        if isinstance(generator, Mapping):
+            raise ConfigError("OnTheFlySynthetic takes one class-conditional run; use GenerativeOverSampler for per-class runs")
+        mask_pool = resolve_mask_pool(generator.method, mask_pool)
+        check_can_label(generator.method, mask_pool=mask_pool, mask_source=mask_source)
         self.generator = generator
         self.dataset = dataset
         self.random_state = random_state
+        self.mask_pool = mask_pool
         self.classes = [dataset.class_names.index(c) for c, n in plan.items() for _ in range(int(n))]
         needs = tuple(getattr(generator.method, "needs", ()))
-        self.sampler = MaskSampler(dataset, source=mask_source) if "mask" in needs else None
+        self.sampler = MaskSampler(dataset, source=mask_source, pool=mask_pool) if "mask" in needs else None
         self.needs = needs
 
     def __len__(self) -> int:
@@ -330,7 +455,7 @@ class OnTheFlySynthetic(Dataset):
         lab = torch.tensor([c])
         mask = None
         if self.sampler is not None:
-            mask = torch.as_tensor(self.sampler.draw(1, c, rng)[0].mask)[None]
+            mask = torch.as_tensor(self.sampler.draw(1, c if self.mask_pool == "same_class" else None, rng)[0].mask)[None]
         cond = None
         if "condition" in self.needs and self.dataset.conditions is not None:
             cond = torch.as_tensor(rng.integers(0, self.dataset.num_conditions, size=1), dtype=torch.long)

@@ -256,8 +256,12 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | Path = "latest") -> Path
     return folder
 
 
-def read_checkpoint_state(folder: Path, verify: bool = False) -> dict[str, Any]:
-    """Read ``state.json`` and check every listed file exists (and, with ``verify``, its sha256)."""
+def read_checkpoint_state(folder: Path, verify: bool = True) -> dict[str, Any]:
+    """Read ``state.json`` and check every listed file exists and (``verify``, the default on every load:
+    ``load_run`` -> generate / rebalance / downstream, and ``--resume``) has the sha256 recorded at save time.
+
+    A tampered or bit-rotted file -> :class:`CheckpointError` naming it. Cost: one read of each file (sha256
+    runs at about 1-2 GB/s, so milliseconds for checkpoints of a few MB; see docs/guarantees.md)."""
     state_path = folder / "state.json"
     if not state_path.is_file():
         raise CheckpointError("incomplete checkpoint: state.json missing", path=folder)
@@ -269,7 +273,9 @@ def read_checkpoint_state(folder: Path, verify: bool = False) -> dict[str, Any]:
         if not f.is_file():
             raise CheckpointError(f"incomplete checkpoint: {fname} missing", path=folder)
         if verify and sha256_file(f) != sha:
-            raise CheckpointError("checksum mismatch (file changed or corrupt)", path=f)
+            raise CheckpointError(
+                "checksum mismatch: the file differs from the sha256 recorded in state.json (changed or corrupt); "
+                "refusing to load it", path=f)
     return _from_json(state)
 
 

@@ -7,13 +7,25 @@ from pydantic import Field, model_validator
 
 from medbalance.config import BaseConfig, read_yaml
 from medbalance.data.config import DataConfig
+from medbalance.errors import ConfigError
 from medbalance.models.config import ModelConfig
 
 
 class TrainConfig(BaseConfig):
     """``train:`` section of a run config."""
 
-    steps: int = Field(2000, ge=1, description="training iterations")
+    steps: Optional[int] = Field(
+        None,
+        ge=1,
+        description="training iterations (global batches); give steps or epochs, not both; both null = the model "
+        "preset's training length (`medbalance train --list-models`; 2000 steps unless the preset names one)",
+    )
+    epochs: Optional[int] = Field(
+        None,
+        ge=1,
+        description="training length in passes over the training set: steps = epochs * floor(n_train / batch_size) "
+        "(n_train after val_fraction is held out; global batch; the last partial batch of an epoch is dropped)",
+    )
     batch_size: Optional[int] = Field(
         None,
         ge=1,
@@ -29,9 +41,21 @@ class TrainConfig(BaseConfig):
     )
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    flip: Optional[bool] = Field(
+        None,
+        description="random horizontal (left-right) flip of each training sample, image and label map together, "
+        "p = 0.5, seeded by (train.seed, step) so that a resumed run flips the same samples; null = the model "
+        "preset's (on in the paper presets of pix2pix, spade and redgan; off elsewhere)",
+    )
     channels_last: bool = False
     num_workers: int = Field(0, ge=0)
-    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="EMA of G's weights (used for sampling)")
+    ema_decay: Optional[float] = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="EMA of G's weights (used for sampling); 0 = off; null = the model preset's "
+        "(off unless the preset names one; diffusion models: on)",
+    )
     checkpoint_every: int = Field(500, ge=1)
     keep_last: int = Field(2, ge=1)
     sample_every: int = Field(250, ge=1)
@@ -47,6 +71,15 @@ class TrainConfig(BaseConfig):
         "null = the generator's loss (first loss named G/loss_G/G_*), else the first loss",
     )
     sample_columns: int = Field(8, ge=1, le=64, description="images per class row in sample grids")
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> "TrainConfig":
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError(
+                f"train.steps={self.steps} and train.epochs={self.epochs} are both set; give one of them "
+                "(set the other to null)"
+            )
+        return self
 
 
 class RunConfig(BaseConfig):
@@ -67,7 +100,10 @@ class RunConfig(BaseConfig):
             MODELS,
             ensure_registered,
             preset_batch_size,
+            preset_ema_decay,
+            preset_flip,
             preset_sampling,
+            preset_train_length,
             resolve_params,
         )
 
@@ -75,6 +111,13 @@ class RunConfig(BaseConfig):
             self.train.batch_size = preset_batch_size(self.model.name, self.model.preset)
         if self.train.sampling is None:
             self.train.sampling = preset_sampling(self.model.name, self.model.preset)
+        if self.train.steps is None and self.train.epochs is None:
+            length = preset_train_length(self.model.name, self.model.preset)
+            self.train.steps, self.train.epochs = length.get("steps"), length.get("epochs")
+        if self.train.flip is None:
+            self.train.flip = preset_flip(self.model.name, self.model.preset)
+        if self.train.ema_decay is None:
+            self.train.ema_decay = preset_ema_decay(self.model.name, self.model.preset)
         ensure_registered()
         if self.model.name in MODELS:
             resolved = resolve_params(self.model.name, self.model.preset, dict(self.model.params))
@@ -89,6 +132,8 @@ class RunConfig(BaseConfig):
 KEYS_ADDED_LATER: dict[str, Any] = {
     "train.sampling": "uniform",  # uniform batches
     "model.params.mismatch": False,  # no wrong-class pairs in D (dcgan, lapgan, lapgan-joint)
+    "train.epochs": None,  # the length was train.steps (always written then)
+    "train.flip": False,  # no flip augmentation
 }
 
 

@@ -12,11 +12,21 @@ the epoch's order is instead ``n_train`` indices drawn with replacement, each wi
 proportional to 1 / (its class's count): every class fills about the same share of each batch
 (still a pure function of ``(train.seed, e)``). With N processes, rank ``r`` takes the
 contiguous shard ``[r*B/N, (r+1)*B/N)`` of every global batch.
+
+Training length: ``train.steps`` global batches, or ``train.epochs`` passes, i.e.
+``epochs * (n_train // B)`` steps (the same ``drop_last`` epoch as the data order; ``n_train`` after
+``train.val_fraction`` is held out; ``B`` the global batch, so the count does not depend on the number
+of processes).
+
+Flip (``train.flip``): sample ``i`` of global batch ``s`` is flipped left-right (last axis; image and
+label map together) when ``torch.rand(B, generator=seed(train.seed, s))[i] < 0.5``: a pure function of
+``(train.seed, s)``, so a resumed run flips the same samples, and independent of the number of processes.
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +45,14 @@ from medbalance.training import distributed as ddp
 from medbalance.training.config import RunConfig, read_saved_run_config
 from medbalance.training.logging import RunLogger, render_grid, save_png
 from medbalance.utils.device import autocast, resolve_precision, select_device
-from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
+from medbalance.utils.io import (
+    LOCK_NAME,
+    acquire_folder_lock,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    release_folder_lock,
+)
 from medbalance.utils.seed import seed_everything
 
 def _differences(prefix: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
@@ -54,6 +71,7 @@ RESUME_FIXED_KEYS = (
     "train.val_fraction",
     "train.ema_decay",
     "train.sampling",
+    "train.flip",
 )
 
 
@@ -80,6 +98,24 @@ ORDER_DESCRIPTIONS = {
     "class_balanced": "torch.multinomial(1/class_count, n_train, replacement=True, generator=seed(train.seed, epoch)); "
     "drop_last",
 }
+
+
+def flip_decisions(seed: int, step: int, batch_size: int) -> torch.Tensor:
+    """Which samples of global batch ``step`` are flipped (``train.flip``): ``(batch_size,)`` bool, p = 0.5 each,
+    a pure function of (seed, step)."""
+    return torch.rand(batch_size, generator=seeded_generator(seed, 0xF11B, step)) < 0.5
+
+
+def flip_batch(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Flip the samples of ``x`` (``(B, ...)``) where ``flip`` (``(B,)`` bool) is True along the last axis
+    (left-right for images ``(B,C,H,W)``, volumes ``(B,C,D,H,W)`` and label maps ``(B,*spatial)``); vectorised."""
+    f = flip.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(f, x.flip(-1), x)
+
+
+def middle_slice(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, D, H, W)`` volumes -> ``(B, C, H, W)``: the middle slice along D (axial for NIfTI volumes)."""
+    return x[:, :, x.shape[2] // 2]
 
 
 def class_balanced_order(seed: int, epoch: int, labels: torch.Tensor) -> torch.Tensor:
@@ -221,6 +257,8 @@ class Trainer:
                 f"train.batch_size={tc.batch_size} is larger than the training set ({self.n_train} samples)"
             )
         self.steps_per_epoch = self.n_train // tc.batch_size
+        # train.epochs -> steps: whole drop_last epochs of the data order (see the module docstring)
+        self.total_steps = tc.steps if tc.steps is not None else tc.epochs * self.steps_per_epoch
 
         # ---- method (identical init on every rank, then broadcast from rank 0 anyway)
         from medbalance.models.registry import build_method
@@ -275,16 +313,27 @@ class Trainer:
         local = glob[rank * self.local_batch : (rank + 1) * self.local_batch]
         return self.train_idx[local]
 
+    def batch_flips(self, step: int, rank: int | None = None) -> torch.Tensor:
+        """This rank's shard of :func:`flip_decisions` for global batch ``step``."""
+        rank = self.dist.rank if rank is None else rank
+        flips = flip_decisions(self.cfg.train.seed, step, self.cfg.train.batch_size)
+        return flips[rank * self.local_batch : (rank + 1) * self.local_batch]
+
     def get_batch(self, step: int) -> dict[str, torch.Tensor]:
         idx = self.batch_indices(step)
         ds = self.dataset
         nb = self.device.type == "cuda"
         img = ds.images[idx].to(self.device, non_blocking=nb)
+        flip = self.batch_flips(step) if self.cfg.train.flip else None
+        if flip is not None:  # flip first, then change the memory layout
+            img = flip_batch(img, flip)
         if self.cfg.train.channels_last and img.dim() == 4:
             img = img.contiguous(memory_format=torch.channels_last)
         batch = {"image": img, "label": ds.labels[idx].to(self.device, non_blocking=nb), "index": idx.to(self.device)}
         if ds.masks is not None:
             batch["mask"] = ds.masks[idx].to(self.device, non_blocking=nb)
+            if flip is not None:  # the same samples as the images
+                batch["mask"] = flip_batch(batch["mask"], flip)
         if ds.conditions is not None:
             batch["condition"] = ds.conditions[idx].to(self.device, non_blocking=nb)
         return batch
@@ -341,20 +390,31 @@ class Trainer:
         finally:
             G.train(was_training)
         k, cols = self.info.num_classes, self.cfg.train.sample_columns
-        if f["masks"] is None:
+        real_imgs, grid_masks = f["real"], f["masks"]
+        if imgs.dim() == 5:  # volumes (B, C, D, H, W): show the middle axial slice of each
+            imgs = middle_slice(imgs)
+            real_imgs = None if real_imgs is None else middle_slice(real_imgs)
+            grid_masks = None if grid_masks is None else middle_slice(grid_masks.unsqueeze(1))[:, 0]
+        if grid_masks is None:
             return render_grid(imgs.float().cpu(), k, cols)
         # mask-conditioned: per class, the real images the masks come from over the images generated from them;
         # outlines of lesion labels only (anatomy labels would hide the image)
         lesion = lesion_indices(self.info.mask_values or [], self.dataset.meta.get("anatomy_values"))
-        real, fake, m = (t.unflatten(0, (k, cols)) for t in (f["real"].float(), imgs.float().cpu(), f["masks"]))
+        real, fake, m = (t.unflatten(0, (k, cols)) for t in (real_imgs.float(), imgs.float().cpu(), grid_masks))
         both = torch.stack([real, fake], 1).flatten(0, 2)
         masks = torch.stack([m, m], 1).flatten(0, 2)
         return render_grid(both, 2 * k, cols, masks, outline_labels=lesion)
 
     # ------------------------------------------------------------------ run folder
     def _prepare_run_dir(self) -> int:
-        """Write config/info/ids (fresh run) or check them (resume). Returns the start step."""
+        """Lock the run folder, clean up leftovers of a killed writer, then write config/info/ids (fresh run) or
+        check them (resume: written only after the checkpoint loaded, see :meth:`_write_run_files`)."""
         ckpt_root = self.run_dir / "checkpoints"
+        if self.dist.is_main:  # one writer per run folder (docs/guarantees.md); released at the end of fit
+            self._created_dir = not self.run_dir.exists() or not any(self.run_dir.iterdir())
+            acquire_folder_lock(self.run_dir)
+            self._locked = True
+            self._cleanup_leftovers()
         has_ckpt = ckpt.read_pointer(ckpt_root, "latest") is not None
         if self.resume:
             saved_cfg_path = self.run_dir / "config.yaml"
@@ -367,6 +427,30 @@ class Trainer:
                 "run folder already has checkpoints; pass --resume to continue it or --out for a new run",
                 path=self.run_dir,
             )
+        if not self.resume:
+            self._write_run_files()
+        return 0
+
+    def _cleanup_leftovers(self) -> list[Path]:
+        """Remove what a killed writer of this folder left: hidden ``.*.partial`` checkpoint folders and
+        ``.*.tmp`` files of atomic writes (only called with the folder's lock held, so none is in use)."""
+        removed = []
+        for d in (self.run_dir, self.run_dir / "checkpoints", self.run_dir / "samples"):
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                if p.name.startswith(".") and (p.name.endswith(".partial") or p.name.endswith(".tmp")
+                                               or ".old-" in p.name):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                    removed.append(p)
+                elif p.name.startswith(".step_") and p.name.endswith(".lock"):
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        if removed:
+            print(f"removed {len(removed)} leftover(s) of an interrupted run in {self.run_dir}", flush=True)
+        return removed
+
+    def _write_run_files(self) -> None:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.save(self.run_dir / "config.yaml")
@@ -384,7 +468,6 @@ class Trainer:
                     "heldout": [ids[i] for i in self.held_idx.tolist()],
                 },
             )
-        return 0
 
     def _check_resume_compatible(self, saved: RunConfig, path: Path) -> None:
         a, b = saved.model_dump(mode="json"), self.cfg.model_dump(mode="json")
@@ -440,6 +523,10 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch,
                 "n_train": self.n_train,
                 "order": ORDER_DESCRIPTIONS[self.cfg.train.sampling],
+                "flip": "left-right where torch.rand(batch_size, generator=seed(train.seed, step)) < 0.5"
+                if self.cfg.train.flip
+                else None,
+                "total_steps": self.total_steps,
             },
             "precision": self.precision,
             "device": str(self.device),
@@ -475,12 +562,35 @@ class Trainer:
         tc = self.cfg.train
         if tc.threads is not None and self.device.type == "cpu":
             torch.set_num_threads(tc.threads)
-        start = self._prepare_run_dir()
-        best_val: float | None = None
-        if self.resume:
-            start, best_val = self._load_checkpoint()
+        try:
+            start = self._prepare_run_dir()
+            best_val: float | None = None
+            if self.resume:
+                start, best_val = self._load_checkpoint()  # verified; a failure leaves config.yaml untouched
+                self._write_run_files()
+                if self.dist.is_main:
+                    print(f"resumed {self.run_dir} from step {start}", flush=True)
+            return self._fit_loop(start, best_val)
+        except OSError:
+            if (self.dist.is_main and not self.resume and getattr(self, "_created_dir", False)
+                    and ckpt.read_pointer(self.run_dir / "checkpoints", "latest") is None):
+                # a fresh run that could not be written (and has no checkpoint to resume) leaves nothing behind
+                for p in list(self.run_dir.iterdir()) if self.run_dir.is_dir() else []:
+                    if p.name != LOCK_NAME:
+                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            raise
+        finally:
+            if getattr(self, "_locked", False):
+                release_folder_lock(self.run_dir)
+                self._locked = False
+                if getattr(self, "_created_dir", False) and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                    self.run_dir.rmdir()
+
+    def _fit_loop(self, start: int, best_val: float | None) -> RunResult:
+        tc = self.cfg.train
         main = self.dist.is_main
-        logger = RunLogger(self.run_dir, tc.steps, start, tc.tensorboard, enabled=main)
+        total = self.total_steps
+        logger = RunLogger(self.run_dir, total, start, tc.tensorboard, enabled=main)
         ckpt_root = self.run_dir / "checkpoints"
         method = self.method
         method.train()
@@ -493,7 +603,7 @@ class Trainer:
         t_win = t_start
         images_total = 0
         try:
-            for step in range(start, tc.steps):
+            for step in range(start, total):
                 batch = self.get_batch(step)
                 losses = method.training_step(batch, step)
                 if self.ema is not None:
@@ -504,7 +614,7 @@ class Trainer:
                 n_acc += 1
                 images_total += tc.batch_size
                 s1 = step + 1
-                is_ckpt = s1 % tc.checkpoint_every == 0 or s1 == tc.steps
+                is_ckpt = s1 % tc.checkpoint_every == 0 or s1 == total
                 if s1 % tc.log_every == 0 or is_ckpt:
                     keys = list(acc)
                     vec = torch.stack([acc[k] for k in keys]) / n_acc if keys else torch.zeros(0)
@@ -518,7 +628,7 @@ class Trainer:
                         metric_sum += last_losses[mname] * n_acc
                         metric_n += n_acc
                     acc, n_acc, t_win = {}, 0, now
-                if main and (s1 % tc.sample_every == 0 or s1 == tc.steps):
+                if main and (s1 % tc.sample_every == 0 or s1 == total):
                     grid = self.sample_grid(s1)
                     save_png(self.run_dir / "samples" / f"step_{s1:06d}.png", grid)
                     logger.image("samples", grid, s1)
@@ -544,7 +654,7 @@ class Trainer:
         ids = self.dataset.ids
         return RunResult(
             run_dir=self.run_dir,
-            step=tc.steps,
+            step=total,
             checkpoint=last_ckpt if last_ckpt is not None else _pointer_path(ckpt_root, "latest"),
             best_checkpoint=None if best_name is None else ckpt_root / best_name,
             losses=last_losses,

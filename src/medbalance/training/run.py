@@ -108,7 +108,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path = "latest", device: str
     ids = read_json(run_dir / "train_ids.json") if (run_dir / "train_ids.json").is_file() else {}
 
     folder = ckpt.resolve_checkpoint(run_dir, checkpoint)
-    state = ckpt.read_checkpoint_state(folder)
+    state = ckpt.read_checkpoint_state(folder, verify=True)  # sha256 of every file against state.json
 
     from medbalance.models.registry import build_method
 
@@ -139,7 +139,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path = "latest", device: str
         info=info,
         run_dir=run_dir,
         checkpoint_path=folder,
-        checkpoint_sha256=sha256_file(g_file),
+        checkpoint_sha256=str(state["files"].get(g_file.name) or sha256_file(g_file)),  # verified above
         step=int(state["step"]),
         train_ids=list(ids.get("train", [])),
         heldout_ids=list(ids.get("heldout", [])),

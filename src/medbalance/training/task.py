@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -27,6 +26,7 @@ from medbalance.config import BaseConfig
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
 from medbalance.models.tasknets import Classifier, SegmentationUNet, save_task_model
+from medbalance.training.metrics import classification_metrics, segmentation_metrics, selection_score
 from medbalance.utils.device import autocast, resolve_precision, select_device
 from medbalance.utils.io import atomic_write_json
 from medbalance.utils.progress import make_progress
@@ -237,78 +237,24 @@ def predict_segmentor(
     return torch.cat(parts)
 
 
-def classification_metrics(labels: torch.Tensor, probs: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
-
-    y = labels.numpy()
-    pred = probs.argmax(1).numpy()
-    C = len(class_names)
-    present = np.unique(y)
-    out: dict[str, Any] = {
-        "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
-    }
-    rec = recall_score(y, pred, labels=list(range(C)), average=None, zero_division=0)
-    out["recall"] = {n: (float(rec[k]) if k in present else None) for k, n in enumerate(class_names)}
-    if len(present) == C:
-        p = probs.double().numpy()
-        p = p / p.sum(1, keepdims=True)
-        out["auc"] = float(roc_auc_score(y, p[:, 1]) if C == 2 else roc_auc_score(y, p, multi_class="ovr"))
-    else:
-        out["auc"] = None
-    return out
-
-
-def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, mask_values: list[int]) -> dict[str, Any]:
-    """Per-label Dice: ``dice`` = mean over labels of the per-image Dice averaged over images whose
-    ground truth contains the label (MONAI ``compute_dice``, ignore_empty); ``dice_global`` = Dice of
-    the pooled voxels of the whole set per label (penalises false positives on empty images)."""
-    from monai.metrics import compute_dice
-
-    K = len(mask_values)
-    oh_p = F.one_hot(pred.long(), K).movedim(-1, 1)
-    oh_t = F.one_hot(target.long(), K).movedim(-1, 1)
-    per = compute_dice(oh_p, oh_t, include_background=False, ignore_empty=True)  # (N, K-1), NaN if GT empty
-    per_label = torch.nanmean(per.float(), 0)
-    red = tuple(d for d in range(oh_p.dim()) if d != 1)
-    inter = (oh_p & oh_t).sum(red)[1:].double()
-    tot = (oh_p.sum(red) + oh_t.sum(red))[1:].double()
-    glob = torch.where(tot > 0, 2 * inter / tot.clamp_min(1), torch.full_like(tot, float("nan")))
-    names = [str(v) for v in mask_values[1:]]
-
-    def f(v):
-        v = float(v)
-        return None if math.isnan(v) else v
-
-    dice = torch.nanmean(per_label) if not torch.isnan(per_label).all() else torch.tensor(float("nan"))
-    dg = torch.nanmean(glob) if not torch.isnan(glob).all() else torch.tensor(float("nan"))
-    return {
-        "dice": f(dice),
-        "dice_global": f(dg),
-        "dice_per_label": {n: f(v) for n, v in zip(names, per_label)},
-        "dice_global_per_label": {n: f(v) for n, v in zip(names, glob)},
-    }
-
-
 def evaluate_task_model(model: nn.Module, ds: ImageDataset, task: str, batch_size: int = 128) -> dict[str, Any]:
+    """Metrics of a task model on ``ds`` (training.metrics; segmentation scores lesion labels only)."""
     if task == "classification":
         probs, _ = predict_classifier(model, ds, batch_size)
         return classification_metrics(ds.labels, probs, ds.class_names)
     pred = predict_segmentor(model, ds, batch_size)
-    return segmentation_metrics(pred, ds.masks, ds.mask_values)
-
-
-def selection_score(metrics: dict[str, Any], task: str) -> float:
-    v = metrics.get("balanced_accuracy" if task == "classification" else "dice")
-    return float("-inf") if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    return segmentation_metrics(pred, ds.masks, ds.mask_values, ds.meta.get("anatomy_values"))
 
 
 # ---------------------------------------------------------------------------- training
 def train_task_model(
-    train: ImageDataset, val: ImageDataset | None, cfg: TaskConfig, out_dir: str | Path | None = None
+    train: ImageDataset, val: ImageDataset | None, cfg: TaskConfig, out_dir: str | Path | None = None,
+    init_model: nn.Module | None = None,
 ) -> TaskResult:
     """Train a classifier or segmentor on ``train``; select the best epoch on ``val``.
+
+    ``init_model`` starts from a copy of that model's weights (fine-tuning, e.g. after pre-training on synthetic
+    data) instead of a fresh initialisation; it must have the architecture ``cfg`` builds for ``train``.
 
     With ``out_dir``, writes ``model.safetensors`` + ``model.json`` (meta: task, class names, mask
     values, input channels/size, train/val ids, metrics) and ``history.json`` there.
@@ -324,7 +270,10 @@ def train_task_model(
     prec = resolve_precision(cfg.precision, device)
     amp = lambda: autocast(device, prec)  # noqa: E731
     seed_everything(cfg.seed)
-    model = build_task_model(cfg, train).to(device)
+    model = build_task_model(cfg, train)
+    if init_model is not None:
+        model.load_state_dict(init_model.state_dict())
+    model = model.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train)
