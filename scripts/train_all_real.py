@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
-BRAIN = "/work/shared/datasets/brain-tumor-mri/labels.csv"
-SHARED_BRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "brain-tumor-mri" / "labels.csv"
+SHARED = Path(os.environ.get("MEDBALANCE_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+BRAIN = SHARED / "brain-tumor-mri" / "labels.csv"
 
 # model name -> params over the cpu preset; "mask" = mask-conditioned (trained on anatomy-labelled masks)
 MODELS: dict[str, dict[str, Any]] = {
@@ -81,7 +81,7 @@ def data_cfg(name: str, anatomy: bool, image_size: int, levels: int = 1, phantom
 
     if name == "phantom":
         return DataConfig(path="phantom", phantom={"size": image_size, "n": phantom_n, **(phantom_extra or {})})
-    path = BRAIN if Path(BRAIN).is_file() else str(SHARED_BRAIN)
+    path = str(BRAIN)
     return DataConfig(path=path, image_size=image_size, anatomy_label=1 if anatomy else None,
                       anatomy_levels=levels if anatomy else 1)
 
@@ -437,7 +437,7 @@ def main() -> None:
     for dname in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         if dname not in ("brain", "phantom"):
             sys.exit(f"error: unknown dataset {dname!r}; allowed: brain, phantom")
-        if dname == "brain" and not Path(BRAIN).is_file() and not SHARED_BRAIN.is_file():
+        if dname == "brain" and not BRAIN.is_file():
             log("brain-tumor-mri not found, skipped")
             continue
         budget = args.budget if dname == "brain" else args.phantom_budget

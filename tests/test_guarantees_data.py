@@ -97,3 +97,17 @@ def test_near_duplicates_by_perceptual_hash_are_grouped_on_request():
     sp = stratified_split(ds, (0.6, 0.2, 0.2), seed=0, group_duplicates=True, near_duplicates=True)
     assert sum(0 in v for v in sp.values()) == 1 and [k for k, v in sp.items() if 0 in v] == [
         k for k, v in sp.items() if 1 in v]
+
+
+def test_train_task_validation_split_groups_identical_images():
+    from medbalance.cli.task_cmds import split_train_val
+
+    groups_in_val = 0
+    for seed in range(8):
+        ds = _dup_dataset(seed, n_groups=30)  # more copies than the training side can hold
+        train, val = split_train_val(ds, 0.3, seed)
+        tr = {i.split("_")[0] for i in train.ids if i.startswith("g")}
+        va = {i.split("_")[0] for i in val.ids if i.startswith("g")}
+        assert not (tr & va)
+        groups_in_val += len(va)
+    assert groups_in_val > 0  # copies did land in validation: the disjointness check above can fail

@@ -53,12 +53,12 @@ def build_task_configs(
 
 
 def split_train_val(ds, val_fraction: float, seed: int):
-    """Stratified (group-disjoint when patients are known) train/val split of a dataset."""
+    """Stratified train/val split of a dataset, group-disjoint for patients and for identical images."""
     if val_fraction <= 0:
         return ds, None
     from medbalance.data.splits import stratified_split
 
-    parts = stratified_split(ds, fractions=(1 - val_fraction, val_fraction, 0.0), seed=seed)
+    parts = stratified_split(ds, fractions=(1 - val_fraction, val_fraction, 0.0), seed=seed, group_duplicates=True)
     return ds.subset(parts["train"]), ds.subset(parts["val"])
 
 

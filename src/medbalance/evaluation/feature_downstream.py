@@ -185,8 +185,6 @@ def train_feature_classifier(
     cfg: FeatureClassifierConfig, seed: int, class_weights: bool = False, device: str = "auto",
 ) -> tuple[nn.Module, int, list[dict[str, float]]]:
     """Train on (standardised) features; keep the epoch with the best validation balanced accuracy."""
-    from sklearn.metrics import balanced_accuracy_score
-
     from medbalance.training.task import compute_class_weights
     from medbalance.utils.device import select_device
 
@@ -215,7 +213,9 @@ def train_feature_classifier(
             loss.backward()
             opt.step()
             tot += loss.detach().cpu()
-        bacc = float(balanced_accuracy_score(yv, predict_probs(model, x_val).argmax(1)))
+        bacc = classification_metrics(yv, predict_probs(model, x_val), [str(k) for k in range(num_classes)])[
+            "balanced_accuracy"
+        ]
         history.append({"epoch": epoch, "train_loss": float(tot) / max(steps, 1), "val_balanced_accuracy": bacc})
         if bacc > best:
             best, best_epoch, best_state = bacc, epoch, copy.deepcopy(model.state_dict())
