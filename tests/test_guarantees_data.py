@@ -111,3 +111,19 @@ def test_train_task_validation_split_groups_identical_images():
         assert not (tr & va)
         groups_in_val += len(va)
     assert groups_in_val > 0  # copies did land in validation: the disjointness check above can fail
+
+
+def test_generator_heldout_split_keeps_identical_images_together():
+    from medbalance.training.engine import split_train_heldout
+
+    held_groups = 0
+    for seed in range(6):
+        ds = _dup_dataset(seed, n_groups=20)
+        tr, held, kind = split_train_heldout(ds, 0.3, seed)
+        tr_g = {ds.ids[i].split("_")[0] for i in tr if ds.ids[i].startswith("g")}
+        held_g = {ds.ids[i].split("_")[0] for i in held if ds.ids[i].startswith("g")}
+        assert not (tr_g & held_g) and "identical" in kind
+        held_groups += len(held_g)
+    assert held_groups > 0
+    no_copies = _dup_dataset(0, n_groups=0)  # a dataset without copies keeps the split it always had
+    assert split_train_heldout(no_copies, 0.3, 0)[2] == "stratified"

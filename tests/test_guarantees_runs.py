@@ -125,6 +125,18 @@ def test_resume_cleans_leftovers_prints_step_and_failed_resume_keeps_config(tmp_
     assert (out / "config.yaml").read_bytes() == before
 
 
+def test_resume_refuses_a_different_training_split(tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(_config(tmp_path, 2)), "--out", str(out)]).exit_code == 0
+    ids_path = out / "train_ids.json"
+    ids = json.loads(ids_path.read_text())
+    ids["train"] = ids["train"][1:]  # the run started on other images than the data gives now
+    ids_path.write_text(json.dumps(ids))
+    r = runner.invoke(app, ["train", str(_config(tmp_path, 4)), "--out", str(out), "--resume"])
+    assert r.exit_code == 2 and "training split differs" in r.output, r.output
+    assert len(_error_lines(r.output)) == 1
+
+
 # ------------------------------------------------------------------------------------------ verified checkpoints
 def _tamper(path: Path) -> None:
     """Change one byte of the tensor data, keeping the safetensors header intact (the file still parses)."""

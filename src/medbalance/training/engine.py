@@ -26,6 +26,7 @@ label map together) when ``torch.rand(B, generator=seed(train.seed, s))[i] < 0.5
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from torch import nn
 
 from medbalance.data.anatomy import lesion_indices
 from medbalance.data.dataset import ImageDataset
+from medbalance.data.splits import duplicate_groups, merge_groups
 from medbalance.errors import CheckpointError, ConfigError, DataError
 from medbalance.models.base import GANMethod
 from medbalance.training import checkpoint as ckpt
@@ -54,6 +56,7 @@ from medbalance.utils.io import (
     release_folder_lock,
 )
 from medbalance.utils.seed import seed_everything
+
 
 def _differences(prefix: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
     """Dotted keys where two (nested) config values differ, with both values."""
@@ -133,7 +136,8 @@ def split_train_heldout(dataset: ImageDataset, val_fraction: float, seed: int) -
     """Seeded stratified split of sample indices into (train, held-out, description).
 
     Stratified by class; when the dataset has groups (patients), whole groups are held out
-    (each group stratified by its majority class) so no patient straddles the split. Per class
+    (each group stratified by its majority class) so no patient straddles the split. Identical images
+    (by content) count as one group too, so a copy of a training image is never held out. Per class
     ``round(val_fraction * n_class)`` units are held out, always leaving at least one in train.
     """
     n = len(dataset)
@@ -141,13 +145,17 @@ def split_train_heldout(dataset: ImageDataset, val_fraction: float, seed: int) -
         return np.arange(n), np.zeros(0, dtype=np.int64), "none"
     rng = np.random.default_rng(derive_seed(seed, 0x5B117))
     labels = dataset.labels.numpy()
-    if dataset.groups is not None:
-        groups = np.asarray(dataset.groups, dtype=object)
+    groups_in = dataset.groups
+    copies = duplicate_groups(dataset)["exact"]
+    if copies:  # datasets without copies keep exactly the split they had
+        groups_in = merge_groups(n, dataset.groups, dataset.ids, copies)
+    if groups_in is not None:
+        groups = np.asarray(groups_in, dtype=object)
         uniq, inv = np.unique(groups.astype(str), return_inverse=True)
         counts = np.zeros((len(uniq), dataset.num_classes), dtype=np.int64)
         np.add.at(counts, (inv, labels), 1)
         unit_label = counts.argmax(1)
-        kind = "group-stratified"
+        kind = "group-stratified" + (f" ({len(copies)} groups of identical images kept together)" if copies else "")
     else:
         inv = np.arange(n)
         unit_label = labels
@@ -422,6 +430,7 @@ class Trainer:
                 raise CheckpointError("nothing to resume: no config.yaml or checkpoints/latest", path=self.run_dir)
             saved = read_saved_run_config(saved_cfg_path)  # keys it predates take the value they meant then
             self._check_resume_compatible(saved, saved_cfg_path)
+            self._check_resume_split(self.run_dir / "train_ids.json")
         elif has_ckpt:
             raise ConfigError(
                 "run folder already has checkpoints; pass --resume to continue it or --out for a new run",
@@ -430,6 +439,22 @@ class Trainer:
         if not self.resume:
             self._write_run_files()
         return 0
+
+    def _check_resume_split(self, path: Path) -> None:
+        """A resume must train on the images the run started with (the split is recomputed from the data)."""
+        if not path.is_file():
+            return
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError as e:
+            raise CheckpointError(f"unreadable training ids ({e})", path=path) from None
+        now = [self.dataset.ids[i] for i in self.train_idx.tolist()]
+        if "train" in saved and sorted(map(str, saved["train"])) != sorted(now):
+            raise CheckpointError(
+                f"cannot resume: the training split differs from the one the run started with ({len(saved['train'])} "
+                f"saved ids, {len(now)} now; the data changed, or a newer medbalance groups identical images)",
+                path=path,
+            )
 
     def _cleanup_leftovers(self) -> list[Path]:
         """Remove what a killed writer of this folder left: hidden ``.*.partial`` checkpoint folders and
