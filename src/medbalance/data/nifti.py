@@ -311,11 +311,7 @@ def _read_case(cf: CaseFiles, opts: NiftiConfig) -> _CaseResult:
     )
     labels_raw = _slices(lab, zs) if lab is not None else None
     info = {
-        "case": cf.case,
-        "folder": str(cf.folder),
-        "files": [str(p) for p in cf.all_files()],
-        "volume_shape": list(shape),
-        "affine": a.affine.round(6).tolist(),
+        **_case_info(cf, shape, a.affine),
         "slices_total": int(shape[2]),
         "slices_with_brain": int((brain_per_slice >= opts.min_brain_voxels).sum()),
         "slices_dropped_small_lesion": int(ambiguous.sum()),
@@ -324,6 +320,12 @@ def _read_case(cf: CaseFiles, opts: NiftiConfig) -> _CaseResult:
         "warnings": warnings,
     }
     return _CaseResult(cf.case, images, labels_raw, zs, has_lesion, info, a.dtype)
+
+
+def _case_info(cf: CaseFiles, shape: Any, affine: np.ndarray) -> dict[str, Any]:
+    """What every cached case records about its source: case, folder, files, volume shape and affine."""
+    return {"case": cf.case, "folder": str(cf.folder), "files": [str(p) for p in cf.all_files()],
+            "volume_shape": list(shape), "affine": affine.round(6).tolist()}
 
 
 # ----------------------------------------------------------------------------- volumes
@@ -388,11 +390,7 @@ def _read_case_volume(cf: CaseFiles, opts: NiftiConfig, a: _CaseArrays) -> _Case
     labels_raw = None if lab is None else volume_to_tensor(lab)[None]
     keep = np.array([not ambiguous])
     info = {
-        "case": cf.case,
-        "folder": str(cf.folder),
-        "files": [str(p) for p in cf.all_files()],
-        "volume_shape": list(shape),
-        "affine": a.affine.round(6).tolist(),
+        **_case_info(cf, shape, a.affine),
         "crop_box": box,
         "resampled_shape": list(opts.volume_shape),
         "resampled_affine": aff.round(6).tolist(),
