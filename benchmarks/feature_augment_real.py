@@ -31,7 +31,7 @@ SHARED = Path(os.environ.get("MEDBALANCE_SHARED_DATASETS", REPO.parent / "shared
 def run(name: str, out_root: Path, seeds: int) -> dict | None:
     from medbalance.data import load_dataset
     from medbalance.data.config import DataConfig, NiftiConfig
-    from medbalance.evaluation.feature_downstream import FeatureAugmentConfig, run_feature_augment
+    from medbalance.experiments.feature_downstream import FeatureAugmentConfig, run_feature_augment
 
     if name == "brain":
         path = SHARED / "brain-tumor-mri" / "labels.csv"

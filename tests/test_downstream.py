@@ -11,7 +11,7 @@ import torch
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
 from medbalance.utils.io import ids_digest
-from medbalance.evaluation.downstream import (
+from medbalance.experiments.downstream import (
     DownstreamConfig,
     SyntheticSource,
     arm_training_set,

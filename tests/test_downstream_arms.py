@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from medbalance.cli.main import app
 from medbalance.data.dataset import ImageDataset
-from medbalance.evaluation import downstream as D
+from medbalance.experiments import downstream as D
 from medbalance.utils.io import ids_digest
 
 runner = CliRunner()

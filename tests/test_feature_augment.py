@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import CheckpointError, ConfigError
-from medbalance.evaluation.feature_downstream import (
+from medbalance.experiments.feature_downstream import (
     FeatureAugmentConfig,
     FeatureClassifier,
     FeatureClassifierConfig,

@@ -76,7 +76,7 @@ def test_identical_images_never_on_both_sides_of_a_split():
 
 
 def test_downstream_split_groups_duplicates_and_conflicting_labels_are_bad_input():
-    from medbalance.evaluation.downstream import DownstreamConfig, make_split
+    from medbalance.experiments.downstream import DownstreamConfig, make_split
 
     ds = _dup_dataset(0)
     split = make_split(ds, DownstreamConfig(fractions=(0.6, 0.2, 0.2)))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from medbalance.cli.main import app
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import DataError
-from medbalance.evaluation.downstream import DownstreamConfig, SyntheticSource, make_split, run_downstream
+from medbalance.experiments.downstream import DownstreamConfig, SyntheticSource, make_split, run_downstream
 from medbalance.synthesis.export import read_provenance
 from medbalance.utils.io import ids_digest
 

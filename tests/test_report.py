@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from medbalance.cli.main import app
 from medbalance.data.dataset import ImageDataset
-from medbalance.evaluation.downstream import summarize_arms
+from medbalance.experiments.downstream import summarize_arms
 from medbalance.evaluation.evaluate import evaluate_datasets
 from medbalance.evaluation.report import build_report, make_verdicts
 from medbalance.utils.io import atomic_write_json

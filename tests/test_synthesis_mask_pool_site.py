@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from medbalance.cli.main import app
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError
-from medbalance.evaluation.downstream import DownstreamConfig, SyntheticSource
+from medbalance.experiments.downstream import DownstreamConfig, SyntheticSource
 from medbalance.synthesis.oversampler import GenerativeOverSampler, OnTheFlySynthetic, resolve_mask_pool
 
 runner = CliRunner()

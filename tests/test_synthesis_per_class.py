@@ -122,7 +122,7 @@ def test_cli_rebalance_generate_with_per_class_runs(runs, tmp_path):
 
 
 def test_downstream_source_with_per_class_runs(runs):
-    from medbalance.evaluation.downstream import SyntheticSource
+    from medbalance.experiments.downstream import SyntheticSource
 
     ds = load_dataset("phantom", phantom=PHANTOM)
     src = SyntheticSource(run={c: load_run(runs[c]) for c in (A, B)})

@@ -153,7 +153,7 @@ def test_one_definition_used_everywhere():
     assert sorted(defs) == [("classification_metrics", "training/metrics.py"),
                             ("segmentation_metrics", "training/metrics.py"),
                             ("selection_score", "training/metrics.py")]
-    from medbalance.evaluation import downstream, feature_downstream
+    from medbalance.experiments import downstream, feature_downstream
     from medbalance.training import task
 
     assert task.classification_metrics is M.classification_metrics

@@ -64,7 +64,7 @@ def test_mask_conditioned_without_class_needs_same_class_pool(phantom):
 
 
 def test_downstream_generator_arm_refuses_unconditional(phantom):
-    from medbalance.evaluation.downstream import SyntheticSource
+    from medbalance.experiments.downstream import SyntheticSource
 
     src = SyntheticSource(run=_fake_run("lapgan", {}, phantom))  # the paper/cpu default is unconditional
     assert src.run.method.conditional is False
@@ -73,7 +73,7 @@ def test_downstream_generator_arm_refuses_unconditional(phantom):
 
 
 def test_demo_generator_is_class_conditional(phantom):
-    from medbalance.demo import GENERATOR
+    from medbalance.experiments.demo import GENERATOR
 
     method = build_method(GENERATOR["name"], GENERATOR["preset"], GENERATOR.get("params", {}), phantom.info())
     check_can_label(method, mask_pool="any")  # would raise for a model that cannot take the class

@@ -52,7 +52,7 @@ def downstream_cmd(
 ) -> None:
     """Train a task network on each arm for several seeds and compare with `real` on real test data."""
     from medbalance.data import load_dataset
-    from medbalance.evaluation.downstream import DownstreamConfig, SyntheticSource, check_arms, make_split, run_downstream
+    from medbalance.experiments.downstream import DownstreamConfig, SyntheticSource, check_arms, make_split, run_downstream
     from medbalance.synthesis.strategy import parse_strategy
 
     fr = parse_fractions(fractions)

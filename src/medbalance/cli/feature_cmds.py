@@ -40,7 +40,7 @@ def feature_augment_cmd(
     from medbalance.cli.options import parse_class_fractions, parse_fractions
     from medbalance.config import apply_overrides
     from medbalance.data import load_dataset
-    from medbalance.evaluation.feature_downstream import FeatureAugmentConfig, run_feature_augment
+    from medbalance.experiments.feature_downstream import FeatureAugmentConfig, run_feature_augment
     from medbalance.synthesis.strategy import parse_strategy
     from medbalance.utils.io import atomic_write_text
 

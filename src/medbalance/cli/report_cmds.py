@@ -45,7 +45,7 @@ def demo_cmd(
     the training split -> rebalance -> fidelity & privacy -> downstream classification (real, oversample,
     real+synthetic; 3 seeds) -> report.
     """
-    from medbalance.demo import DemoSettings, run_demo
+    from medbalance.experiments.demo import DemoSettings, run_demo
 
     settings = DemoSettings(out=out, quick=quick, seed=seed, device=device, overwrite=overwrite,
                             n=n, steps=steps, epochs=epochs, seeds=seeds)

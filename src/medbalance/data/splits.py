@@ -243,7 +243,7 @@ def stratified_split(
 
     Returns ``{"train": idx, "val": idx, "test": idx}`` (sorted int64 arrays, disjoint, covering
     the dataset). Deterministic for a given ``seed``. With ``group_duplicates`` (``downstream`` and the
-benchmark's :func:`medbalance.evaluation.downstream.make_split` always set it) every group of
+benchmark's :func:`medbalance.experiments.downstream.make_split` always set it) every group of
     identical images (and, with ``near_duplicates``, of equal perceptual hashes) is kept on one side, like a
     patient group; identical images with conflicting labels are bad input (:class:`DataError`). ``stats``
     (a dict) receives ``groups`` / ``images`` / ``near_duplicate_groups``: how many were grouped.

@@ -3,7 +3,7 @@
 Pipeline (:func:`run_feature_augment`, CLI ``medbalance feature-augment``):
 
 1. one real train/val/test split (stratified, patient-grouped when groups are known, the training part of chosen
-   classes subsampled) -- the same :func:`~medbalance.evaluation.downstream.make_split` as the image experiments;
+   classes subsampled) -- the same :func:`~medbalance.experiments.downstream.make_split` as the image experiments;
 2. a segmentation U-Net trained on the *training split* slices and their whole-lesion masks (label > 0, as the
    paper's "all" task), selected on the validation split, or loaded (``segmentor=``; refused when it was trained
    on any test id);
@@ -17,7 +17,7 @@ Pipeline (:func:`run_feature_augment`, CLI ``medbalance feature-augment``):
 
 ``feature_downstream.json`` has the shape of ``downstream.json`` (``config``, ``task``, ``class_names``,
 ``split``, ``split_class_counts``, ``test_ids``, ``arm_training_sets``, ``results``, ``summary`` from
-:func:`~medbalance.evaluation.downstream.summarize_arms`, ``warnings``, ``seconds``, ``notes``) plus a
+:func:`~medbalance.experiments.downstream.summarize_arms`, ``warnings``, ``seconds``, ``notes``) plus a
 ``feature_augment`` section (segmentor Dice, feature shape, ACGAN class accuracies and filter acceptance,
 timings) and ``paper_reference`` (Table 3 of the paper).
 """
@@ -39,7 +39,7 @@ from torch import nn
 from medbalance.config import BaseConfig
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
-from medbalance.evaluation.downstream import DownstreamConfig, make_split, summarize_arms
+from medbalance.experiments.downstream import DownstreamConfig, make_split, summarize_arms
 from medbalance.training.metrics import classification_metrics
 from medbalance.utils.io import atomic_write_json
 from medbalance.utils.progress import make_progress

@@ -69,7 +69,7 @@ class DemoSettings:
 def demo_configs(settings: DemoSettings) -> dict[str, Any]:
     """The resolved data, generator-run and downstream configs of a demo."""
     from medbalance.data.config import DataConfig, PhantomConfig
-    from medbalance.evaluation.downstream import DownstreamConfig
+    from medbalance.experiments.downstream import DownstreamConfig
     from medbalance.models.config import ModelConfig
     from medbalance.training.config import RunConfig, TrainConfig
 
@@ -126,7 +126,7 @@ class _Stages:
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the demo into ``settings.out``; return a summary dict (``report`` = the HTML path)."""
     from medbalance.data.sources import load_dataset
-    from medbalance.evaluation.downstream import SyntheticSource, make_split, run_downstream
+    from medbalance.experiments.downstream import SyntheticSource, make_split, run_downstream
     from medbalance.evaluation.evaluate import evaluate_datasets
     from medbalance.evaluation.report import build_report, make_verdicts
     from medbalance.synthesis.export import export_dataset, model_card
