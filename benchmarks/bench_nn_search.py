@@ -1,4 +1,4 @@
-"""Nearest-neighbour search speed: medbalance.evaluation.features.knn vs plain baselines, same run.
+"""Nearest-neighbour search speed: medbalance.utils.neighbors.knn vs plain baselines, same run.
 
     python benchmarks/bench_nn_search.py --n 10000 --dim 1024     # 10k x 10k, 32x32 pixels
     python benchmarks/bench_nn_search.py --n 10000 --dim 4096     # 10k x 10k, 64x64 pixels
@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("MEDBALANCE_QUIET", "1")
     torch.set_num_threads(args.threads)
-    from medbalance.evaluation.features import knn
+    from medbalance.utils.neighbors import knn
 
     g = torch.Generator().manual_seed(0)
     # image-like data: values in [-1, 1] with a common offset (worst case for float32 cancellation)

@@ -500,12 +500,12 @@ def section_downstream(args: argparse.Namespace, result_path: Path, deadline: fl
     shutil.rmtree(out, ignore_errors=True)
     device = resolve_device(args.device)
     cmd = [sys.executable, "-m", "medbalance.cli.main", "downstream", args.data, str(out),
-           "--generator-config", str(GENERATOR_CONFIG), "--generator-set", f"data.path={args.data}",
-           "--generator-set", "train.tensorboard=false", "--generator-set", f"train.device={device}", *DOWNSTREAM_ARGS,
+           "--config", str(GENERATOR_CONFIG), "--set", f"data.path={args.data}",
+           "--set", "train.tensorboard=false", "--set", f"train.device={device}", *DOWNSTREAM_ARGS,
            "--seeds", str(args.seeds), "--epochs", str(args.downstream_epochs), "--device", device]
     if args.tiny:
-        cmd += ["--generator-set", "train.steps=2", "--generator-set", "train.checkpoint_every=2",
-                "--generator-set", "train.sample_every=2", "--generator-set", "train.batch_size=4",
+        cmd += ["--set", "train.steps=2", "--set", "train.checkpoint_every=2",
+                "--set", "train.sample_every=2", "--set", "train.batch_size=4",
                 "--batch-size", "8"]
     rec["command"] = " ".join(cmd)
     write_json(result_path, {**rec, "status": "running"})

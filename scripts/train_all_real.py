@@ -120,7 +120,7 @@ def train_helpers(
     independent, larger, class-balanced rendering, cached under ``judge_cache``). With ``cache``, the networks are
     loaded from ``cache/classifier`` and ``cache/segmentor`` when present (saved there by an earlier invocation
     with the same data settings) instead of retrained."""
-    from medbalance.cli.task_cmds import split_train_val
+    from medbalance.data.splits import split_train_val
     from medbalance.training.task import evaluate_task_model, predict_classifier
 
     train, val = split_train_val(ds, 0.15, 0)
@@ -164,7 +164,7 @@ def conditioning_check(res, ds, helpers: dict[str, Any], per_class: int, seg_ds=
     imgs = method.generate(labels, masks=masks, generator=torch.Generator().manual_seed(7), G=res.G)
     out: dict[str, Any] = {}
     if "mask" in method.needs:  # the engine's grids draw mask outlines over the image; save one without
-        from medbalance.training.logging import render_grid, save_png
+        from medbalance.utils.imaging import render_grid, save_png
 
         cols = min(per_class, 8)
         keep = torch.cat([torch.arange(c * per_class, c * per_class + cols) for c in range(C)])
@@ -228,7 +228,7 @@ def lesion_presence(fake, real, labels, seg, sds, grid_path: Path, cols: int, mi
     the fakes and on the real images of the same classes: per class, the share of images in which it finds a lesion
     of at least ``min_frac`` of the image (10 px at 64x64) and the median lesion area (pixels). Also saves a grid of
     fakes with the segmentor's lesion outlined (a collapsed or lesion-free generator shows few outlines)."""
-    from medbalance.training.logging import render_grid, save_png
+    from medbalance.utils.imaging import render_grid, save_png
     from medbalance.training.task import predict_segmentor
 
     C = int(labels.max()) + 1

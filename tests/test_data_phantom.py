@@ -189,7 +189,7 @@ def test_write_phantom_dataset_files(tmp_path):
 
 def test_write_is_atomic(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = ph._png_bytes
+    real = ph.png_bytes
 
     def flaky(arr):
         calls["n"] += 1
@@ -197,7 +197,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
             raise OSError("disk full (injected)")
         return real(arr)
 
-    monkeypatch.setattr(ph, "_png_bytes", flaky)
+    monkeypatch.setattr(ph, "png_bytes", flaky)
     with pytest.raises(OSError, match="injected"):
         ph.write_phantom_dataset(tmp_path / "out", PhantomConfig(n=6, imbalance=[1, 1], size=32))
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a partial temp folder

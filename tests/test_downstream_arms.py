@@ -128,7 +128,7 @@ def test_cli_pretrain_finetune_end_to_end(tmp_path):
         "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "sample_every": 2, "tensorboard": False},
     }))
     out = tmp_path / "exp"
-    r = runner.invoke(app, ["downstream", "phantom", str(out), "--generator-config", str(gen), "--arms",
+    r = runner.invoke(app, ["downstream", "phantom", str(out), "--config", str(gen), "--arms",
                             "real,synthetic-pretrain+finetune", "--seeds", "1", "--epochs", "1", "--image-size", "32"])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "downstream.json").read_text())

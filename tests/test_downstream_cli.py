@@ -27,7 +27,7 @@ def test_downstream_with_generator_trained_on_the_split(tmp_path):
         "train": {"steps": 3, "batch_size": 8, "checkpoint_every": 3, "sample_every": 3, "tensorboard": False},
     }))
     out = tmp_path / "exp"
-    r = runner.invoke(app, ["downstream", "phantom", str(out), "--generator-config", str(cfg), "--arms",
+    r = runner.invoke(app, ["downstream", "phantom", str(out), "--config", str(cfg), "--arms",
                             "real,oversample,real+synthetic", "--seeds", "2", "--epochs", "1", "--image-size", "32",
                             ])
     assert r.exit_code == 0, r.output

@@ -53,7 +53,7 @@ def test_cli_evaluate_writes_json_and_table(data, monkeypatch):
         ["evaluate", "--real", str(real), "--synthetic", str(syn), "--per-class", "--privacy",
          "--train-split", str(tmp / "train_ids.json"), "--holdout-split", str(tmp / "train_ids.json"),
          "--kid-subset-size", "10", "--kid-subsets", "5", "--ms-ssim-pairs", "10",
-         "--cache-dir", str(tmp / "cache"), "--montage", str(tmp / "m.png"), "--json", str(out)],
+         "--cache-dir", str(tmp / "cache"), "--montage", str(tmp / "m.png"), "--json-out", str(out)],
     )
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())

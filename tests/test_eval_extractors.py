@@ -16,7 +16,8 @@ from medbalance.evaluation.extractors import (
     load_inception_state,
     register_extractor,
 )
-from medbalance.evaluation.features import FeatureCache, cached_features, knn
+from medbalance.evaluation.features import FeatureCache, cached_features
+from medbalance.utils.neighbors import knn
 
 # Keys and shapes of the standard FID weights file (pt_inception-2015-12-05-6726825d.pth)
 KNOWN = {

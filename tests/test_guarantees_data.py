@@ -100,7 +100,7 @@ def test_near_duplicates_by_perceptual_hash_are_grouped_on_request():
 
 
 def test_train_task_validation_split_groups_identical_images():
-    from medbalance.cli.task_cmds import split_train_val
+    from medbalance.data.splits import split_train_val
 
     groups_in_val = 0
     for seed in range(8):
@@ -114,7 +114,7 @@ def test_train_task_validation_split_groups_identical_images():
 
 
 def test_generator_heldout_split_keeps_identical_images_together():
-    from medbalance.training.engine import split_train_heldout
+    from medbalance.data.splits import split_train_heldout
 
     held_groups = 0
     for seed in range(6):

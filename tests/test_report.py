@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from medbalance.cli.main import app
 from medbalance.data.dataset import ImageDataset
-from medbalance.experiments.downstream import summarize_arms
 from medbalance.evaluation.evaluate import evaluate_datasets
-from medbalance.evaluation.report import build_report, make_verdicts
+from medbalance.experiments.downstream import summarize_arms
+from medbalance.report import build_report, make_verdicts
 from medbalance.utils.io import atomic_write_json
 
 CLASSES = ["major", "<b>minor&", "rare"]  # one name that must be escaped in the HTML
@@ -119,7 +119,7 @@ def experiment(tmp_path_factory):
     Image.fromarray(rng.integers(0, 255, (20, 40, 3), dtype=np.uint8)).save(run / "samples" / "step_000030.png")
     # evaluation with privacy montage (real numbers from evaluate_datasets on tiny images)
     g = torch.Generator().manual_seed(0)
-    mk = lambda n, off: ImageDataset(  # noqa: E731
+    mk = lambda n, off: ImageDataset(
         images=torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, labels=torch.arange(n) % 3, class_names=CLASSES,
         ids=[f"{off}{i}" for i in range(n)])
     real, syn, ho = mk(24, "r"), mk(18, "s"), mk(12, "h")
@@ -144,7 +144,7 @@ def test_sections_present_with_stable_ids(experiment):
 
 def test_self_contained_and_escaped(experiment):
     h = experiment["html"]
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", h, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", h, re.IGNORECASE)
     assert "<link" not in h and "<script" not in h.lower()
     srcs = re.findall(r'<img[^>]*\ssrc="([^"]+)"', h)
     assert len(srcs) >= 8  # distribution, grids (2 x 2 + 1), losses, samples, montage, recall
@@ -217,3 +217,89 @@ def test_cli_report_and_errors(experiment, tmp_path):
     assert r.exit_code == 2 and "no medbalance results found" in r.output
     r = CliRunner().invoke(app, ["report", str(experiment["root"]), "--out", str(tmp_path / "x.txt")])
     assert r.exit_code == 2 and "--out must be an .html file" in r.output
+
+
+# ------------------------------------------------------------------ one reading of the 'synthetic' column
+def test_parse_synthetic_flag_one_reading():
+    from medbalance.data.manifest import parse_synthetic_flag
+    from medbalance.errors import DataError
+
+    for v in ("1", "true", "True", " YES ", "y", "t", True, 1):
+        assert parse_synthetic_flag(v) is True, v
+    for v in ("0", "false", "No", "n", "F", "", "  ", None, False, 0):
+        assert parse_synthetic_flag(v) is False, v
+    for v in ("2", "maybe", "synthetic"):
+        with pytest.raises(DataError, match="'synthetic' cell"):
+            parse_synthetic_flag(v)
+
+
+def test_report_and_loader_agree_on_yes(tmp_path):
+    """'yes' rows are synthetic for the data layer and for the report (the report used to count them as real)."""
+    from medbalance.data.sources import load_dataset
+
+    write_export(tmp_path, np.random.default_rng(1))
+    text = (tmp_path / "manifest.csv").read_text().splitlines()
+    rows = [text[0]] + [r[:-1] + "yes" if r.endswith(",1") else r[:-1] + "no" for r in text[1:]]
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(str(tmp_path / "manifest.csv"))
+    js = json.loads(build_report(tmp_path).with_suffix(".json").read_text())
+    assert int(ds.synthetic.sum()) == 7
+    assert js["class_distribution"]["before"] == {"major": 6, "<b>minor&": 3, "rare": 2}
+    assert sum(js["class_distribution"]["after"].values()) - sum(js["class_distribution"]["before"].values()) == 7
+    (tmp_path / "manifest.csv").write_text("\n".join([text[0], text[1][:-1] + "maybe"]) + "\n")
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 2 and "'synthetic' cell 'maybe'" in r.output
+
+
+# ------------------------------------------------------------------ colours and words: better / worse
+def _row(h: str, metric: str, arm: str) -> tuple[str, str]:
+    """(row class, last cell) of a downstream-table row."""
+    m = re.search(rf'<tr class="(\w+)"><td class="l">{re.escape(metric)}</td><td class="l">{re.escape(arm)}</td>'
+                  r'(?:<td>[^<]*</td>)+<td class="w">([^<]*)</td></tr>', h)
+    assert m, (metric, arm)
+    return m.group(1), m.group(2)
+
+
+def test_significant_drop_is_red_and_worse(tmp_path):
+    """A significant drop is red and says 'worse'; a significant gain green and 'better'; else 'no evidence'."""
+    from medbalance.report import downstream_table
+
+    ds = make_downstream()
+    # swap the arms: 'real' now has the good rare recall, so real+synthetic lowers it significantly
+    ds["results"] = {"real": ds["results"]["real+synthetic"], "real+synthetic": ds["results"]["real"]}
+    test_labels = np.concatenate([np.full(N_TEST[c], k) for k, c in enumerate(CLASSES)])
+    ds["summary"] = summarize_arms(ds["results"], "classification", CLASSES, test_labels)
+    tbl, numbers = downstream_table(ds)
+    assert _row(tbl, "recall/rare", "real+synthetic") == ("bad", "worse")
+    assert numbers["recall/rare"]["real+synthetic"]["vs_real"] == "worse"
+    assert _row(tbl, "recall/major", "real+synthetic") == ("neutral", "no evidence")
+    good, _ = downstream_table(make_downstream())
+    assert _row(good, "recall/rare", "real+synthetic") == ("good", "better")
+    # the verdict list carries the same word and colour
+    atomic_write_json(tmp_path / "downstream.json", ds)
+    h = build_report(tmp_path).read_text()
+    assert re.search(r'<li class="bad">\[worse\] Adding 45 synthetic rare images lowered rare recall', h)
+    assert 'class="sig' not in h and "tr.good td{background:#e3f4e6}" in h and "tr.bad td{background:#fbe5e5}" in h
+
+
+# ------------------------------------------------------------------ feature-level results (feature-augment)
+def test_feature_level_results_shown_like_image_level(tmp_path):
+    ds = make_downstream()
+    ds["config"] = {"seeds": SEEDS, "arms": ["real", "real+synthetic"], "preset": "cpu"}
+    ds["feature_augment"] = {"feature_shape": [64, 4, 4], "image_shape": [1, 32, 32],
+                             "segmentor": {"source": "seg", "test_dice_whole_lesion": 0.71},
+                             "acgan": {"d_class_accuracy_generated": {"major": 0.9, "rare": 0.4}},
+                             "timings_seconds": {"segmentor": 1.0}}
+    ds["notes"] = ["features = bottleneck of a segmentation U-Net trained on the training split only"]
+    atomic_write_json(tmp_path / "fa" / "feature_downstream.json", ds)
+    h = build_report(tmp_path).read_text()
+    js = json.loads((tmp_path / "report.json").read_text())
+    assert '<section id="feature-downstream">' in h and '<section id="downstream">' not in h
+    assert js["sources"]["feature"].endswith("feature_downstream.json")
+    e = ds["summary"]["real+synthetic"]["recall/rare"]
+    got = js["feature_downstream"]["recall/rare"]["real+synthetic"]
+    assert (got["mean"], got["ci_low"], got["ci_high"], got["vs_real"]) == (e["mean"], e["ci_low"], e["ci_high"], "better")
+    assert _row(h, "recall/rare", "real+synthetic") == ("good", "better")
+    assert "test whole-lesion Dice 0.710" in h and "major 0.900, rare 0.400" in h
+    assert any(v["class"] == "rare" and v["direction"] == "better" for v in js["feature_verdicts"])
+    assert "70 images: major 50" in h  # the split of the feature experiment in "Data & method"

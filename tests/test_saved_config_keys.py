@@ -64,3 +64,17 @@ def test_a_bad_saved_config_names_its_file(tmp_path):
     path.write_text(yaml.safe_dump({"model": {"name": "dcgan", "preset": "cpu", "params": {"z_dim": -1}}}))
     with pytest.raises(ConfigError, match="config.yaml"):
         read_saved_run_config(path)
+
+
+def test_a_removed_key_in_a_saved_run_is_ignored(tmp_path):
+    from medbalance.training.config import KEYS_REMOVED, drop_removed_keys
+
+    _, raw, path = _saved(tmp_path, "acgan", [])
+    raw["train"]["num_workers"] = 4  # written by versions that had the (unused) key
+    path.write_text(yaml.safe_dump(raw))
+    assert "train.num_workers" in KEYS_REMOVED
+    assert "num_workers" not in read_saved_run_config(path).train.model_dump()
+    assert "num_workers" not in drop_removed_keys(raw)["train"] and raw["train"]["num_workers"] == 4  # raw unchanged
+    # a new config that sets it is refused like any unknown key
+    with pytest.raises(ConfigError, match="num_workers"):
+        RunConfig.from_dict(raw)

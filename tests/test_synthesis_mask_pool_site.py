@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from medbalance.cli.main import app
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError
-from medbalance.experiments.downstream import DownstreamConfig, SyntheticSource
-from medbalance.synthesis.oversampler import GenerativeOverSampler, OnTheFlySynthetic, resolve_mask_pool
+from medbalance.experiments.downstream import DownstreamConfig, Split, SyntheticSource, parse_arm
+from medbalance.synthesis.oversampler import GenerativeOverSampler, resolve_mask_pool
 
 runner = CliRunner()
 SITE_COUNTS = (10, 4, 2)  # site a, b, c
@@ -78,13 +78,10 @@ def test_mask_pool_any_draws_other_classes_same_class_does_not():
             assert all(same)
         else:
             assert not all(same) and len(set(parents)) == 3
-    # on the fly and in downstream's generator arms too
-    fly = OnTheFlySynthetic(_run(ds), ds, {"c2": 12}, mask_pool="any")
+    # in downstream's generator arms too
     owners = {tuple(ds.masks[i].flatten().tolist()): int(ds.labels[i]) for i in range(len(ds))}
-    got = {owners[tuple(fly[i]["mask"].flatten().tolist())] for i in range(len(fly))}
-    assert len(got) > 1
     src = SyntheticSource(run=_run(ds), mask_pool="same_class")
-    syn = src.make(ds, {"c1": 6}, None, 0, "real")
+    syn = src.take(Split(ds, ds, ds), parse_arm("real+synthetic"), {"c1": 6}, 0, "real")
     assert all(owners[tuple(m.flatten().tolist())] == 1 for m in syn.masks)
     assert DownstreamConfig(mask_pool="any").mask_pool == "any"
 
@@ -121,7 +118,7 @@ def test_site_rebalancing_plans_by_site_and_feeds_the_planned_sites():
     assert dict(s2.sampling_strategy_) == {"site_c": 3}
     # downstream's generator arms plan by site with target='condition'
     src = SyntheticSource(run=run, target="condition", strategy="auto")
-    got = src.make(ds, {"c0": 1}, None, 0, "real")
+    got = src.take(Split(ds, ds, ds), parse_arm("real+synthetic"), {"c0": 1}, 0, "real")
     assert Counter(got.conditions.tolist()) == {1: 6, 2: 8}
 
 

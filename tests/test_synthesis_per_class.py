@@ -122,9 +122,9 @@ def test_cli_rebalance_generate_with_per_class_runs(runs, tmp_path):
 
 
 def test_downstream_source_with_per_class_runs(runs):
-    from medbalance.experiments.downstream import SyntheticSource
+    from medbalance.experiments.downstream import SyntheticSource, Split, parse_arm
 
     ds = load_dataset("phantom", phantom=PHANTOM)
     src = SyntheticSource(run={c: load_run(runs[c]) for c in (A, B)})
-    syn = src.make(ds, {A: 2, B: 3}, None, 0, "real")
+    syn = src.take(Split(ds, ds, ds), parse_arm("real+synthetic"), {A: 2, B: 3}, 0, "real")
     assert syn.class_counts() == {"homogeneous": 0, A: 2, B: 3}

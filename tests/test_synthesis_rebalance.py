@@ -16,7 +16,7 @@ from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError
 from medbalance.synthesis.export import MANIFEST_COLUMNS, export_dataset
 from medbalance.synthesis.filters import DiscriminatorFilter, FilterContext, MemorizationGate
-from medbalance.synthesis.oversampler import GenerativeOverSampler, MixedDataset, OnTheFlySynthetic
+from medbalance.synthesis.oversampler import GenerativeOverSampler
 
 
 class FakeMethod(nn.Module):
@@ -184,13 +184,3 @@ def test_export_reads_back_through_the_manifest_source(tmp_path):
     back = load_dataset(str(m))
     assert back.class_counts() == {"common": 12, "rare": 12, "rarest": 12}
     assert back.mask_values == [0, 255]
-
-
-def test_mixed_dataset_on_the_fly_is_deterministic():
-    real = _real()
-    fly = OnTheFlySynthetic(_run(), real, {"rare": 3, "rarest": 2}, random_state=5)
-    mixed = MixedDataset(real, fly)
-    assert len(mixed) == len(real) + 5
-    a, b = mixed[len(real) + 1], mixed[len(real) + 1]
-    assert torch.equal(a["image"], b["image"]) and bool(a["synthetic"]) and not bool(mixed[0]["synthetic"])
-    assert mixed.class_counts() == {"common": 12, "rare": 7, "rarest": 4}

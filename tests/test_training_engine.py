@@ -15,7 +15,8 @@ import _tiny_method as tm
 from medbalance.errors import CheckpointError, ConfigError, DataError
 from medbalance.training import checkpoint as ckpt_mod
 from medbalance.training.config import RunConfig
-from medbalance.training.engine import Trainer, class_balanced_order, split_train_heldout, train
+from medbalance.data.splits import split_train_heldout
+from medbalance.training.engine import Trainer, class_balanced_order, train
 from medbalance.training.logging import read_losses_csv
 from medbalance.training.run import batch_generator, load_run
 from medbalance.utils.io import load_safetensors, sha256_file

@@ -14,7 +14,6 @@ from medbalance.errors import ConfigError
 from medbalance.models.registry import build_method
 from medbalance.synthesis.oversampler import (
     GenerativeOverSampler,
-    OnTheFlySynthetic,
     check_can_label,
     conditions_on_class,
 )
@@ -44,14 +43,11 @@ def test_oversampler_refuses_unconditional(name, phantom):
     run = _fake_run(name, {"conditional": False}, phantom)
     with pytest.raises(ConfigError, match=f"model '{name}' is not class-conditional"):
         GenerativeOverSampler(run, progress=False).fit(phantom)
-    with pytest.raises(ConfigError, match="not class-conditional"):
-        OnTheFlySynthetic(run, phantom, {"extra_axial": 2})
     ok = _fake_run(name, {"conditional": True}, phantom)
     s = GenerativeOverSampler(ok, sampling_strategy={"extra_axial": phantom.class_counts()["extra_axial"] + 2},
                               progress=False).fit(phantom)
     syn = s.sample()
     assert len(syn) == 2 and set(syn.labels.tolist()) == {phantom.class_names.index("extra_axial")}
-    assert len(OnTheFlySynthetic(ok, phantom, {"extra_axial": 2})) == 2
 
 
 def test_mask_conditioned_without_class_needs_same_class_pool(phantom):
@@ -64,12 +60,12 @@ def test_mask_conditioned_without_class_needs_same_class_pool(phantom):
 
 
 def test_downstream_generator_arm_refuses_unconditional(phantom):
-    from medbalance.experiments.downstream import SyntheticSource
+    from medbalance.experiments.downstream import SyntheticSource, Split, parse_arm
 
     src = SyntheticSource(run=_fake_run("lapgan", {}, phantom))  # the paper/cpu default is unconditional
     assert src.run.method.conditional is False
     with pytest.raises(ConfigError, match="not class-conditional"):
-        src.make(phantom, {"extra_axial": 3}, None, 0, "real")
+        src.take(Split(phantom, phantom, phantom), parse_arm("real+synthetic"), {"extra_axial": 3}, 0, "real")
 
 
 def test_demo_generator_is_class_conditional(phantom):

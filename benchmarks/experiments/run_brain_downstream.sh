@@ -7,7 +7,7 @@ OUT=${1:-runs/brain_downstream}
 DATA=${MEDBALANCE_SHARED_DATASETS:-../shared/datasets}/brain-tumor-mri/labels.csv
 start=$(date +%s)
 medbalance downstream "$DATA" "$OUT" \
-  --generator-config benchmarks/experiments/brain_tumor_acgan.yaml \
+  --config benchmarks/experiments/brain_tumor_acgan.yaml \
   --arms real,oversample,class-weight,real+synthetic \
   --seeds 5 --epochs 10 --image-size 64 --subsample meningioma=0.1
 echo "total wall time: $(( $(date +%s) - start )) s"

@@ -9,42 +9,18 @@ from typing import Any, List, Optional
 import typer
 
 from medbalance.cli.app import _ErrorHandlingGroup, app, datasets_app
+from medbalance.cli.options import (
+    DataOptions,
+    build_data_config,
+    config_option,
+    data_options,
+    read_config,
+    set_option,
+)
 from medbalance.errors import ConfigError
-
-SOURCE_CHOICES = ("auto", "manifest", "folders", "nifti", "medmnist", "phantom")
 
 make_app = typer.Typer(cls=_ErrorHandlingGroup, help="Write a built-in dataset to disk.", no_args_is_help=True)
 datasets_app.add_typer(make_app, name="make")
-
-
-def build_data_config(
-    data: str,
-    config: Optional[Path] = None,
-    source: Optional[str] = None,
-    overrides: Optional[dict[str, Any]] = None,
-    nifti_overrides: Optional[dict[str, Any]] = None,
-):
-    """DataConfig from an optional YAML (``data:`` section or a bare DataConfig) + CLI options."""
-    from medbalance.config import read_yaml
-    from medbalance.data.config import DataConfig
-
-    base: dict[str, Any] = {}
-    if config is not None:
-        raw = read_yaml(config)
-        base = raw["data"] if isinstance(raw.get("data"), dict) else raw
-        if not isinstance(base, dict):
-            raise ConfigError("the data: section must be a mapping", path=config)
-    base = dict(base)
-    base["path"] = data
-    if source is not None:
-        if source not in SOURCE_CHOICES:
-            raise ConfigError(f"--source must be one of {', '.join(SOURCE_CHOICES)}, got {source!r}")
-        base["source"] = source
-    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    nif = {k: v for k, v in (nifti_overrides or {}).items() if v is not None}
-    if nif:
-        base["nifti"] = {**(base.get("nifti") or {}), **nif}
-    return DataConfig.from_dict(base, source=config)
 
 
 def _parse_shape(text: Optional[str]) -> Optional[list[int]]:
@@ -61,18 +37,12 @@ def _parse_shape(text: Optional[str]) -> Optional[list[int]]:
 
 
 @app.command("inspect")
+@data_options
 def inspect_cmd(
     data: str = typer.Argument(..., help="manifest CSV, class-folder root, NIfTI root, MedMNIST .npz, or 'phantom'"),
-    source: Optional[str] = typer.Option(None, "--source", help="auto|manifest|folders|nifti|medmnist|phantom"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML with a data: section (or a bare DataConfig)"),
-    image_column: Optional[str] = typer.Option(None, "--image-column"),
-    mask_column: Optional[str] = typer.Option(None, "--mask-column"),
-    label_column: Optional[str] = typer.Option(None, "--label-column"),
-    group_column: Optional[str] = typer.Option(None, "--group-column"),
-    condition_column: Optional[str] = typer.Option(None, "--condition-column"),
-    modality: Optional[List[str]] = typer.Option(None, "--modality", help="NIfTI modality glob (repeat, channel order)"),
-    label_pattern: Optional[str] = typer.Option(None, "--label-pattern", help="NIfTI label volume glob"),
-    brain_mask_pattern: Optional[str] = typer.Option(None, "--brain-mask-pattern", help="NIfTI brain mask glob"),
+    data_opts: DataOptions = DataOptions(),
+    config: Optional[Path] = config_option("a data: section, or a bare DataConfig"),
+    sets: List[str] = set_option("data.phantom.n=24"),
     min_lesion_voxels: Optional[int] = typer.Option(None, "--min-lesion-voxels", min=0),
     nifti_mode: Optional[str] = typer.Option(
         None, "--nifti-mode", help="NIfTI: slices (2-D axial slices) | volume (one cropped, resampled volume per case)"
@@ -93,27 +63,12 @@ def inspect_cmd(
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise ConfigError("--plot must be a .png file", path=plot)
+    doc = read_config(config, sets, bare_section="data")
     cfg = build_data_config(
-        data,
-        config=config,
-        source=source,
-        overrides={
-            "image_column": image_column,
-            "mask_column": mask_column,
-            "label_column": label_column,
-            "group_column": group_column,
-            "condition_column": condition_column,
-            "split": split,
-            "skip_bad": True if skip_bad else None,
-        },
-        nifti_overrides={
-            "modalities": list(modality) if modality else None,
-            "label_pattern": label_pattern,
-            "brain_mask_pattern": brain_mask_pattern,
-            "min_lesion_voxels": min_lesion_voxels,
-            "mode": nifti_mode,
-            "volume_shape": _parse_shape(volume_shape),
-        },
+        data, data_opts, doc.get("data"), config,
+        extra={"split": split, "skip_bad": True if skip_bad else None},
+        nifti_extra={"min_lesion_voxels": min_lesion_voxels, "mode": nifti_mode,
+                     "volume_shape": _parse_shape(volume_shape)},
     )
     ds = load_dataset(cfg)
     report = inspect_dataset(ds)

@@ -8,94 +8,128 @@ from typing import Optional
 import typer
 
 from medbalance.cli.app import app
-from medbalance.cli.options import parse_class_fractions, parse_fractions
+from medbalance.cli.options import (
+    DataOptions,
+    build_data_config,
+    check_sections,
+    config_option,
+    data_options,
+    device_option,
+    parse_arms,
+    parse_class_fractions,
+    parse_fractions,
+    read_config,
+    run_data_config,
+    seeds_option,
+    set_option,
+)
 from medbalance.errors import ConfigError
 from medbalance.utils.progress import console
 
 
 @app.command("downstream")
+@data_options
 def downstream_cmd(
     data: str = typer.Argument(..., help="real dataset (manifest CSV, folder, npz, nifti root, 'phantom')"),
     out: Path = typer.Argument(..., help="experiment folder (downstream.json, config, generator run if trained)"),
-    task: str = typer.Option("classification", help="classification | segmentation"),
+    data_opts: DataOptions = DataOptions(),
+    task: str = typer.Option("classification", "--task", help="classification | segmentation"),
     arms: str = typer.Option(
-        "real,oversample,class-weight,real+synthetic",
+        "real,oversample,class-weight,real+synthetic", "--arms",
         help="comma-separated: real, oversample, class-weight, augment, real+synthetic, real+synthetic@R, "
         "synthetic-only, synthetic-pretrain+finetune (train on synthetic only, then fine-tune on real)",
     ),
-    seeds: int = typer.Option(5, min=1, help="number of seeds (0..N-1)"),
+    seeds: int = seeds_option(5),
     run_specs: list[str] = typer.Option(
         [], "--run", help="trained generator run (must not have seen test ids), or CLASS=RUN once per class"
     ),
-    generator_config: Optional[Path] = typer.Option(
-        None, "--generator-config", help="train a generator on the experiment's training split first (run config YAML)"
+    config: Optional[Path] = config_option(
+        "a generator run config, data:, model:, train:, as for `medbalance train`: trains that generator on the "
+        "experiment's training split first"
     ),
-    generator_overrides: list[str] = typer.Option([], "--generator-set", help="key=value overrides of --generator-config"),
-    synthetic: Optional[str] = typer.Option(None, help="a synthetic manifest (from rebalance/generate) instead of --run"),
+    sets: list[str] = set_option("train.steps=500 (keys of the generator's run config)"),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="a synthetic manifest (from rebalance/generate) instead of --run"),
     allow_unverified_synthetic: bool = typer.Option(
         False, "--allow-unverified-synthetic",
         help="accept a --synthetic set without training-ids provenance (stated as a warning in downstream.json)"),
-    subsample: list[str] = typer.Option([], help="CLASS=FRACTION of its training images kept, e.g. meningioma=0.1"),
+    subsample: list[str] = typer.Option([], "--subsample", help="CLASS=FRACTION of its training images kept, e.g. meningioma=0.1"),
     near_duplicates: bool = typer.Option(
         False, "--near-duplicates", help="also keep near-duplicate images (perceptual hash) on one side of the split"),
-    image_size: Optional[int] = typer.Option(None, help="resize images (default: the run's size, else as stored)"),
-    epochs: int = typer.Option(15, min=1),
-    batch_size: int = typer.Option(32, min=1),
-    lr: float = typer.Option(1e-3),
-    split_seed: int = typer.Option(0),
-    fractions: str = typer.Option("0.6,0.2,0.2", help="train,val,test fractions"),
-    strategy: str = typer.Option("auto", help="balanced arm's sampling strategy"),
-    mask_source: str = typer.Option("real"),
-    mask_pool: str = typer.Option("auto", help="auto | same_class | any (masks of every class; auto: any for Red-GAN)"),
-    target: str = typer.Option("label", help="label | condition: what the generator arms rebalance (condition = site)"),
-    device: str = typer.Option("auto"),
+    epochs: int = typer.Option(15, "--epochs", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    split_seed: int = typer.Option(0, "--split-seed"),
+    fractions: str = typer.Option("0.6,0.2,0.2", "--fractions", help="train,val,test fractions"),
+    strategy: str = typer.Option("auto", "--strategy", help="balanced arm's sampling strategy"),
+    mask_source: str = typer.Option("real", "--mask-source"),
+    mask_pool: str = typer.Option("auto", "--mask-pool", help="auto | same_class | any (masks of every class; auto: any for Red-GAN)"),
+    target: str = typer.Option("label", "--target", help="label | condition: what the generator arms rebalance (condition = site)"),
+    device: str = device_option(),
 ) -> None:
-    """Train a task network on each arm for several seeds and compare with `real` on real test data."""
+    """Train a task network on each arm for several seeds and compare with `real` on real test data.
+
+    --device is used for the generator (training and generation) and the task networks."""
     from medbalance.data import load_dataset
-    from medbalance.experiments.downstream import DownstreamConfig, SyntheticSource, check_arms, make_split, run_downstream
+    from medbalance.experiments.downstream import (
+        DownstreamConfig,
+        SyntheticSource,
+        check_arms,
+        make_split,
+        run_downstream,
+    )
+    from medbalance.synthesis.oversampler import MASK_POOLS, TARGETS
     from medbalance.synthesis.strategy import parse_strategy
+    from medbalance.utils.device import select_device
 
     fr = parse_fractions(fractions)
-    from medbalance.synthesis.oversampler import MASK_POOLS, TARGETS
-
     if mask_pool not in MASK_POOLS:
         raise ConfigError(f"unknown --mask-pool {mask_pool!r}; allowed: {', '.join(MASK_POOLS)}")
     if target not in TARGETS:
         raise ConfigError(f"unknown --target {target!r}; allowed: {', '.join(TARGETS)}")
     cfg = DownstreamConfig(
-        task=task, arms=[a.strip() for a in arms.split(",") if a.strip()], seeds=list(range(seeds)),
+        task=task, arms=parse_arms(arms), seeds=list(range(seeds)),
         split_seed=split_seed, fractions=fr, subsample=parse_class_fractions(subsample, "--subsample"),
-        strategy=parse_strategy(strategy), mask_source=mask_source, mask_pool=mask_pool, target=target, epochs=epochs, batch_size=batch_size, lr=lr,
-        device=device, near_duplicates=near_duplicates,
+        strategy=parse_strategy(strategy), mask_source=mask_source, mask_pool=mask_pool, target=target, epochs=epochs,
+        batch_size=batch_size, lr=lr, device=device, near_duplicates=near_duplicates,
     )
     check_arms(cfg.arms)
-    if run_specs and generator_config is not None:
-        raise ConfigError("give either --run or --generator-config, not both")
+    if sum([bool(run_specs), config is not None or bool(sets), synthetic is not None]) > 1:
+        raise ConfigError("give one source of synthetic images: --run, --config (a generator to train) or --synthetic")
+    gen_device = str(select_device(device))
     run = None
+    split = None
     if run_specs:
-        from medbalance.cli.synth_cmds import _load_per_class, _parse_runs
-        from medbalance.training.run import load_run
+        from medbalance.cli.synth_cmds import _load_per_class, _load_run, _parse_runs
 
         run_dir, per = _parse_runs(run_specs)
-        first = load_run(run_dir) if per == {} else None
         if per:
-            runs, first = _load_per_class(per, "latest", "cpu")
-        ds = load_dataset(first.config.data.model_copy(update={"path": data, "source": "auto", "class_subset": None}))
-        run = runs if per else first
-    else:
-        ds = load_dataset(data, image_size=image_size) if image_size else load_dataset(data)
-    if generator_config is not None:
+            run, first = _load_per_class(per, "latest", gen_device)
+        else:
+            run = first = _load_run(run_dir, "latest", gen_device)
+        ds = load_dataset(run_data_config(first, data, data_opts, all_classes=True))
+    elif config is not None or sets:
         from medbalance.training.config import RunConfig
         from medbalance.training.engine import train
         from medbalance.training.run import load_run
 
-        gcfg = RunConfig.from_yaml(generator_config, list(generator_overrides) + [f"out_dir={out / 'generator'}"])
-        if gcfg.data.image_size is not None and ds.spatial_shape[-1] != gcfg.data.image_size:
-            ds = load_dataset(data, image_size=gcfg.data.image_size)
+        doc = read_config(config, sets)
+        check_sections(doc, ("out_dir", "data", "model", "train"), config)
+        gen_data = build_data_config(data, data_opts, doc.get("data"), config)
+        doc["data"] = gen_data.model_dump(mode="json", exclude_unset=True)
+        doc["out_dir"] = str(out / "generator")
+        doc["train"] = dict(doc.get("train") or {})
+        if device != "auto" or "device" not in doc["train"]:
+            doc["train"]["device"] = device
+        gcfg = RunConfig.from_dict(doc, source=config)
+        # the experiment's data: DATA with the data options, at the generator's image size (the generator is
+        # trained on its training split, not on the config's data: section)
+        ds = load_dataset(build_data_config(data, data_opts, extra={"image_size": gcfg.data.image_size}))
         split = make_split(ds, cfg)
         console.print(f"training the generator on the training split ({len(split.train)} images)")
         train(gcfg, dataset=split.train)
-        run = load_run(out / "generator")
+        run = load_run(out / "generator", device=gen_device)
+    else:
+        ds = load_dataset(build_data_config(data, data_opts))
     source = None
     if run is not None:
         source = SyntheticSource(run=run)
@@ -107,7 +141,7 @@ def downstream_cmd(
 
         source = SyntheticSource(dataset=syn, provenance=read_provenance(synthetic),
                                  allow_unverified=allow_unverified_synthetic, path=synthetic)
-    report = run_downstream(ds, cfg, out, source)
+    report = run_downstream(ds, cfg, out, source, split=split)
     _print_summary(report)
     typer.echo(str(out / "downstream.json"))
 

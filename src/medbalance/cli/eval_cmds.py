@@ -9,20 +9,27 @@ Privacy splits (``--train-split`` / ``--holdout-split``) are each given as eithe
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from medbalance.cli.app import app
+from medbalance.cli.options import (
+    DataOptions,
+    build_data_config,
+    data_options,
+    seed_option,
+)
 from medbalance.errors import ConfigError, DataError
-
-TRUE_VALUES = {"1", "true", "yes", "y", "t"}
 
 
 def mark_synthetic_from_csv(ds, path: Path, id_column: str = "id"):
     """Set ``ds.synthetic`` from a manifest's ``synthetic`` column when the loader did not."""
     import torch
+
+    from medbalance.data.manifest import parse_synthetic_flag
 
     if ds.synthetic is not None or path.suffix.lower() not in (".csv", ".tsv"):
         return ds
@@ -33,13 +40,13 @@ def mark_synthetic_from_csv(ds, path: Path, id_column: str = "id"):
             return ds  # no column: every row is synthetic
         rows = list(reader)
     if id_column in (reader.fieldnames or []):
-        flag = {r[id_column]: str(r["synthetic"]).strip().lower() in TRUE_VALUES for r in rows if r.get(id_column)}
+        flag = {r[id_column]: parse_synthetic_flag(r["synthetic"]) for r in rows if r.get(id_column)}
         missing = [i for i in ds.ids if i not in flag]
         if missing:
             raise DataError(f"cannot match loaded id {missing[0]!r} to a manifest row's synthetic flag", path=path)
         ds.synthetic = torch.tensor([flag[i] for i in ds.ids], dtype=torch.bool)
     elif len(rows) == len(ds):
-        ds.synthetic = torch.tensor([str(r["synthetic"]).strip().lower() in TRUE_VALUES for r in rows], dtype=torch.bool)
+        ds.synthetic = torch.tensor([parse_synthetic_flag(r["synthetic"]) for r in rows], dtype=torch.bool)
     else:
         raise DataError("manifest has a synthetic column but no id column and rows were skipped", path=path)
     return ds
@@ -71,6 +78,7 @@ def load_split(spec: str, real, key: str, load_kwargs: dict):
 
 
 @app.command("evaluate")
+@data_options
 def evaluate_cmd(
     real: str = typer.Option(..., "--real", help="real data (manifest CSV, folder, npz, 'phantom', ...)"),
     synthetic: str = typer.Option(..., "--synthetic", help="synthetic data, e.g. OUT/manifest.csv (only rows with synthetic=1)"),
@@ -92,17 +100,21 @@ def evaluate_cmd(
         None, "--holdout-split", help="held-out real images: dataset path, run folder or train_ids.json"
     ),
     montage: Optional[Path] = typer.Option(None, "--montage", help="PNG of the closest synthetic/training pairs"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="resize every set to this square size on load"),
+    data_opts: DataOptions = DataOptions(),
     kid_subset_size: int = typer.Option(1000, "--kid-subset-size", min=2),
     kid_subsets: int = typer.Option(100, "--kid-subsets", min=1),
     ms_ssim_pairs: int = typer.Option(200, "--ms-ssim-pairs", min=1),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="feature cache (default ~/.cache/medbalance/features)"),
     no_cache: bool = typer.Option(False, "--no-cache"),
-    seed: int = typer.Option(0, "--seed"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write all results as JSON"),
+    seed: int = seed_option(0, "seed of the subsets and pairs drawn"),
+    as_json: bool = typer.Option(False, "--json", help="print all results as JSON on stdout (instead of the table)"),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="also write all results as JSON to this file"),
 ) -> None:
     """Does synthetic data look real (FD/KID/precision/recall/density/coverage), is it varied (MS-SSIM),
-    do its image statistics match, and does it copy the training patients (--privacy)?"""
+    do its image statistics match, and does it copy the training patients (--privacy)?
+
+    The data options describe --real (and split datasets given as paths); the synthetic set is read as
+    `medbalance generate` / `rebalance` write it, at --image-size when given."""
     from rich.console import Console
     from rich.table import Table
 
@@ -116,9 +128,10 @@ def evaluate_cmd(
         raise ConfigError("--train-split/--holdout-split are only used with --privacy")
     if montage is not None and montage.suffix.lower() != ".png":
         raise ConfigError("--montage must be a .png file", path=montage)
-    kw = {"image_size": image_size} if image_size is not None else {}
-    real_ds = load_dataset(real, **kw)
-    syn_ds = mark_synthetic_from_csv(load_dataset(synthetic, **kw), Path(synthetic))
+    kw = data_opts.data_overrides()
+    real_ds = load_dataset(build_data_config(real, data_opts))
+    syn_kw = {"image_size": data_opts.image_size} if data_opts.image_size is not None else {}
+    syn_ds = mark_synthetic_from_csv(load_dataset(synthetic, **syn_kw), Path(synthetic))
     tr = ho = None
     if privacy:
         tr = load_split(train_split, real_ds, "train", kw)
@@ -143,6 +156,11 @@ def evaluate_cmd(
         seed=seed,
     )
     res["inputs"] = {"real": real, "synthetic": synthetic, "train_split": train_split, "holdout_split": holdout_split}
+    if json_out is not None:
+        atomic_write_json(json_out, res)
+    if as_json:  # numpy / torch values as plain numbers and lists
+        typer.echo(json.dumps(res, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+        return
     console = Console()
     ext = res.get("extractor", {})
     table = Table(
@@ -159,5 +177,4 @@ def evaluate_cmd(
     for w in res["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     if json_out is not None:
-        atomic_write_json(json_out, res)
         console.print(f"results written to {json_out}")

@@ -9,54 +9,62 @@ from typing import List, Optional
 import typer
 
 from medbalance.cli.app import app
+from medbalance.cli.options import (
+    DataOptions,
+    build_data_config,
+    config_option,
+    data_options,
+    device_option,
+    parse_arms,
+    parse_class_fractions,
+    parse_fractions,
+    read_config,
+    seeds_option,
+    set_option,
+)
 from medbalance.utils.progress import console
 
 
 @app.command("feature-augment")
+@data_options
 def feature_augment_cmd(
     data: str = typer.Argument(..., help="dataset with lesion masks (manifest CSV, NIfTI root, ...)"),
     out: Path = typer.Argument(..., help="output folder: segmentor/, features/, acgan/, feature_downstream.json"),
     segmentor: Optional[Path] = typer.Option(None, "--segmentor", help="trained segmentation U-Net folder (else trained here)"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="resize slices (64 or 96 on CPU)"),
     subsample: List[str] = typer.Option([], "--subsample", help="CLASS=FRACTION of its training slices kept"),
-    seeds: int = typer.Option(5, "--seeds", min=1, help="classifier seeds 0..N-1"),
+    seeds: int = seeds_option(5, "classifier seeds 0..N-1"),
     strategy: str = typer.Option("auto", "--strategy", help="sampling strategy of the synthetic features"),
     preset: str = typer.Option("cpu", "--preset", help="cpu | paper"),
     arms: str = typer.Option("real,oversample,real+synthetic", "--arms", help="comma-separated: real, oversample, class-weight, real+synthetic"),
     split_seed: int = typer.Option(0, "--split-seed"),
     fractions: str = typer.Option("0.6,0.2,0.2", "--fractions", help="train,val,test fractions"),
     no_filter: bool = typer.Option(False, "--no-filter", help="keep every generated feature (no D class filter)"),
-    data_config: Optional[Path] = typer.Option(None, "--data-config", help="YAML with a data: section"),
-    source: Optional[str] = typer.Option(None, "--source", help="auto|manifest|folders|nifti|medmnist|phantom"),
-    modality: Optional[List[str]] = typer.Option(None, "--modality", help="NIfTI modality glob (repeat, channel order)"),
-    label_pattern: Optional[str] = typer.Option(None, "--label-pattern", help="NIfTI label volume glob"),
-    brain_mask_pattern: Optional[str] = typer.Option(None, "--brain-mask-pattern", help="NIfTI brain mask glob"),
-    sets: List[str] = typer.Option([], "--set", help="key=value overrides, e.g. acgan.epochs=10, segmentor.epochs=3, classifier.hidden=128"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (1 is much faster on a busy shared CPU)"),
-    device: str = typer.Option("auto", "--device"),
+    data_opts: DataOptions = DataOptions(),
+    config: Optional[Path] = config_option("a data: section and feature-augment keys: acgan:, segmentor:, classifier:, ..."),
+    sets: List[str] = set_option("acgan.epochs=10, segmentor.epochs=3, data.image_size=64"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)"),
+    device: str = device_option(),
 ) -> None:
     """Feature-level augmentation (Mehra et al., arXiv 2209.14097): real vs real+synthetic *features*."""
-    from medbalance.cli.data_cmds import build_data_config
-    from medbalance.cli.options import parse_class_fractions, parse_fractions
-    from medbalance.config import apply_overrides
     from medbalance.data import load_dataset
-    from medbalance.experiments.feature_downstream import FeatureAugmentConfig, run_feature_augment
+    from medbalance.experiments.feature_downstream import (
+        FeatureAugmentConfig,
+        run_feature_augment,
+    )
     from medbalance.synthesis.strategy import parse_strategy
     from medbalance.utils.io import atomic_write_text
 
     fr = parse_fractions(fractions)
     base = {
-        "preset": preset, "arms": [a.strip() for a in arms.split(",") if a.strip()], "seeds": list(range(seeds)),
+        "preset": preset, "arms": parse_arms(arms), "seeds": list(range(seeds)),
         "split_seed": split_seed, "fractions": list(fr), "subsample": parse_class_fractions(subsample, "--subsample"),
         "strategy": parse_strategy(strategy), "filter_generated": not no_filter, "device": device,
         "threads": threads,
     }
-    cfg = FeatureAugmentConfig.from_dict(apply_overrides(base, list(sets)), source="feature-augment options")
-    dcfg = build_data_config(
-        data, config=data_config, source=source, overrides={"image_size": image_size},
-        nifti_overrides={"modalities": list(modality) if modality else None, "label_pattern": label_pattern,
-                         "brain_mask_pattern": brain_mask_pattern},
-    )
+    doc = read_config(config, sets)
+    section = doc.pop("data", None)
+    cfg = FeatureAugmentConfig.from_dict({**base, **doc}, source=config or "feature-augment options")
+    dcfg = build_data_config(data, data_opts, section, config)
     ds = load_dataset(dcfg)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "data_config.yaml", dcfg.to_yaml())

@@ -15,15 +15,12 @@ COMMAND_MODULES = [
     "medbalance.cli.downstream_cmds",  # downstream
     "medbalance.cli.feature_cmds",  # feature-augment
     "medbalance.cli.task_cmds",  # train-task
+    "medbalance.cli.benchmark_cmds",  # benchmark
     "medbalance.cli.report_cmds",  # report, demo
 ]
 
 for _mod in COMMAND_MODULES:
-    try:
-        importlib.import_module(_mod)
-    except ModuleNotFoundError as e:  # a stage not built yet
-        if e.name != _mod:
-            raise
+    importlib.import_module(_mod)
 
 
 def main() -> None:

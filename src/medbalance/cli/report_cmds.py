@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from medbalance.cli.app import app
+from medbalance.cli.options import device_option, overwrite_option, seed_option
 from medbalance.errors import ConfigError
 from medbalance.utils.progress import console
 
@@ -18,7 +19,7 @@ def report_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: FOLDER/report.html)"),
 ) -> None:
     """Write one self-contained HTML report (images embedded, opens offline) and report.json with its numbers."""
-    from medbalance.evaluation.report import build_report
+    from medbalance.report import build_report
 
     if out is not None and out.suffix.lower() not in (".html", ".htm"):
         raise ConfigError("--out must be an .html file", path=out)
@@ -30,10 +31,10 @@ def report_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("medbalance-demo"), "--out", help="demo folder (everything is written here)"),
-    quick: bool = typer.Option(False, "--quick", help="smaller data, shorter training (1-2 minutes on 2 cores)"),
-    seed: int = typer.Option(0, "--seed", help="seed of the data, split, generator and generation"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing demo folder"),
+    quick: bool = typer.Option(False, "--quick", help="smaller data, shorter training"),
+    seed: int = seed_option(0, "seed of the data, split, generator and generation"),
+    device: str = device_option(),
+    overwrite: bool = overwrite_option("an existing demo folder"),
     n: Optional[int] = typer.Option(None, "--n", hidden=True, min=30, help="phantom images (testing)"),
     steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1, help="generator steps (testing)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", hidden=True, min=1, help="classifier epochs (testing)"),

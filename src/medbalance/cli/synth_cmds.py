@@ -9,6 +9,14 @@ from typing import Optional
 import typer
 
 from medbalance.cli.app import app
+from medbalance.cli.options import (
+    DataOptions,
+    data_options,
+    device_option,
+    overwrite_option,
+    run_data_config,
+    seed_option,
+)
 from medbalance.errors import ConfigError
 from medbalance.utils.progress import console
 
@@ -20,17 +28,13 @@ def _load_run(run_dir: Path, checkpoint: str, device: str):
     return load_run(run_dir, checkpoint=checkpoint, device=str(select_device(device)))
 
 
-def _run_data(run, data_path: Optional[str], all_classes: bool = False):
-    """The run's data options (size, columns, normalisation), optionally on another path; ``all_classes``
-    drops the run's ``class_subset`` (per-class runs rebalance the whole dataset)."""
+def _run_data(run, data_path: Optional[str], opts: DataOptions, all_classes: bool = False):
+    """The run's data settings (size, columns, normalisation), optionally on another path, with the data options
+    on top (:func:`~medbalance.cli.options.run_data_config`); ``all_classes`` drops the run's ``class_subset``
+    (per-class runs rebalance the whole dataset)."""
     from medbalance.data import load_dataset
 
-    cfg = run.config.data
-    if data_path is not None:
-        cfg = cfg.model_copy(update={"path": data_path, "source": "auto"})
-    if all_classes:
-        cfg = cfg.model_copy(update={"class_subset": None})
-    return load_dataset(cfg)
+    return load_dataset(run_data_config(run, data_path, opts, all_classes=all_classes))
 
 
 def _parse_runs(specs: list[str]) -> tuple[Optional[Path], dict[str, Path]]:
@@ -84,7 +88,11 @@ def _ids_subset(ds, ids):
 
 
 def _build_filters(specs: list[str], run, data, min_confidence: float, percentile: float):
-    from medbalance.synthesis.filters import ClassifierFilter, DiscriminatorFilter, MemorizationGate
+    from medbalance.synthesis.filters import (
+        ClassifierFilter,
+        DiscriminatorFilter,
+        MemorizationGate,
+    )
 
     out = []
     for spec in specs:
@@ -151,24 +159,27 @@ def _finish(out: Path, sampler, syn, run, dt, real, overwrite, options):
 
 
 @app.command("generate")
+@data_options
 def generate_cmd(
     run_dir: Path = typer.Argument(..., help="a run folder made by `medbalance train`"),
     n: int = typer.Option(..., "--n", min=1, help="how many samples"),
     cls: str = typer.Option(..., "--class", help="class name to generate"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default RUN_DIR/generated/<class>_n<N>_seed<S>)"),
     data: Optional[str] = typer.Option(None, "--data", help="where to draw label maps from (default: the run's data)"),
-    mask_source: str = typer.Option("real", help="real | elastic | edited | folder"),
-    mask_folder: Optional[str] = typer.Option(None, help="folder of label-map PNGs for --mask-source folder"),
-    mask_pool: str = typer.Option("auto", help="auto | same_class | any (masks of every class; auto: any for Red-GAN)"),
-    target: str = typer.Option("label", help="label | condition (--class then names a site of the condition column)"),
+    data_opts: DataOptions = DataOptions(),
+    mask_source: str = typer.Option("real", "--mask-source", help="real | elastic | edited | folder"),
+    mask_folder: Optional[str] = typer.Option(None, "--mask-folder", help="folder of label-map PNGs for --mask-source folder"),
+    mask_pool: str = typer.Option("auto", "--mask-pool", help="auto | same_class | any (masks of every class; auto: any for Red-GAN)"),
+    target: str = typer.Option("label", "--target", help="label | condition (--class then names a site of the condition column)"),
     filters: list[str] = typer.Option([], "--filter", help="classifier:PATH | discriminator | memorization (repeatable)"),
-    min_confidence: float = typer.Option(0.5, help="classifier filter threshold"),
-    memorization_percentile: float = typer.Option(1.0, help="memorization gate: percentile of held-out NN distances"),
-    seed: int = typer.Option(0),
-    batch_size: int = typer.Option(64, min=1),
-    checkpoint: str = typer.Option("latest", help="latest | best | path to a checkpoint folder"),
-    device: str = typer.Option("auto"),
-    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+    min_confidence: float = typer.Option(0.5, "--min-confidence", help="classifier filter threshold"),
+    memorization_percentile: float = typer.Option(
+        1.0, "--memorization-percentile", help="memorization gate: percentile of held-out NN distances"),
+    seed: int = seed_option(0, "seed of the generation"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    checkpoint: str = typer.Option("latest", "--checkpoint", help="latest | best | path to a checkpoint folder"),
+    device: str = device_option(),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """Generate N synthetic samples of one class (with masks for mask-conditioned models).
 
@@ -177,7 +188,7 @@ def generate_cmd(
     from medbalance.synthesis.oversampler import check_per_class_run
 
     run = _load_run(run_dir, checkpoint, device)
-    ds = _run_data(run, data)
+    ds = _run_data(run, data, data_opts)
     train = _ids_subset(ds, run.train_ids) if run.train_ids else ds
     names = (ds.condition_names or []) if target == "condition" else ds.class_names
     if cls not in names:
@@ -195,31 +206,35 @@ def generate_cmd(
 
 
 @app.command("rebalance")
+@data_options
 def rebalance_cmd(
     data: str = typer.Argument(..., help="the dataset to rebalance (manifest CSV, folder, npz, nifti root, 'phantom')"),
     out: Path = typer.Argument(..., help="output folder (written atomically)"),
+    data_opts: DataOptions = DataOptions(),
     run_specs: list[str] = typer.Option(
         [], "--run", help="a run folder made by `medbalance train`, or CLASS=RUN once per class (one run per class)"
     ),
-    target: str = typer.Option("label", help="label | condition (plan by site: the condition column)"),
+    target: str = typer.Option("label", "--target", help="label | condition (plan by site: the condition column)"),
     strategy: str = typer.Option(
-        "auto", help="auto | minority | 'not minority' | 'not majority' | all | a float (2 classes) | class=total,..."
+        "auto", "--strategy",
+        help="auto | minority | 'not minority' | 'not majority' | all | a float (2 classes) | class=total,...",
     ),
-    ratio: Optional[float] = typer.Option(None, help="synthetic = ratio x real (overrides --strategy)"),
-    ratio_mode: str = typer.Option("per_class", help="per_class | overall"),
-    inject: Optional[str] = typer.Option(None, help="CLASS=N: add N samples of one class only"),
-    mask_source: str = typer.Option("real", help="real | elastic | edited | folder"),
-    mask_folder: Optional[str] = typer.Option(None),
-    mask_pool: str = typer.Option("auto", help="auto | same_class | any (masks of every class; auto: any for Red-GAN)"),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="synthetic = ratio x real (overrides --strategy)"),
+    ratio_mode: str = typer.Option("per_class", "--ratio-mode", help="per_class | overall"),
+    inject: Optional[str] = typer.Option(None, "--inject", help="CLASS=N: add N samples of one class only"),
+    mask_source: str = typer.Option("real", "--mask-source", help="real | elastic | edited | folder"),
+    mask_folder: Optional[str] = typer.Option(None, "--mask-folder", help="folder of label-map PNGs for --mask-source folder"),
+    mask_pool: str = typer.Option("auto", "--mask-pool", help="auto | same_class | any (masks of every class; auto: any for Red-GAN)"),
     filters: list[str] = typer.Option([], "--filter", help="classifier:PATH | discriminator | memorization (repeatable)"),
-    min_confidence: float = typer.Option(0.5),
-    memorization_percentile: float = typer.Option(1.0),
-    seed: int = typer.Option(0),
-    batch_size: int = typer.Option(64, min=1),
+    min_confidence: float = typer.Option(0.5, "--min-confidence", help="classifier filter threshold"),
+    memorization_percentile: float = typer.Option(
+        1.0, "--memorization-percentile", help="memorization gate: percentile of held-out NN distances"),
+    seed: int = seed_option(0, "seed of the generation"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
     include_real: bool = typer.Option(True, "--include-real/--no-real", help="also write the real samples"),
-    checkpoint: str = typer.Option("latest"),
-    device: str = typer.Option("auto"),
-    overwrite: bool = typer.Option(False),
+    checkpoint: str = typer.Option("latest", "--checkpoint", help="latest | best | path to a checkpoint folder"),
+    device: str = device_option(),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """Bring the classes of DATA to the requested distribution with a trained generator; write OUT/manifest.csv."""
     from medbalance.synthesis.strategy import parse_strategy
@@ -232,7 +247,7 @@ def rebalance_cmd(
         runs, run = _load_per_class(per, checkpoint, device)
     else:
         run = _load_run(run_dir, checkpoint, device)
-    ds = _run_data(run, data, all_classes=bool(per))
+    ds = _run_data(run, data, data_opts, all_classes=bool(per))
     kw: dict = dict(mask_source=mask_source, mask_pool=mask_pool, mask_folder=mask_folder, target=target)
     if inject:
         c, _, k = inject.partition("=")

@@ -8,6 +8,18 @@ from typing import Any, List, Optional
 import typer
 
 from medbalance.cli.app import app
+from medbalance.cli.options import (
+    DataOptions,
+    build_data_config,
+    check_sections,
+    config_option,
+    data_options,
+    device_option,
+    overwrite_option,
+    read_config,
+    seed_option,
+    set_option,
+)
 from medbalance.errors import ConfigError
 
 TASKS = ("classification", "segmentation")
@@ -19,25 +31,17 @@ def build_task_configs(
     config: Optional[Path],
     overrides: list[str],
     cli: dict[str, Any],
-    data_cli: dict[str, Any],
+    data_opts: DataOptions = DataOptions(),
 ):
     """(DataConfig, TaskConfig, val_fraction) from an optional YAML with ``data:`` / ``task:`` sections
     (+ top-level ``val_fraction``), ``--set section.key=value`` overrides and the CLI options."""
-    from medbalance.config import apply_overrides, read_yaml
-    from medbalance.data.config import DataConfig
     from medbalance.training.task import TaskConfig
 
-    raw: dict[str, Any] = read_yaml(config) if config is not None else {}
-    unknown = set(raw) - {"data", "task", "val_fraction"}
-    if unknown:
-        raise ConfigError(f"unknown top-level keys {sorted(unknown)}; allowed: data, task, val_fraction", path=config)
-    raw = apply_overrides(raw, overrides)
+    raw = read_config(config, overrides)
+    check_sections(raw, ("data", "task", "val_fraction"), config)
     if not isinstance(raw.get("data") or {}, dict) or not isinstance(raw.get("task") or {}, dict):
         raise ConfigError("data: and task: must be mappings", path=config)
-    d = dict(raw.get("data") or {})
     t = dict(raw.get("task") or {})
-    d["path"] = data
-    d.update({k: v for k, v in data_cli.items() if v is not None})
     t["task"] = task
     t.update({k: v for k, v in cli.items() if v is not None and k != "val_fraction"})
     vf = cli.get("val_fraction")
@@ -49,27 +53,19 @@ def build_task_configs(
         raise ConfigError(f"val_fraction must be a number, got {vf!r}", path=config) from None
     if not 0 <= vf < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {vf}")
-    return DataConfig.from_dict(d, source=config), TaskConfig.from_dict(t, source=config), vf
-
-
-def split_train_val(ds, val_fraction: float, seed: int):
-    """Stratified train/val split of a dataset, group-disjoint for patients and for identical images."""
-    if val_fraction <= 0:
-        return ds, None
-    from medbalance.data.splits import stratified_split
-
-    parts = stratified_split(ds, fractions=(1 - val_fraction, val_fraction, 0.0), seed=seed, group_duplicates=True)
-    return ds.subset(parts["train"]), ds.subset(parts["val"])
+    dcfg = build_data_config(data, data_opts, raw.get("data"), config)
+    return dcfg, TaskConfig.from_dict(t, source=config), vf
 
 
 @app.command("train-task")
+@data_options
 def train_task_cmd(
     task: str = typer.Argument(..., help="classification | segmentation"),
     data: str = typer.Argument(..., help="manifest CSV, class-folder root, NIfTI root, MedMNIST .npz, or 'phantom'"),
     out_dir: Path = typer.Argument(..., help="output folder (model.safetensors, model.json, config, metrics)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
-    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="resize images to this square size"),
+    data_opts: DataOptions = DataOptions(),
     arch: Optional[str] = typer.Option(
         None, "--arch", help="small_cnn|densenet121|resnet18|resnet34 (classification), unet|basic_unet (segmentation)"
     ),
@@ -78,12 +74,12 @@ def train_task_cmd(
     class_weights: Optional[bool] = typer.Option(None, "--class-weights/--no-class-weights"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment"),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="held-out validation fraction (default 0.15)"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    seed: Optional[int] = seed_option(None, "seed of the split and the training (default 0)"),
+    device: Optional[str] = device_option(None),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | auto"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML with data: and task: sections"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. task.lr=3e-4 (repeatable)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty OUT_DIR"),
+    config: Optional[Path] = config_option("data: and task: sections, val_fraction"),
+    set_: List[str] = set_option("task.lr=3e-4"),
+    overwrite: bool = overwrite_option("a non-empty OUT_DIR"),
 ) -> None:
     """Train a classifier or segmentation U-Net; select the best epoch on a stratified validation split."""
     from rich.console import Console
@@ -91,6 +87,7 @@ def train_task_cmd(
     from rich.table import Table
 
     from medbalance.data.sources import load_dataset
+    from medbalance.data.splits import split_train_val
     from medbalance.training.task import task_model_meta, train_task_model
     from medbalance.models.tasknets import save_task_model
     import yaml
@@ -108,7 +105,7 @@ def train_task_cmd(
         list(set_ or []),
         dict(epochs=epochs, batch_size=batch_size, arch=arch, seg_mode=seg_mode, lr=lr, class_weights=class_weights,
              augment=augment, seed=seed, device=device, precision=precision, val_fraction=val_fraction),
-        dict(image_size=image_size),
+        data_opts,
     )
     from medbalance.utils.device import resolve_precision, select_device
 

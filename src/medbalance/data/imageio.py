@@ -28,7 +28,6 @@ Writers (used by export)
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medbalance.errors import ConfigError, DataError
+from medbalance.utils.imaging import png_bytes
 from medbalance.utils.io import atomic_write_bytes
 from medbalance.utils.progress import make_progress
 
@@ -415,12 +415,6 @@ def _check_range(a: np.ndarray, hi: int, path: Path) -> None:
         raise DataError(f"cannot write PNG: values {a.min()}..{a.max()} outside 0..{hi}", path=path)
 
 
-def _save_atomic(img: Image.Image, path: Path) -> Path:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
-
-
 def write_png(path: str | Path, array: np.ndarray, bits: int = 8) -> Path:
     """Write an (H, W) grayscale or (H, W, 3) RGB integer array as an 8- or 16-bit PNG, atomically.
 
@@ -432,13 +426,9 @@ def write_png(path: str | Path, array: np.ndarray, bits: int = 8) -> Path:
         raise ConfigError(f"bits must be 8 or 16, got {bits}")
     a = _hw_c(array, path)
     _check_range(a, 255 if bits == 8 else 65535, path)
-    if bits == 8:
-        img = Image.fromarray(a.astype(np.uint8), mode=None)
-    else:
-        if a.ndim == 3:
-            raise DataError("16-bit PNG export supports grayscale only (got RGB)", path=path)
-        img = Image.fromarray(a.astype(np.uint16))  # mode I;16
-    return _save_atomic(img, path)
+    if bits == 16 and a.ndim == 3:
+        raise DataError("16-bit PNG export supports grayscale only (got RGB)", path=path)
+    return atomic_write_bytes(path, png_bytes(a.astype(np.uint8 if bits == 8 else np.uint16)))  # L/RGB or I;16
 
 
 def write_mask_png(path: str | Path, mask_values_array: np.ndarray) -> Path:

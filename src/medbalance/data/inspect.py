@@ -8,7 +8,6 @@ distribution and example images per class with mask outlines.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from medbalance.data.dataset import ImageDataset
+from medbalance.utils.imaging import figure_png, to_display
 from medbalance.utils.io import atomic_write_bytes
 
 TINY_CLASS = 50  # below this many samples, per-class numbers mean little
@@ -265,20 +265,11 @@ def render_inspection(report: dict[str, Any]):
     return Group(*parts)
 
 
-def _display(img: torch.Tensor) -> tuple[np.ndarray, str | None]:
-    """(C, H, W) in [-1, 1] -> array for imshow (RGB for 3 channels, else channel 0 grey)."""
-    x = ((img.float().clamp(-1, 1) + 1) / 2).cpu().numpy()
-    if x.shape[0] == 3:
-        return np.transpose(x, (1, 2, 0)), None
-    return x[0], "gray"
-
-
 def plot_dataset(ds: ImageDataset, path: str | Path, per_class: int = 6, dpi: int = 100) -> Path:
     """Bar chart of the class distribution + example images per class (mask outlines), as PNG."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if ds.images.dim() != 4:
@@ -286,7 +277,6 @@ def plot_dataset(ds: ImageDataset, path: str | Path, per_class: int = 6, dpi: in
     counts = ds.class_counts()
     k = len(ds.class_names)
     fig = Figure(figsize=(max(8.0, 1.6 * per_class), 2.6 + 1.7 * k))
-    FigureCanvasAgg(fig)
     gs = fig.add_gridspec(k + 1, per_class, height_ratios=[1.6] + [1.0] * k, hspace=0.35, wspace=0.05)
     ax = fig.add_subplot(gs[0, :])
     bars = ax.bar(range(k), list(counts.values()), color="tab:blue")
@@ -313,14 +303,12 @@ def plot_dataset(ds: ImageDataset, path: str | Path, per_class: int = 6, dpi: in
                 a.axis("off")
                 continue
             i = int(idx[j])
-            img, cm = _display(ds.images[i])
-            a.imshow(img, cmap=cm, vmin=0, vmax=1, interpolation="nearest")
+            x = ds.images[i] if ds.images.shape[1] == 3 else ds.images[i][:1]  # RGB, else channel 0 grey
+            a.imshow(to_display(x[None])[0].numpy(), interpolation="nearest")
             if ds.masks is not None:
                 m = ds.masks[i].cpu().numpy()
                 for v in range(1, n_lab):
                     if (m == v).any():
                         a.contour(m == v, levels=[0.5], colors=[cmap(v / max(1, n_lab - 1))], linewidths=0.8)
             a.set_title(ds.ids[i][-24:], fontsize=6)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, figure_png(fig, dpi=dpi))

@@ -136,6 +136,24 @@ def inside(root: Path, cell: str) -> Path | None:
     return p
 
 
+SYNTHETIC_TRUE = ("1", "true", "yes", "y", "t")
+SYNTHETIC_FALSE = ("0", "false", "no", "n", "f", "")
+
+
+def parse_synthetic_flag(value: Any) -> bool:
+    """A ``synthetic`` manifest cell as a bool, the one reading used everywhere the column is read.
+
+    ``1 / true / yes / y / t`` -> True; ``0 / false / no / n / f`` or an empty cell -> False (any case,
+    surrounding spaces ignored). Any other value raises :class:`DataError`.
+    """
+    flag = ("" if value is None else str(value)).strip().lower()
+    if flag in SYNTHETIC_TRUE:
+        return True
+    if flag in SYNTHETIC_FALSE:
+        return False
+    raise DataError(f"'synthetic' cell {str(value).strip()!r} is not one of 1/true/yes or 0/false/no (or empty)")
+
+
 # --------------------------------------------------------------------------- CSV
 def read_manifest_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows (whitespace-stripped) of a CSV/TSV manifest."""
@@ -268,11 +286,11 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
                 bad(f"empty {group_column!r} cell")
                 continue
         if has_synthetic_col:
-            flag = (row["synthetic"] or "0").strip().lower()
-            if flag not in ("0", "1", "true", "false", "yes", "no"):
-                bad(f"'synthetic' cell {flag!r} is not 0/1/true/false")
+            try:
+                extra["synthetic"] = parse_synthetic_flag(row["synthetic"])
+            except DataError as e:
+                bad(e.problem)
                 continue
-            extra["synthetic"] = flag in ("1", "true", "yes")
         seen_ids[sid] = line
         items.append(Item(image=img_path, mask=mask_path, where=where, extra=extra))
     raise_or_skip(problems, cfg, meta)
@@ -349,4 +367,13 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
     return ds
 
 
-__all__ = ["Item", "Problem", "decode_item", "inside", "load_manifest", "natural_sorted", "read_manifest_rows"]
+__all__ = [
+    "Item",
+    "Problem",
+    "decode_item",
+    "inside",
+    "load_manifest",
+    "natural_sorted",
+    "parse_synthetic_flag",
+    "read_manifest_rows",
+]

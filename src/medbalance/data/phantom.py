@@ -28,7 +28,6 @@ the brain anatomy is evaluated at; the skull is never warped.
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from medbalance.data.config import DataConfig, PhantomConfig
 from medbalance.data.dataset import ImageDataset, IntensityInfo
 from medbalance.data.sources import SOURCES
 from medbalance.errors import ConfigError
+from medbalance.utils.imaging import png_bytes
 from medbalance.utils.io import atomic_directory
 from medbalance.utils.progress import track
 
@@ -634,14 +634,6 @@ def make_phantom(cfg: DataConfig) -> ImageDataset:
     )
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def write_phantom_dataset(out_dir: str | Path, cfg: PhantomConfig, overwrite: bool = False) -> Path:
     """Write the phantom as 8-bit PNGs + ``manifest.csv`` (id,image,mask,label,group) atomically.
 
@@ -658,8 +650,8 @@ def write_phantom_dataset(out_dir: str | Path, cfg: PhantomConfig, overwrite: bo
         rows = []
         for i in track(range(len(ds)), "writing phantom PNGs"):
             sid = ds.ids[i]
-            (tmp / "images" / f"{sid}.png").write_bytes(_png_bytes(imgs[i]))
-            (tmp / "masks" / f"{sid}.png").write_bytes(_png_bytes(masks[i]))
+            (tmp / "images" / f"{sid}.png").write_bytes(png_bytes(imgs[i]))
+            (tmp / "masks" / f"{sid}.png").write_bytes(png_bytes(masks[i]))
             rows.append([sid, f"images/{sid}.png", f"masks/{sid}.png", ds.class_names[int(ds.labels[i])], ds.groups[i]])
         with open(tmp / "manifest.csv", "w", newline="") as f:
             w = csv.writer(f)

@@ -14,6 +14,13 @@ Identical images (content hash) are grouped like patients, so copies never strad
 (``stratified_split(group_duplicates=True)``, used by every downstream split; near-duplicates by a perceptual
 hash on request).
 
+Two simpler splits for training (both drawn here, nowhere else):
+
+* :func:`split_train_heldout`: the generator's training / held-out split (``train.val_fraction`` of
+  ``medbalance train``): per class ``round(f * n_c)`` units (samples, or patient groups by their majority class)
+  held out, at least one left in train; identical images form one unit.
+* :func:`split_train_val`: ``medbalance train-task``'s train / validation subsets (a :func:`stratified_split`).
+
 ``subsample_class`` keeps a seeded random fraction of one class (e.g. "minority subsampled
 to 10 %" experiments).
 """
@@ -27,6 +34,7 @@ import numpy as np
 import torch
 
 from medbalance.errors import ConfigError, DataError
+from medbalance.utils.seed import stream_seed
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -268,6 +276,57 @@ benchmark's :func:`medbalance.experiments.downstream.make_split` always set it) 
     )
 
 
+def split_train_heldout(dataset: Any, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The generator's training / held-out split (``train.val_fraction``): (train, held-out, description) indices.
+
+    Stratified by class; when the dataset has groups (patients), whole groups are held out
+    (each group stratified by its majority class) so no patient straddles the split. Identical images
+    (by content) count as one group too, so a copy of a training image is never held out. Per class
+    ``round(val_fraction * n_class)`` units are held out, always leaving at least one in train.
+    """
+    n = len(dataset)
+    if val_fraction <= 0:
+        return np.arange(n), np.zeros(0, dtype=np.int64), "none"
+    rng = np.random.default_rng(stream_seed(seed, "generator_heldout_split"))
+    labels = dataset.labels.numpy()
+    groups_in = dataset.groups
+    copies = duplicate_groups(dataset)["exact"]
+    if copies:  # datasets without copies keep exactly the split they had
+        groups_in = merge_groups(n, dataset.groups, dataset.ids, copies)
+    if groups_in is not None:
+        groups = np.asarray(groups_in, dtype=object)
+        uniq, inv = np.unique(groups.astype(str), return_inverse=True)
+        counts = np.zeros((len(uniq), dataset.num_classes), dtype=np.int64)
+        np.add.at(counts, (inv, labels), 1)
+        unit_label = counts.argmax(1)
+        kind = "group-stratified" + (f" ({len(copies)} groups of identical images kept together)" if copies else "")
+    else:
+        inv = np.arange(n)
+        unit_label = labels
+        kind = "stratified"
+    held_units = []
+    for c in range(dataset.num_classes):
+        units = np.flatnonzero(unit_label == c)
+        k = min(round(val_fraction * len(units)), max(len(units) - 1, 0))
+        if k > 0:
+            held_units.append(rng.permutation(units)[:k])
+    held_mask_units = np.zeros(len(unit_label), dtype=bool)
+    if held_units:
+        held_mask_units[np.concatenate(held_units)] = True
+    held = held_mask_units[inv]
+    return np.flatnonzero(~held), np.flatnonzero(held), kind
+
+
+def split_train_val(dataset: Any, val_fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, val) subsets of ``dataset`` for training a task model (``medbalance train-task``): a
+    :func:`stratified_split` with fractions ``(1 - val_fraction, val_fraction, 0)``, group-disjoint for patients
+    and identical images. ``val`` is None when ``val_fraction`` is 0."""
+    if val_fraction <= 0:
+        return dataset, None
+    parts = stratified_split(dataset, fractions=(1 - val_fraction, val_fraction, 0.0), seed=seed, group_duplicates=True)
+    return dataset.subset(parts["train"]), dataset.subset(parts["val"])
+
+
 def split_counts(splits: dict[str, np.ndarray], labels: Any, class_names: Sequence[str]) -> dict[str, dict[str, int]]:
     """Per-split class counts, e.g. for logging ``{"train": {"glioma": 998, ...}, ...}``."""
     y = _as_numpy(labels)
@@ -297,4 +356,7 @@ def subsample_class(
     return np.sort(np.concatenate([idx[y != class_index], chosen]))
 
 
-__all__ = ["SPLIT_NAMES", "allocate", "duplicate_groups", "merge_groups", "split_counts", "split_indices", "stratified_split", "subsample_class"]
+__all__ = [
+    "SPLIT_NAMES", "allocate", "duplicate_groups", "merge_groups", "split_counts", "split_indices", "split_train_heldout",
+    "split_train_val", "stratified_split", "subsample_class",
+]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medbalance.evaluation.features import knn
+from medbalance.utils.neighbors import knn
 from medbalance.evaluation.privacy import DEFAULT_DUP_TOL, dcr_analysis, exact_duplicates, save_closest_pairs_montage
 from medbalance.utils.io import atomic_write_json
 

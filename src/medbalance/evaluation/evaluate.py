@@ -96,7 +96,8 @@ def evaluate_datasets(
     ``metrics``: names from :data:`METRICS` (default: all but privacy; ``privacy`` is added when
     both privacy sets are given). Returns a JSON-able dict.
     """
-    from medbalance.evaluation.extractors import get_extractor, train_domain_encoder as _train_enc
+    from medbalance.evaluation.extractors import get_extractor
+    from medbalance.training.task import train_domain_encoder as _train_enc
 
     t0 = time.perf_counter()
     warnings: list[str] = []

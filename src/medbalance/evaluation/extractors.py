@@ -15,8 +15,9 @@ convention) to features ``(N, D)`` float32, and has a ``key`` (weights identity)
   weights_only=True)`` (PyTorch's restricted tensor-only unpickler) — the single exception to
   medbalance's "never unpickle" rule — or from a ``.safetensors`` conversion.
 - ``domain``: the penultimate layer (``Classifier.features``) of a classifier trained by
-  medbalance on the real training data (``weights=`` a task-model folder, see
-  :func:`train_domain_encoder`). Meaningful distances for medical images without ImageNet weights.
+  medbalance on the real training data (``weights=`` a task-model folder, trained by
+  :func:`medbalance.training.task.train_domain_encoder`). Meaningful distances for medical images without
+  ImageNet weights.
 - ``pixels``: images area-downsampled to ``size x size`` (default 32) and flattened.
 - ``torchscript:PATH``: a user TorchScript module (``torch.jit.load``, not pickle) mapping images in
   ``[-1, 1]`` to features.
@@ -356,10 +357,8 @@ class DomainExtractor(Extractor):
                 "the domain extractor needs a task-model folder (--extractor-weights DIR, "
                 "or --train-domain-encoder to train one on the real data)"
             )
-        try:
-            from medbalance.models.tasknets import load_task_model
-        except ImportError as e:
-            raise ExtractorUnavailable(f"domain extractor unavailable: medbalance.models.tasknets cannot be imported ({e})") from None
+        from medbalance.models.tasknets import load_task_model
+
         path = Path(weights)
         if not path.exists():
             raise ExtractorUnavailable("task-model folder not found", path=path)
@@ -386,21 +385,6 @@ class DomainExtractor(Extractor):
 
 
 EXTRACTORS.add("domain", DomainExtractor, help="penultimate layer of a medbalance classifier trained on the real data")
-
-
-def train_domain_encoder(real_train, out_dir: str | Path, epochs: int = 10, **task_options: Any) -> Path:
-    """Train the downstream classifier on ``real_train`` (an ImageDataset) for use as ``domain`` encoder.
-
-    Delegates to :func:`medbalance.training.task.train_task_model` (``task_options`` are
-    :class:`~medbalance.training.task.TaskConfig` fields); returns the task-model folder.
-    """
-    try:
-        from medbalance.training.task import TaskConfig, train_task_model
-    except ImportError as e:
-        raise ExtractorUnavailable(f"cannot train a domain encoder: medbalance.training.task is not available ({e})") from None
-    cfg = TaskConfig(task="classification", epochs=epochs, **task_options)
-    train_task_model(real_train, None, cfg, out_dir=out_dir)
-    return Path(out_dir)
 
 
 # ============================================================================ user extractors

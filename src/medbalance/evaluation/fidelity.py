@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medbalance.evaluation.features import ball_counts, knn
+from medbalance.utils.neighbors import ball_counts, knn
 
 MIN_CLASS_SAMPLES = 50
 

@@ -25,15 +25,15 @@ sample. About 0.5 means the synthetic data (or the model) does not reveal member
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from medbalance.evaluation.features import knn
+from medbalance.utils.imaging import figure_png, to_display
 from medbalance.utils.io import atomic_write_bytes
+from medbalance.utils.neighbors import knn
 
 DEFAULT_DUP_TOL = 1.0 / 255.0  # half a uint8 grey level on the [-1, 1] scale
 
@@ -127,21 +127,15 @@ def save_closest_pairs_montage(
     train_ids: list[str] | None = None,
 ) -> Path:
     """PNG: the ``n`` synthetic samples closest to a training image (top row) and those images (bottom)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     order = np.argsort(dcr, kind="stable")[: min(n, len(dcr))]
     k = len(order)
     fig = Figure(figsize=(1.8 * max(k, 1), 4.0), dpi=100)
-    FigureCanvasAgg(fig)
     axes = fig.subplots(2, max(k, 1), squeeze=False)
 
     def show(ax, img: torch.Tensor, title: str) -> None:
-        x = ((img.float().clamp(-1, 1) + 1) / 2).cpu()
-        if x.shape[0] == 1:
-            ax.imshow(x[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        else:
-            ax.imshow(x[:3].permute(1, 2, 0).numpy())
+        ax.imshow(to_display(img[None])[0].numpy())
         ax.set_title(title, fontsize=7)
         ax.axis("off")
 
@@ -150,9 +144,7 @@ def save_closest_pairs_montage(
         show(axes[0, col], synthetic[j], f"syn {synthetic_ids[j] if synthetic_ids else j}\nDCR {dcr[j]:.3g}")
         show(axes[1, col], train[t], f"train {train_ids[t] if train_ids else t}")
     fig.suptitle("closest synthetic (top) / training (bottom) pairs, pixel space", fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, figure_png(fig))
 
 
 def privacy_metrics(

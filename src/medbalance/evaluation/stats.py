@@ -84,3 +84,44 @@ def paired_wilcoxon(arm: Sequence[float], baseline: Sequence[float]) -> dict[str
     res = stats.wilcoxon(a[ok], b[ok], alternative="two-sided", zero_method="wilcox")
     out.update(p=float(res.pvalue), statistic=float(res.statistic), method="wilcoxon signed-rank (two-sided)")
     return out
+
+
+def paired_difference(arm: Sequence[float], baseline: Sequence[float], confidence: float = 0.95, seed: int = 0
+                      ) -> dict[str, float | int]:
+    """Effect size of ``arm`` over ``baseline`` on paired replicates: mean difference, its percentile-bootstrap CI,
+    the standardised effect (mean / std of the differences, Cohen's d_z) and a two-sided paired t-test p-value
+    (``scipy.stats.ttest_1samp`` on the differences; p = 1 when every difference is 0). Pairs with a NaN are dropped."""
+    a = np.asarray(arm, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values must have the same length ({a.shape} vs {b.shape})")
+    d = a - b
+    d = d[~np.isnan(d)]
+    n = int(d.size)
+    if n == 0:
+        return {"diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "d_z": float("nan"),
+                "p": float("nan"), "n": 0}
+    lo, hi = bootstrap_ci(d, confidence, seed=seed)
+    sd = float(d.std(ddof=1)) if n > 1 else 0.0
+    if n < 2 or np.all(d == d[0]):
+        p = 1.0 if np.all(d == 0) else (float("nan") if n < 2 else 0.0)
+    else:
+        p = float(stats.ttest_1samp(d, 0.0).pvalue)
+    return {"diff": float(d.mean()), "ci_low": lo, "ci_high": hi,
+            "d_z": float(d.mean() / sd) if sd > 0 else float("nan"), "p": p, "n": n}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1). NaNs stay NaN and do not count."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    if m == 0:
+        return out.tolist()
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()

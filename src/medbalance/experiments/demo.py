@@ -128,7 +128,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     from medbalance.data.sources import load_dataset
     from medbalance.experiments.downstream import SyntheticSource, make_split, run_downstream
     from medbalance.evaluation.evaluate import evaluate_datasets
-    from medbalance.evaluation.report import build_report, make_verdicts
+    from medbalance.report import build_report, make_verdicts
     from medbalance.synthesis.export import export_dataset, model_card
     from medbalance.synthesis.oversampler import GenerativeOverSampler
     from medbalance.training.engine import train

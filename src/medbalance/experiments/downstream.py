@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from medbalance.config import BaseConfig
@@ -71,19 +72,75 @@ class DownstreamConfig(BaseConfig):
     precision: str = "auto"
 
 
-def arm_ratio(arm: str) -> float | None:
-    if arm.startswith("real+synthetic@"):
+@dataclass(frozen=True)
+class ArmSpec:
+    """A parsed arm name: ``BASE[@R | @Rx][+class-weight][|filter=NAME]``.
+
+    - ``BASE``: one of :data:`BASE_ARMS`;
+    - ``@R`` (``real+synthetic`` only): R x the real count of *every* class (Red-GAN's 50/100/200 %);
+    - ``@Rx``: R x the real count of each class the strategy oversamples (the minority), capped at that class's
+      balanced target; ``@1x`` adds as many synthetic as real images of the rare class;
+    - ``+class-weight``: inverse-frequency class weights on the arm's (mixed) training set;
+    - ``|filter=NAME``: synthetic images pass an acceptance filter first (:data:`ARM_FILTERS`).
+    """
+
+    name: str
+    base: str
+    ratio: float | None = None
+    ratio_kind: str | None = None  # "all" (@R) | "minority" (@Rx)
+    class_weight: bool = False
+    filter: str | None = None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.base not in ("real", "oversample", "class-weight", "augment")
+
+
+ARM_FILTERS = ("discriminator", "memorization")
+
+
+def parse_arm(arm: str) -> ArmSpec:
+    rest = arm.strip()
+    flt = None
+    if "|" in rest:
+        rest, _, f = rest.partition("|")
+        if not f.startswith("filter=") or f[len("filter="):] not in ARM_FILTERS:
+            raise ConfigError(f"arm {arm!r}: expected ...|filter=NAME with NAME one of {', '.join(ARM_FILTERS)}")
+        flt = f[len("filter="):]
+    cw = False
+    if rest.endswith("+class-weight") and rest != "class-weight":
+        rest, cw = rest[: -len("+class-weight")], True
+    ratio = kind = None
+    if "@" in rest:
+        rest, _, r = rest.partition("@")
+        kind = "minority" if r.endswith("x") else "all"
         try:
-            return float(arm.split("@", 1)[1])
+            ratio = float(r[:-1] if kind == "minority" else r)
         except ValueError:
-            raise ConfigError(f"arm {arm!r}: expected real+synthetic@RATIO, e.g. real+synthetic@0.5") from None
-    return None
+            raise ConfigError(f"arm {arm!r}: expected real+synthetic@RATIO (every class) or @RATIOx (the minority), "
+                              "e.g. real+synthetic@0.5 or real+synthetic@2x") from None
+        if ratio <= 0:
+            raise ConfigError(f"arm {arm!r}: the ratio must be positive")
+        if rest != "real+synthetic":
+            raise ConfigError(f"arm {arm!r}: a ratio applies to real+synthetic only")
+    if rest not in BASE_ARMS:
+        raise ConfigError(f"unknown arm {arm!r}; allowed: {', '.join(BASE_ARMS)}, real+synthetic@R, "
+                          "real+synthetic@Rx, with optional +class-weight and |filter=NAME")
+    spec = ArmSpec(arm, rest, ratio, kind, cw, flt)
+    if (cw or flt) and not spec.synthetic:
+        raise ConfigError(f"arm {arm!r}: +class-weight and |filter= combine with a synthetic arm only")
+    return spec
+
+
+def arm_ratio(arm: str) -> float | None:
+    """R of ``real+synthetic@R`` (every class), else None."""
+    spec = parse_arm(arm)
+    return spec.ratio if spec.ratio_kind == "all" else None
 
 
 def check_arms(arms: list[str]) -> None:
     for a in arms:
-        if a not in BASE_ARMS and arm_ratio(a) is None:
-            raise ConfigError(f"unknown arm {a!r}; allowed: {', '.join(BASE_ARMS)}, real+synthetic@RATIO")
+        parse_arm(a)
     if "real" not in arms:
         raise ConfigError("the arms must include 'real' (every other arm is compared with it)")
 
@@ -139,7 +196,7 @@ def leakage_guard(run: Any, split: Split, allow_val_overlap: bool = True) -> lis
     return warns
 
 
-def synthetic_leakage_guard(source: "SyntheticSource", split: Split, allow_val_overlap: bool = True) -> list[str]:
+def synthetic_leakage_guard(source: SyntheticSource, split: Split, allow_val_overlap: bool = True) -> list[str]:
     """:func:`leakage_guard` for a fixed synthetic set (``--synthetic MANIFEST``): its provenance (the generator's
     training ids, ``provenance.json`` checked against the manifest's digest) must not contain a test id.
     Without provenance: refused, unless ``source.allow_unverified`` (then a warning that the report shows)."""
@@ -169,8 +226,6 @@ def align_synthetic_classes(syn: ImageDataset, class_names: list[str], path: Any
     if extra:
         raise DataError(f"the synthetic set has classes the real data lacks: {', '.join(extra)} "
                         f"(real classes: {', '.join(class_names)})", path=path)
-    import torch
-
     mapping = torch.tensor([class_names.index(c) if c in class_names else -1 for c in syn.class_names])
     out = syn.subset(range(len(syn)))
     out.labels = mapping[syn.labels]
@@ -206,9 +261,28 @@ def balanced_targets(train: ImageDataset, strategy: Any) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------- experiment
+def arm_synthetic_counts(spec: ArmSpec, train: ImageDataset, targets: dict[str, int]) -> dict[str, int]:
+    """How many synthetic images of each class the arm ``spec`` adds (or, synthetic-only, trains on)."""
+    counts = train.class_counts()
+    if spec.base in ("synthetic-only", PRETRAIN_ARM):
+        return {c: int(targets[c]) for c in train.class_names}
+    if spec.ratio_kind == "all":
+        return {c: int(round(spec.ratio * n)) for c, n in counts.items()}
+    extra = {c: max(int(targets[c]) - n, 0) for c, n in counts.items()}
+    if spec.ratio_kind == "minority":  # R x the real count of each oversampled class, at most up to balance
+        return {c: min(int(round(spec.ratio * counts[c])), e) if e > 0 else 0 for c, e in extra.items()}
+    return extra
+
+
 @dataclass
 class SyntheticSource:
-    """Where synthetic training images come from: a trained generator run, or a fixed synthetic dataset."""
+    """Where synthetic training images come from: a trained generator run, or a fixed synthetic dataset.
+
+    With a run, the images of one seed are generated **once** as a pool (per acceptance filter) holding, per class,
+    as many images as the most demanding arm needs; every arm of that seed takes the first images of each class from
+    it. With ``cache_dir`` the pools are saved there (safetensors + JSON: seed, filter, counts, generator checkpoint
+    digest) and listed in the experiment's JSON, so fidelity, privacy and utility can be measured on the same
+    images, and a resumed experiment reuses them."""
 
     run: Any = None  # a loaded run, or {class: run} trained on that class only (per-class runs)
     dataset: ImageDataset | None = None
@@ -219,31 +293,96 @@ class SyntheticSource:
     mask_pool: str = "auto"  # run_downstream sets these three from DownstreamConfig
     target: str = "label"
     strategy: Any = "auto"
+    cache_dir: Path | None = None
+    pools: dict[tuple[int, str], ImageDataset] = field(default_factory=dict)
+    pool_files: dict[str, str] = field(default_factory=dict)  # "seed0/none" -> file (relative to cache_dir's parent)
+    filter_reports: dict[str, Any] = field(default_factory=dict)
 
-    def make(self, train: ImageDataset, plan: dict[str, int] | None, ratio: float | None, seed: int,
-             mask_source: str) -> ImageDataset:
-        if self.run is not None:
+    # ------------------------------------------------------------------ pools (generator runs)
+    def _filters(self, name: str | None, split: Split) -> list[Any]:
+        from medbalance.synthesis.filters import DiscriminatorFilter, MemorizationGate
+
+        if name is None:
+            return []
+        if isinstance(self.run, dict):
+            raise ConfigError(f"filter {name!r} needs one class-conditional run, not per-class runs")
+        if name == "discriminator":
+            return [DiscriminatorFilter(self.run.method)]
+        if name == "memorization":  # held-out = the validation split (never seen by the generator)
+            return [MemorizationGate(split.train.images, split.val.images)]
+        raise ConfigError(f"unknown filter {name!r}; allowed: {', '.join(ARM_FILTERS)}")
+
+    def _digest(self) -> str:
+        runs = self.run.values() if isinstance(self.run, dict) else [self.run]
+        return ",".join(str(getattr(r, "checkpoint_sha256", "")) for r in runs)
+
+    def pool(self, split: Split, need: dict[str, int], seed: int, mask_source: str, filter_name: str | None
+             ) -> ImageDataset:
+        key = (seed, filter_name or "none")
+        if key in self.pools:
+            return self.pools[key]
+        train = split.train
+        path = None if self.cache_dir is None else Path(self.cache_dir) / f"seed{seed}-{key[1]}.safetensors"
+        if path is not None and path.is_file():
+            ds = _load_pool(path, train, self._digest(), need)
+            if ds is not None:
+                self.pools[key] = ds
+                self.pool_files[f"seed{seed}/{key[1]}"] = path.name
+                return ds
+        from medbalance.synthesis.oversampler import GenerativeOverSampler
+
+        counts = train.class_counts()
+        strat = {c: counts[c] + n for c, n in need.items() if n > 0}
+        if not strat:
+            ds = train.subset([])
+            ds.synthetic = torch.zeros(0, dtype=torch.bool)
+        else:
+            s = GenerativeOverSampler(self.run, sampling_strategy=strat, mask_source=mask_source, random_state=seed,
+                                      progress=False, mask_pool=self.mask_pool, target="label",
+                                      filters=self._filters(filter_name, split)).fit(train)
+            ds = s.sample()
+            if filter_name:
+                self.filter_reports[f"seed{seed}/{filter_name}"] = s.report_.to_dict()
+        if path is not None:
+            _save_pool(path, ds, seed, key[1], self._digest())
+            self.pool_files[f"seed{seed}/{key[1]}"] = path.name
+        self.pools[key] = ds
+        return ds
+
+    def take(self, split: Split, spec: ArmSpec, counts: dict[str, int], seed: int, mask_source: str,
+             need: dict[str, int] | None = None) -> ImageDataset:
+        """The synthetic images of one arm: ``counts[c]`` images of each class ``c``."""
+        train = split.train
+        if self.run is not None and self.target == "condition":  # plan by site: generated per arm
             from medbalance.synthesis.oversampler import GenerativeOverSampler
 
             kw: dict[str, Any] = {"mask_source": mask_source, "random_state": seed, "progress": False,
                                   "mask_pool": self.mask_pool, "target": self.target}
-            if ratio is not None:
-                kw.update(ratio=ratio)
-            elif self.target == "condition":  # plan by site: the class plan does not apply
-                kw.update(sampling_strategy=self.strategy)
+            if spec.ratio_kind == "all":
+                kw.update(ratio=spec.ratio)
             else:
-                kw.update(sampling_strategy={c: train.class_counts()[c] + n for c, n in plan.items() if n > 0}
-                          if plan else "auto")
-            s = GenerativeOverSampler(self.run, **kw).fit(train)
-            return s.sample()
+                kw.update(sampling_strategy=self.strategy)
+            return GenerativeOverSampler(self.run, **kw).fit(train).sample()
+        if self.run is not None:
+            pool = self.pool(split, need or counts, seed, mask_source, spec.filter)
+            labels = pool.labels.numpy()
+            take = []
+            for c, n in counts.items():
+                idx = np.flatnonzero(labels == pool.class_names.index(c))
+                if n > len(idx):
+                    raise DataError(f"the synthetic pool of seed {seed} has {len(idx)} images of class {c!r}, "
+                                    f"{n} needed (a filter rejected too many)")
+                take.append(idx[:n])
+            return pool.subset(np.concatenate(take) if take else np.zeros(0, dtype=np.int64))
         if self.dataset is None:
             raise ConfigError("this arm needs synthetic data: give a generator run (--run) or a synthetic manifest")
+        if spec.filter:
+            raise ConfigError(f"arm {spec.name!r}: filters apply to a generator run, not to a fixed synthetic set")
         syn = self.dataset
         rng = np.random.default_rng(seed)
-        want = {c: int(round(ratio * n)) for c, n in train.class_counts().items()} if ratio is not None else (plan or {})
         take = []
         labels = syn.labels.numpy()
-        for c, n in want.items():
+        for c, n in counts.items():
             pool = np.nonzero(labels == syn.class_names.index(c))[0] if c in syn.class_names else np.zeros(0, int)
             if len(pool) == 0 and n > 0:  # the set has no images of this class: it gets none
                 self.missing.add(c)
@@ -254,29 +393,80 @@ class SyntheticSource:
         return syn.subset(np.concatenate(take) if take else np.zeros(0, dtype=np.int64))
 
 
+def _save_pool(path: Path, ds: ImageDataset, seed: int, filter_name: str, digest: str) -> None:
+    from medbalance.utils.io import save_safetensors
+
+    tensors = {"images": ds.images.contiguous(), "labels": ds.labels}
+    if ds.masks is not None:
+        tensors["masks"] = ds.masks
+    if ds.conditions is not None:
+        tensors["conditions"] = ds.conditions
+    save_safetensors(path, tensors, {"seed": seed, "filter": filter_name, "generator_checkpoints": digest,
+                                     "ids": list(ds.ids), "class_counts": ds.class_counts(),
+                                     "class_names": list(ds.class_names)})
+
+
+def _load_pool(path: Path, like: ImageDataset, digest: str, need: dict[str, int]) -> ImageDataset | None:
+    """A saved pool, or None when it belongs to another generator or holds fewer images than needed."""
+    from medbalance.utils.io import load_safetensors
+
+    t, meta = load_safetensors(path)
+    if meta.get("generator_checkpoints") != digest or meta.get("class_names") != list(like.class_names):
+        return None
+    have = meta.get("class_counts") or {}
+    if any(int(have.get(c, 0)) < n for c, n in need.items()):
+        return None
+    n = len(t["labels"])
+    return ImageDataset(
+        images=t["images"], labels=t["labels"].long(), class_names=list(like.class_names), ids=list(meta["ids"]),
+        masks=t.get("masks"), mask_values=like.mask_values if "masks" in t else None,
+        conditions=t.get("conditions"), condition_names=like.condition_names if "conditions" in t else None,
+        groups=list(meta["ids"]), intensity=like.intensity, meta={"source": "synthetic pool", "path": str(path)},
+        synthetic=torch.ones(n, dtype=torch.bool),
+    )
+
+
+def pool_needs(arms: list[str], train: ImageDataset, strategy: Any) -> dict[str | None, dict[str, int]]:
+    """Per acceptance filter (None = unfiltered): the most images of each class any arm takes from the pool."""
+    targets = balanced_targets(train, strategy)
+    out: dict[str | None, dict[str, int]] = {}
+    for a in arms:
+        spec = parse_arm(a)
+        if not spec.synthetic:
+            continue
+        counts = arm_synthetic_counts(spec, train, targets)
+        cur = out.setdefault(spec.filter, {c: 0 for c in train.class_names})
+        for c, n in counts.items():
+            cur[c] = max(cur[c], n)
+    return out
+
+
 def arm_training_set(arm: str, split: Split, cfg: DownstreamConfig, seed: int, source: SyntheticSource | None
                      ) -> tuple[ImageDataset, dict[str, Any]]:
-    """The training set of one arm and the task options it changes."""
+    """The training set of one arm and the task options it changes (for synthetic-pretrain+finetune: the
+    pre-training set)."""
+    spec = parse_arm(arm)
     train = split.train
-    targets = balanced_targets(train, cfg.strategy)
-    extra_plan = {c: targets[c] - n for c, n in train.class_counts().items()}
     opts: dict[str, Any] = {}
-    if arm == "real":
+    if spec.base == "real":
         return train, opts
-    if arm == "oversample":
+    targets = balanced_targets(train, cfg.strategy)
+    if spec.base == "oversample":
         return oversample_dataset(train, targets, seed), opts
-    if arm == "class-weight":
+    if spec.base == "class-weight":
         return train, {"class_weights": True}
-    if arm == "augment":
+    if spec.base == "augment":
         return train, {"augment": True}
     if source is None:
         raise ConfigError(f"arm {arm!r} needs synthetic data: give a generator run (--run) or --synthetic MANIFEST")
-    if arm == "synthetic-only":
-        syn = source.make(train, {c: t for c, t in targets.items()}, None, seed, cfg.mask_source)
-        return _strip_masks_if_needed(syn, train), opts
-    ratio = arm_ratio(arm)
-    syn = source.make(train, extra_plan, ratio, seed, cfg.mask_source)
+    if spec.class_weight:
+        opts["class_weights"] = True
+    counts = arm_synthetic_counts(spec, train, targets)
+    need = pool_needs(cfg.arms, train, cfg.strategy).get(spec.filter) or counts
+    syn = source.take(split, spec, counts, seed, cfg.mask_source, need)
     syn = _strip_masks_if_needed(syn, train)
+    if spec.base in ("synthetic-only", PRETRAIN_ARM):
+        return syn, opts
     if syn.masks is None and train.masks is not None:  # a generator without label maps (classification only)
         if cfg.task == "segmentation":
             raise ConfigError(f"arm {arm!r}: the synthetic images have no label maps, segmentation needs them")
@@ -331,21 +521,53 @@ def _test_metrics(model: Any, test: ImageDataset, task: str, data: ImageDataset)
     return m
 
 
-def run_downstream(
-    data: ImageDataset, cfg: DownstreamConfig, out_dir: str | Path, source: SyntheticSource | None = None
-) -> dict[str, Any]:
-    """Run every arm for every seed; write ``downstream.json`` into ``out_dir`` and return it."""
+def train_arm(arm: str, split: Split, cfg: DownstreamConfig, seed: int, source: SyntheticSource | None,
+              data: ImageDataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train and test one arm for one seed: (test metrics, the arm's training-set composition)."""
     from medbalance.training.task import TaskConfig, train_task_model
 
+    pretrain = parse_arm(arm).base == PRETRAIN_ARM
+    train_set, opts = arm_training_set(arm, split, cfg, seed, source)
+    comp: dict[str, Any] = {"n": len(train_set), "class_counts": train_set.class_counts(),
+                            "synthetic": int(train_set.is_synthetic().sum()), **opts}
+    if pretrain:  # pre-trained on the synthetic set, then fine-tuned on the real training set
+        comp = {"pretrain": comp, "finetune": {"n": len(split.train), "class_counts": split.train.class_counts(),
+                                               "synthetic": 0}}
+    tcfg = TaskConfig(**{
+        "task": cfg.task, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "seed": seed, "device": cfg.device, "precision": cfg.precision, "augment": False,
+        "progress": False, **({"arch": cfg.arch} if cfg.arch else {}), **opts,
+    })
+    t0 = time.perf_counter()
+    res = train_task_model(train_set, split.val, tcfg)
+    if pretrain:  # the same epochs budget on real data as every other arm
+        res = train_task_model(split.train, split.val, tcfg.model_copy(update={"class_weights": False}),
+                               init_model=res.model)
+    train_s = time.perf_counter() - t0
+    m = _test_metrics(res.model, split.test, cfg.task, data)
+    m.update(seed=seed, arm=arm, best_epoch=int(res.best_epoch), train_seconds=round(train_s, 2))
+    return m, comp
+
+
+def run_downstream(
+    data: ImageDataset, cfg: DownstreamConfig, out_dir: str | Path, source: SyntheticSource | None = None,
+    split: Split | None = None,
+) -> dict[str, Any]:
+    """Run every arm for every seed; write ``downstream.json`` into ``out_dir`` and return it.
+
+    ``split``: the experiment's split when the caller already drew it (``make_split(data, cfg)``); drawn here
+    otherwise. A generator's synthetic images are generated once per seed and saved in ``out_dir/synthetic``."""
     check_arms(cfg.arms)
     if cfg.task == "segmentation" and data.masks is None:
         raise DataError("segmentation needs label maps, the dataset has none", path=data.meta.get("path"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    split = make_split(data, cfg)
+    split = split if split is not None else make_split(data, cfg)
     warnings: list[str] = []
     if source is not None and source.run is not None:
         source.mask_pool, source.target, source.strategy = cfg.mask_pool, cfg.target, cfg.strategy
+        if source.cache_dir is None:
+            source.cache_dir = out_dir / "synthetic"
         for r in (source.run.values() if isinstance(source.run, dict) else [source.run]):
             warnings += leakage_guard(r, split, cfg.allow_val_overlap)
     elif source is not None and source.dataset is not None:
@@ -363,30 +585,8 @@ def run_downstream(
         for seed in cfg.seeds:
             for arm in cfg.arms:
                 bar.update(task, description=f"seed {seed} · {arm}")
-                pretrain = arm == PRETRAIN_ARM
-                train_set, opts = arm_training_set("synthetic-only" if pretrain else arm, split, cfg, seed, source)
-                comp = {
-                    "n": len(train_set),
-                    "class_counts": train_set.class_counts(),
-                    "synthetic": int(train_set.is_synthetic().sum()),
-                    **opts,
-                }
-                if pretrain:  # pre-trained on the synthetic set, then fine-tuned on the real training set
-                    comp = {"pretrain": comp, "finetune": {"n": len(split.train),
-                                                           "class_counts": split.train.class_counts(), "synthetic": 0}}
+                m, comp = train_arm(arm, split, cfg, seed, source, data)
                 compositions.setdefault(arm, comp)
-                tcfg = TaskConfig(**{
-                    "task": cfg.task, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                    "seed": seed, "device": cfg.device, "precision": cfg.precision, "augment": False,
-                    "progress": False, **({"arch": cfg.arch} if cfg.arch else {}), **opts,
-                })
-                t0 = time.perf_counter()
-                res = train_task_model(train_set, split.val, tcfg)
-                if pretrain:  # the same epochs budget on real data as every other arm
-                    res = train_task_model(split.train, split.val, tcfg, init_model=res.model)
-                train_s = time.perf_counter() - t0
-                m = _test_metrics(res.model, split.test, cfg.task, data)
-                m.update(seed=seed, arm=arm, best_epoch=int(res.best_epoch), train_seconds=round(train_s, 2))
                 results[arm].append(m)
                 bar.advance(task)
     if source is not None and source.missing:
@@ -404,6 +604,7 @@ def run_downstream(
         "summary": summarize_arms(results, cfg.task, data.class_names, split.test.labels.numpy()),
         "warnings": warnings,
         "synthetic_provenance": _provenance_summary(source),
+        "synthetic_sets": synthetic_sets_summary(source),
         "duplicates": split_duplicate_summary(split),
         "seconds": round(time.perf_counter() - t_start, 1),
         "notes": [
@@ -413,6 +614,20 @@ def run_downstream(
     }
     atomic_write_json(out_dir / "downstream.json", report)
     return report
+
+
+def synthetic_sets_summary(source: SyntheticSource | None) -> dict[str, Any] | None:
+    """The synthetic pools the arms drew from (seed/filter -> file and per-class counts)."""
+    if source is None or not source.pools:
+        return None
+    out = {}
+    for (seed, flt), ds in sorted(source.pools.items()):
+        key = f"seed{seed}/{flt}"
+        out[key] = {"file": source.pool_files.get(key), "n": len(ds), "class_counts": ds.class_counts(),
+                    "filter_report": source.filter_reports.get(key)}
+    return {"folder": None if source.cache_dir is None else str(source.cache_dir), "pools": out,
+            "note": "each seed's images are generated once; every arm of that seed takes the first images of each "
+                    "class from its pool"}
 
 
 def _provenance_summary(source: SyntheticSource | None) -> dict[str, Any] | None:
@@ -436,7 +651,7 @@ def split_duplicate_summary(split: Split) -> dict[str, Any]:
     return dict(getattr(split, "duplicates", None) or {"groups": 0, "images": 0, "near_duplicate_groups": 0})
 
 
-def _metric_table(task: str, class_names: list[str]) -> dict[str, Any]:
+def metric_table(task: str, class_names: list[str]) -> dict[str, Any]:
     """metric name -> function(result dict) -> float."""
     if task == "classification":
         table: dict[str, Any] = {
@@ -470,7 +685,7 @@ def summarize_arms(
 ) -> dict[str, Any]:
     """Mean, std, 95 % bootstrap CI per arm and metric; paired Wilcoxon of each arm vs ``real`` across seeds
     (and, for classification recall and segmentation Dice, across test cases)."""
-    table = _metric_table(task, class_names)
+    table = metric_table(task, class_names)
     base = results["real"]
     for site in (base[0].get("per_site") or {}) if base else {}:  # per acquisition site, when the data has sites
         keys = ["balanced_accuracy"] + [f"recall/{c}" for c in class_names] if task == "classification" \

@@ -24,7 +24,6 @@ timings) and ``paper_reference`` (Table 3 of the paper).
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,13 +38,18 @@ from torch import nn
 from medbalance.config import BaseConfig
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
-from medbalance.experiments.downstream import DownstreamConfig, make_split, summarize_arms
+from medbalance.experiments.downstream import (
+    DownstreamConfig,
+    make_split,
+    summarize_arms,
+)
 from medbalance.training.metrics import classification_metrics
 from medbalance.utils.io import atomic_write_json
 from medbalance.utils.progress import make_progress
 from medbalance.utils.seed import seed_everything
 
 FEATURE_ARMS = ("real", "oversample", "class-weight", "real+synthetic")
+FEATURE_EVAL_BATCH = 512  # feature maps are small: large no-grad batches
 
 PAPER_REFERENCE = {
     "source": "Mehra, Soliman & Sahoo, arXiv 2209.14097, Table 3 (REMBRANDT FLAIR, 570 test slices, 64 % HGG)",
@@ -168,24 +172,17 @@ class FeatureClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-@torch.no_grad()
-def predict_probs(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    was = model.training
-    model.eval()
-    try:
-        dev = next(model.parameters()).device
-        out = [model(x[s : s + batch_size].to(dev)).float().softmax(1).cpu() for s in range(0, x.shape[0], batch_size)]
-    finally:
-        model.train(was)
-    return torch.cat(out).numpy().astype(np.float64)
-
-
 def train_feature_classifier(
     x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
     cfg: FeatureClassifierConfig, seed: int, class_weights: bool = False, device: str = "auto",
-) -> tuple[nn.Module, int, list[dict[str, float]]]:
-    """Train on (standardised) features; keep the epoch with the best validation balanced accuracy."""
-    from medbalance.training.task import compute_class_weights
+) -> tuple[nn.Module, int, list[dict[str, Any]]]:
+    """Train on (standardised) features with the task-training loop (:func:`~medbalance.training.task.fit_epochs`:
+    Adam, constant rate); keep the epoch with the best validation balanced accuracy."""
+    from medbalance.training.task import (
+        compute_class_weights,
+        fit_epochs,
+        predict_classifier,
+    )
     from medbalance.utils.device import select_device
 
     n = x_train.shape[0]
@@ -196,31 +193,17 @@ def train_feature_classifier(
     model = FeatureClassifier(tuple(x_train.shape[1:]), num_classes, cfg.channels, cfg.hidden, cfg.dropout).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     w = compute_class_weights(y_train, num_classes).to(dev) if class_weights else None
-    gen = torch.Generator().manual_seed(seed)
-    bs = min(cfg.batch_size, n)
-    steps = n // bs
-    best, best_epoch, best_state = -1.0, 0, None
-    history = []
-    yv = y_val.numpy()
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        tot = torch.zeros(())
-        for b in range(steps):
-            idx = perm[b * bs : (b + 1) * bs]
-            loss = F.cross_entropy(model(x_train[idx].to(dev)).float(), y_train[idx].to(dev), weight=w)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += loss.detach().cpu()
-        bacc = classification_metrics(yv, predict_probs(model, x_val), [str(k) for k in range(num_classes)])[
-            "balanced_accuracy"
-        ]
-        history.append({"epoch": epoch, "train_loss": float(tot) / max(steps, 1), "val_balanced_accuracy": bacc})
-        if bacc > best:
-            best, best_epoch, best_state = bacc, epoch, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    model.eval()
+    names = [str(k) for k in range(num_classes)]
+
+    def batch_loss(batch: list[torch.Tensor | None], _gen: torch.Generator) -> torch.Tensor:
+        xb, yb = batch
+        return F.cross_entropy(model(xb).float(), yb, weight=w)
+
+    def evaluate() -> dict[str, Any]:
+        return classification_metrics(y_val, predict_classifier(model, x_val, FEATURE_EVAL_BATCH)[0], names)
+
+    history, best_epoch, _ = fit_epochs(model, [x_train, y_train], batch_loss, opt, epochs=cfg.epochs,
+                                        batch_size=cfg.batch_size, seed=seed, evaluate=evaluate)
     return model, best_epoch, history
 
 
@@ -284,6 +267,8 @@ def run_feature_downstream(
     test: tuple[torch.Tensor, torch.Tensor], class_names: list[str], cfg: FeatureAugmentConfig, acgan: Any = None,
 ) -> dict[str, Any]:
     """Every arm x seed on (raw) features; returns ``results``, ``summary``, ``arm_training_sets``, ``generation``."""
+    from medbalance.training.task import predict_classifier
+
     check_feature_arms(cfg.arms)
     ccfg = classifier_config(cfg)
     x_tr, y_tr = train
@@ -322,9 +307,9 @@ def run_feature_downstream(
                     norm(xa), ya, xv, yv, len(class_names), ccfg, seed, class_weights=bool(opts.get("class_weights")),
                     device=cfg.device,
                 )
-                probs = predict_probs(model, xt)
+                probs, pred = predict_classifier(model, xt, FEATURE_EVAL_BATCH)
                 m = classification_metrics(yt, probs, class_names)
-                m["per_case_correct"] = (probs.argmax(1) == yt).astype(int).tolist()
+                m["per_case_correct"] = (pred.numpy() == yt).astype(int).tolist()
                 m.update(seed=seed, arm=arm, best_epoch=int(best_epoch), train_seconds=round(time.perf_counter() - t0, 2),
                          n_synthetic=int(syn.sum()))
                 results[arm].append(m)
@@ -377,7 +362,11 @@ def run_feature_augment(
 
 def _run_feature_augment(data: ImageDataset, cfg: FeatureAugmentConfig, out_dir: str | Path,
                          segmentor: str | Path | None) -> dict[str, Any]:
-    from medbalance.models.feature_acgan import FeatureACGAN, class_accuracy, generated_class_accuracy
+    from medbalance.models.feature_acgan import (
+        FeatureACGAN,
+        class_accuracy,
+        generated_class_accuracy,
+    )
     from medbalance.models.tasknets import load_task_model
     from medbalance.synthesis.features import extract_to_store
     from medbalance.training.task import evaluate_task_model, train_task_model

@@ -89,12 +89,8 @@ class FrozenSegmentor(nn.Module):
 
 def load_segmentor(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load a task model saved by ``medbalance train-task segmentation``: ``(module, meta)``."""
-    try:
-        from medbalance.models.tasknets import load_task_model
-    except ModuleNotFoundError as e:  # pragma: no cover - depends on the installed package
-        if e.name != "medbalance.models.tasknets":
-            raise
-        raise ConfigError("cannot load segmentors: medbalance.models.tasknets is not available", path=path) from None
+    from medbalance.models.tasknets import load_task_model
+
     net, meta = load_task_model(path)
     meta = dict(meta or {})
     task = meta.get("task")

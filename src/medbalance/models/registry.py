@@ -54,11 +54,7 @@ def ensure_registered() -> None:
     import importlib
 
     for mod in ("dcgan", "acgan", "lapgan", "pix2pix", "spade", "redgan", "diffusion"):
-        try:
-            importlib.import_module(f"medbalance.models.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"medbalance.models.{mod}":
-                raise
+        importlib.import_module(f"medbalance.models.{mod}")
     _LOADED = True
 
 

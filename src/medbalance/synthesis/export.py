@@ -56,6 +56,7 @@ def read_provenance(manifest: str | Path) -> dict[str, Any] | None:
     ``provenance.json`` beside the manifest; their digest must equal the manifest's ``train_ids_sha256``
     column on every synthetic row (else :class:`DataError`: the provenance does not belong to these images).
     """
+    from medbalance.data.manifest import parse_synthetic_flag
     from medbalance.errors import DataError
     from medbalance.utils.io import ids_digest
 
@@ -67,7 +68,7 @@ def read_provenance(manifest: str | Path) -> dict[str, Any] | None:
         return None
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))
-    digests = {(r.get("train_ids_sha256") or "") for r in rows if str(r.get("synthetic", "")).strip() in ("1", "true")}
+    digests = {(r.get("train_ids_sha256") or "") for r in rows if parse_synthetic_flag(r.get("synthetic"))}
     if not prov_path.is_file() or not digests or digests == {""}:
         return None
     try:

@@ -10,7 +10,7 @@ plus a score per sample (recorded in the manifest's ``filter_scores``):
   whose probability of the requested class is at least ``min_confidence``.
 - :class:`MemorizationGate`: rejects samples closer to their nearest training image than a threshold derived
   from real held-out images (the ``percentile``-th percentile of held-out nearest-training distances), and
-  exact copies of training images.
+  exact copies of training images. Distances: :func:`medbalance.utils.neighbors.knn` (the search evaluation uses).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medbalance.errors import ConfigError
+from medbalance.utils.neighbors import knn
 
 
 @dataclass
@@ -118,26 +119,6 @@ def _flat(images: torch.Tensor, size: int | None) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def nn_distances(query: torch.Tensor, reference: torch.Tensor, block: int = 2048) -> torch.Tensor:
-    """Euclidean distance of every query row to its nearest reference row (blocked matrix products)."""
-    try:  # one implementation for the whole package when the evaluation module provides it
-        from medbalance.evaluation.privacy import nearest_neighbor_distances  # type: ignore
-
-        d, _ = nearest_neighbor_distances(query, reference)
-        return torch.as_tensor(d, dtype=torch.float64)
-    except ImportError:
-        pass
-    q = query.double()
-    r = reference.double()
-    rn = (r * r).sum(1)
-    out = []
-    for s in range(0, q.shape[0], block):
-        qb = q[s : s + block]
-        d2 = (qb * qb).sum(1, keepdim=True) - 2 * qb @ r.T + rn[None]
-        out.append(d2.clamp_min(0).min(1).values.sqrt())
-    return torch.cat(out)
-
-
 @dataclass
 class MemorizationGate:
     """Reject samples closer to the training set than real held-out images usually are.
@@ -157,11 +138,11 @@ class MemorizationGate:
         if len(self.heldout_images) < 2:
             raise ConfigError("memorization gate needs at least 2 held-out real images to set its threshold")
         self._train = _flat(self.train_images, self.pixel_size)
-        d = nn_distances(_flat(self.heldout_images, self.pixel_size), self._train)
-        self.threshold = float(np.percentile(d.numpy(), self.percentile))
+        d = knn(_flat(self.heldout_images, self.pixel_size), self._train, 1)[0][:, 0]
+        self.threshold = float(np.percentile(d, self.percentile))
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, ctx: FilterContext) -> tuple[torch.Tensor, torch.Tensor]:
-        d = nn_distances(_flat(images.cpu(), self.pixel_size), self._train).float()
+        d = torch.from_numpy(knn(_flat(images.cpu(), self.pixel_size), self._train, 1)[0][:, 0]).float()
         keep = (d >= self.threshold) & (d > 1e-6)
         return keep, d

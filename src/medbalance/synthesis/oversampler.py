@@ -7,29 +7,31 @@
 >>> sampler.report_                                     # generated / rejected by filter / kept, per class
 >>> GenerativeOverSampler({"melanoma": load_run("runs/mel"), "nevus": load_run("runs/nev")})  # one run per class
 >>> GenerativeOverSampler(load_run("runs/redgan_site"), target="condition")                 # rebalance sites
-
-``MixedDataset`` is a ``torch.utils.data.Dataset`` view that mixes real samples with synthetic ones that are
-generated on the fly (deterministically per index), for training loops that should not materialise them.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
 from medbalance.synthesis.filters import FilterContext, SampleFilter
 from medbalance.synthesis.masks import EDIT_OPS, MaskSampler
-from medbalance.synthesis.strategy import Strategy, plan_ratio, plan_sampling, plan_single_class
+from medbalance.synthesis.strategy import (
+    Strategy,
+    plan_ratio,
+    plan_sampling,
+    plan_single_class,
+)
 from medbalance.utils.progress import make_progress
-
+from medbalance.utils.seed import synthesis_batch_seed
 
 TARGETS = ("label", "condition")
 
@@ -83,11 +85,6 @@ def check_can_label(method: Any, *, mask_pool: str = "same_class", mask_source: 
         "(train a class-conditional model such as acgan, redgan or conditional dcgan/lapgan, pass one "
         "unconditional run per class (--run CLASS=RUN), or use a mask-conditioned model with mask_pool='same_class')"
     )
-
-
-def _batch_seed(random_state: int, cls: int, counter: int) -> int:
-    """A seed per generated batch: a pure function of (random_state, class, batch number)."""
-    return int(np.random.SeedSequence([int(random_state), int(cls), int(counter)]).generate_state(1)[0])
 
 
 @dataclass
@@ -319,7 +316,7 @@ class GenerativeOverSampler:
                 rounds_without_progress = 0
                 while kept < n and rounds_without_progress < self.max_rounds:
                     b = min(self.batch_size, max(1, n - kept))
-                    seed = _batch_seed(self.random_state, c, counter)
+                    seed = synthesis_batch_seed(self.random_state, c, counter)
                     counter += 1
                     rng = np.random.default_rng(seed)
                     if by_site:  # masks from every image; the class comes with the mask's source image
@@ -424,81 +421,3 @@ class GenerativeOverSampler:
 
 def _cond_name(ds: ImageDataset, c: int) -> str:
     return ds.condition_names[c] if ds.condition_names else str(c)
-
-
-class OnTheFlySynthetic(Dataset):
-    """Synthetic samples generated when indexed (deterministic per index), for a planned class distribution."""
-
-    def __init__(self, generator: Any, dataset: ImageDataset, plan: dict[Hashable, int], mask_source: str = "real",
-                 random_state: int = 0, mask_pool: str = "auto"):
-        if isinstance(generator, Mapping):
-            raise ConfigError("OnTheFlySynthetic takes one class-conditional run; use GenerativeOverSampler for per-class runs")
-        mask_pool = resolve_mask_pool(generator.method, mask_pool)
-        check_can_label(generator.method, mask_pool=mask_pool, mask_source=mask_source)
-        self.generator = generator
-        self.dataset = dataset
-        self.random_state = random_state
-        self.mask_pool = mask_pool
-        self.classes = [dataset.class_names.index(c) for c, n in plan.items() for _ in range(int(n))]
-        needs = tuple(getattr(generator.method, "needs", ()))
-        self.sampler = MaskSampler(dataset, source=mask_source, pool=mask_pool) if "mask" in needs else None
-        self.needs = needs
-
-    def __len__(self) -> int:
-        return len(self.classes)
-
-    @torch.no_grad()
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        c = self.classes[i]
-        seed = _batch_seed(self.random_state, c, 1_000_000 + i)
-        rng = np.random.default_rng(seed)
-        lab = torch.tensor([c])
-        mask = None
-        if self.sampler is not None:
-            mask = torch.as_tensor(self.sampler.draw(1, c if self.mask_pool == "same_class" else None, rng)[0].mask)[None]
-        cond = None
-        if "condition" in self.needs and self.dataset.conditions is not None:
-            cond = torch.as_tensor(rng.integers(0, self.dataset.num_conditions, size=1), dtype=torch.long)
-        dev = next(self.generator.G.parameters()).device
-        x = self.generator.method.generate(
-            lab.to(dev), masks=None if mask is None else mask.to(dev),
-            conditions=None if cond is None else cond.to(dev),
-            generator=torch.Generator().manual_seed(seed), G=self.generator.G,
-        )[0].float().cpu()
-        item = {"image": x, "label": lab[0], "index": torch.tensor(-1 - i), "synthetic": torch.tensor(True)}
-        if mask is not None:
-            item["mask"] = mask[0]
-        if cond is not None:
-            item["condition"] = cond[0]
-        return item
-
-
-class MixedDataset(Dataset):
-    """Real samples followed by synthetic ones (materialised or on the fly), with a ``synthetic`` flag."""
-
-    def __init__(self, real: ImageDataset, synthetic: Dataset):
-        self.real = real
-        self.synthetic = synthetic
-
-    def __len__(self) -> int:
-        return len(self.real) + len(self.synthetic)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if i < 0:
-            i += len(self)
-        if i < len(self.real):
-            item = dict(self.real[i])
-            item["synthetic"] = torch.tensor(False)
-            return item
-        item = dict(self.synthetic[i - len(self.real)])
-        item.setdefault("synthetic", torch.tensor(True))
-        return item
-
-    def class_counts(self) -> dict[str, int]:
-        counts = self.real.class_counts()
-        syn_labels = (
-            self.synthetic.labels.tolist() if isinstance(self.synthetic, ImageDataset) else list(self.synthetic.classes)
-        )
-        for c in syn_labels:
-            counts[self.real.class_names[c]] += 1
-        return counts

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -48,7 +49,6 @@ class TrainConfig(BaseConfig):
         "preset's (on in the paper presets of pix2pix, spade and redgan; off elsewhere)",
     )
     channels_last: bool = False
-    num_workers: int = Field(0, ge=0)
     ema_decay: Optional[float] = Field(
         None,
         ge=0,
@@ -137,6 +137,26 @@ KEYS_ADDED_LATER: dict[str, Any] = {
 }
 
 
+# Keys that saved run folders may hold but that no longer exist (they had no effect when they were written): dropped
+# when a saved run is read back, so that old run folders still load. A new config that sets one is refused as unknown.
+KEYS_REMOVED: tuple[str, ...] = (
+    "train.num_workers",  # never used: the dataset is held in memory and batches are index slices
+)
+
+
+def drop_removed_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without the keys of :data:`KEYS_REMOVED` (a copy; ``raw`` is not changed)."""
+    out = copy.deepcopy(raw)
+    for key in KEYS_REMOVED:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
 def fill_keys_added_later(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` (a saved run config as read from YAML) with every key of :data:`KEYS_ADDED_LATER` it lacks set to
     the value it meant when it was written (a new dict; ``raw`` is not changed)."""
@@ -159,5 +179,6 @@ def fill_keys_added_later(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_saved_run_config(path: str | Path) -> RunConfig:
-    """The ``config.yaml`` of a run folder, with the keys it predates filled in as they were meant."""
-    return RunConfig.from_dict(fill_keys_added_later(read_yaml(path)), source=path)
+    """The ``config.yaml`` of a run folder, with the keys it predates filled in as they were meant and the keys
+    removed since then (:data:`KEYS_REMOVED`) dropped."""
+    return RunConfig.from_dict(fill_keys_added_later(drop_removed_keys(read_yaml(path))), source=path)

@@ -39,14 +39,15 @@ from torch import nn
 
 from medbalance.data.anatomy import lesion_indices
 from medbalance.data.dataset import ImageDataset
-from medbalance.data.splits import duplicate_groups, merge_groups
+from medbalance.data.splits import split_train_heldout
 from medbalance.errors import CheckpointError, ConfigError, DataError
 from medbalance.models.base import GANMethod
 from medbalance.training import checkpoint as ckpt
 from medbalance.training import distributed as ddp
 from medbalance.training.config import RunConfig, read_saved_run_config
-from medbalance.training.logging import RunLogger, render_grid, save_png
+from medbalance.training.logging import RunLogger
 from medbalance.utils.device import autocast, resolve_precision, select_device
+from medbalance.utils.imaging import render_grid, save_png
 from medbalance.utils.io import (
     LOCK_NAME,
     acquire_folder_lock,
@@ -55,7 +56,7 @@ from medbalance.utils.io import (
     read_json,
     release_folder_lock,
 )
-from medbalance.utils.seed import seed_everything
+from medbalance.utils.seed import seed_everything, stream_generator, stream_seed
 
 
 def _differences(prefix: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
@@ -78,21 +79,10 @@ RESUME_FIXED_KEYS = (
 )
 
 
-# --------------------------------------------------------------------------- seeds / data order
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers (numpy SeedSequence: well mixed, order sensitive)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def seeded_generator(*parts: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(derive_seed(*parts))
-    return g
-
-
+# --------------------------------------------------------------------------- data order
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of one epoch: a pure function of (seed, epoch)."""
-    return torch.randperm(n, generator=seeded_generator(seed, 0xDA7A, epoch))
+    return torch.randperm(n, generator=stream_generator(seed, "data_order", epoch))
 
 
 # train.sampling -> how an epoch's order is drawn (recorded in every checkpoint's metadata)
@@ -106,7 +96,7 @@ ORDER_DESCRIPTIONS = {
 def flip_decisions(seed: int, step: int, batch_size: int) -> torch.Tensor:
     """Which samples of global batch ``step`` are flipped (``train.flip``): ``(batch_size,)`` bool, p = 0.5 each,
     a pure function of (seed, step)."""
-    return torch.rand(batch_size, generator=seeded_generator(seed, 0xF11B, step)) < 0.5
+    return torch.rand(batch_size, generator=stream_generator(seed, "flip", step)) < 0.5
 
 
 def flip_batch(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -128,49 +118,8 @@ def class_balanced_order(seed: int, epoch: int, labels: torch.Tensor) -> torch.T
     labels = torch.as_tensor(labels, dtype=torch.long).cpu()
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     weights = 1.0 / counts.to(torch.float64)[inverse]
-    g = seeded_generator(seed, 0xBA1A, epoch)
+    g = stream_generator(seed, "class_balanced_order", epoch)
     return torch.multinomial(weights, len(labels), replacement=True, generator=g)
-
-
-def split_train_heldout(dataset: ImageDataset, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """Seeded stratified split of sample indices into (train, held-out, description).
-
-    Stratified by class; when the dataset has groups (patients), whole groups are held out
-    (each group stratified by its majority class) so no patient straddles the split. Identical images
-    (by content) count as one group too, so a copy of a training image is never held out. Per class
-    ``round(val_fraction * n_class)`` units are held out, always leaving at least one in train.
-    """
-    n = len(dataset)
-    if val_fraction <= 0:
-        return np.arange(n), np.zeros(0, dtype=np.int64), "none"
-    rng = np.random.default_rng(derive_seed(seed, 0x5B117))
-    labels = dataset.labels.numpy()
-    groups_in = dataset.groups
-    copies = duplicate_groups(dataset)["exact"]
-    if copies:  # datasets without copies keep exactly the split they had
-        groups_in = merge_groups(n, dataset.groups, dataset.ids, copies)
-    if groups_in is not None:
-        groups = np.asarray(groups_in, dtype=object)
-        uniq, inv = np.unique(groups.astype(str), return_inverse=True)
-        counts = np.zeros((len(uniq), dataset.num_classes), dtype=np.int64)
-        np.add.at(counts, (inv, labels), 1)
-        unit_label = counts.argmax(1)
-        kind = "group-stratified" + (f" ({len(copies)} groups of identical images kept together)" if copies else "")
-    else:
-        inv = np.arange(n)
-        unit_label = labels
-        kind = "stratified"
-    held_units = []
-    for c in range(dataset.num_classes):
-        units = np.flatnonzero(unit_label == c)
-        k = min(int(round(val_fraction * len(units))), max(len(units) - 1, 0))
-        if k > 0:
-            held_units.append(rng.permutation(units)[:k])
-    held_mask_units = np.zeros(len(unit_label), dtype=bool)
-    if held_units:
-        held_mask_units[np.concatenate(held_units)] = True
-    held = held_mask_units[inv]
-    return np.flatnonzero(~held), np.flatnonzero(held), kind
 
 
 # --------------------------------------------------------------------------- EMA
@@ -289,7 +238,7 @@ class Trainer:
         self.method = method
         self.ema = EMA(method.networks()["G"], tc.ema_decay) if tc.ema_decay else None
         # the training RNG stream (noise etc.): per rank, a function of the seed only
-        torch.manual_seed(derive_seed(tc.seed, 0x7EA1, self.dist.rank))
+        torch.manual_seed(stream_seed(tc.seed, "train_noise", self.dist.rank))
         self._perm_cache: tuple[int, torch.Tensor] | None = None
         self._fixed = self._fixed_sample_inputs()
 
@@ -353,7 +302,7 @@ class Trainer:
         else from training samples of that class (else from any sample).
         """
         ds, cols = self.dataset, self.cfg.train.sample_columns
-        g = seeded_generator(self.cfg.train.seed, 0x5A3E)
+        g = stream_generator(self.cfg.train.seed, "sample_grid_inputs")
         order = torch.randperm(len(ds), generator=g)
         held = torch.zeros(len(ds), dtype=torch.bool)
         held[self.held_idx] = True
@@ -392,7 +341,7 @@ class Trainer:
                     f["labels"].to(self.device),
                     masks=None if f["masks"] is None else f["masks"].to(self.device),
                     conditions=None if f["conditions"] is None else f["conditions"].to(self.device),
-                    generator=seeded_generator(self.cfg.train.seed, 0xF1ED),
+                    generator=stream_generator(self.cfg.train.seed, "sample_grid_noise"),
                     G=G,
                 )
         finally:
@@ -525,7 +474,7 @@ class Trainer:
                 if cuda:
                     torch.cuda.set_rng_state(cuda[min(self.dist.local_rank, len(cuda) - 1)], self.device)
         else:  # different number of processes: the run continues, but not bit-identically
-            torch.manual_seed(derive_seed(self.cfg.train.seed, 0x7EA1, self.dist.rank, state["step"]))
+            torch.manual_seed(stream_seed(self.cfg.train.seed, "train_noise", self.dist.rank, state["step"]))
         best_val = None
         best_name = ckpt.read_pointer(self.run_dir / "checkpoints", "best")
         if best_name is not None and (self.run_dir / "checkpoints" / best_name / "state.json").is_file():

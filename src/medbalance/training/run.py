@@ -18,14 +18,14 @@ from medbalance.errors import CheckpointError, ConfigError
 from medbalance.models.base import GANMethod
 from medbalance.training import checkpoint as ckpt
 from medbalance.training.config import RunConfig, read_saved_run_config
-from medbalance.training.engine import seeded_generator
 from medbalance.utils.io import read_json, sha256_file
 from medbalance.utils.progress import make_progress
+from medbalance.utils.seed import stream_generator
 
 
 def batch_generator(seed: int, batch_index: int) -> torch.Generator:
     """The CPU noise generator :meth:`LoadedRun.generate` uses for batch ``batch_index``."""
-    return seeded_generator(seed, 0x6E4E, batch_index)
+    return stream_generator(seed, "generation", batch_index)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -26,7 +27,11 @@ from medbalance.config import BaseConfig
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
 from medbalance.models.tasknets import Classifier, SegmentationUNet, save_task_model
-from medbalance.training.metrics import classification_metrics, segmentation_metrics, selection_score
+from medbalance.training.metrics import (
+    classification_metrics,
+    segmentation_metrics,
+    selection_score,
+)
 from medbalance.utils.device import autocast, resolve_precision, select_device
 from medbalance.utils.io import atomic_write_json
 from medbalance.utils.progress import make_progress
@@ -247,11 +252,102 @@ def evaluate_task_model(model: nn.Module, ds: ImageDataset, task: str, batch_siz
 
 
 # ---------------------------------------------------------------------------- training
+def fit_epochs(
+    model: nn.Module,
+    tensors: Sequence[torch.Tensor | None],
+    batch_loss: Callable[[list[torch.Tensor | None], torch.Generator], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    schedule: str = "constant",
+    evaluate: Callable[[], dict[str, Any]] | None = None,
+    task: str = "classification",
+    patience: int | None = None,
+    progress: str | None = None,
+) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """The one task-training loop (image classifiers, segmentors, feature classifiers).
+
+    Each epoch draws ``torch.randperm(n, generator=gen)`` (``gen`` seeded with ``seed``, also passed to
+    ``batch_loss`` for augmentation) and walks it in ``n // batch_size`` batches (the ragged last batch is dropped:
+    BatchNorm needs > 1 sample). A batch is ``[t[idx] on the model's device for t in tensors]`` (None stays None);
+    ``batch_loss(batch, gen)`` returns the loss. ``schedule``: ``cosine`` (over all steps) or ``constant``.
+
+    After each epoch ``evaluate()`` (validation metrics, :mod:`medbalance.training.metrics`) is scored with
+    :func:`~medbalance.training.metrics.selection_score` for ``task``; the best epoch's weights are restored at the
+    end (the last epoch's without ``evaluate``). ``patience`` stops after that many epochs without improvement.
+
+    Returns (history, best epoch (1-based), best epoch's metrics); the model is left in eval mode.
+    """
+    device = _device_of(model)
+    n = int(tensors[0].shape[0])
+    bs = min(batch_size, n)
+    steps_per_epoch = n // bs
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total) if schedule == "cosine" else None
+    gen = torch.Generator().manual_seed(seed)
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch, best_state, best_metrics = float("-inf"), -1, None, {}
+    since_best = 0
+    with make_progress(enabled=progress is not None) as bar:
+        t = bar.add_task(progress, total=total) if progress is not None else None
+        for epoch in range(1, epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=gen)
+            run_loss = torch.zeros((), device=device)
+            for b in range(steps_per_epoch):
+                idx = perm[b * bs : (b + 1) * bs]
+                loss = batch_loss([None if x is None else x[idx].to(device, non_blocking=True) for x in tensors], gen)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if sched is not None:
+                    sched.step()
+                run_loss += loss.detach()
+                if t is not None:
+                    bar.advance(t)
+            rec: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": float(run_loss) / max(steps_per_epoch, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            if evaluate is not None:
+                m = evaluate()
+                rec.update({f"val_{k}": v for k, v in m.items()})
+                score = selection_score(m, task)
+                if score > best_score or best_state is None:
+                    best_score, best_epoch, best_metrics = score, epoch, m
+                    best_state = copy.deepcopy(model.state_dict())
+                    since_best = 0
+                else:
+                    since_best += 1
+            rec["seconds"] = round(time.perf_counter() - t0, 3)
+            history.append(rec)
+            if t is not None:
+                key = "val_balanced_accuracy" if task == "classification" else "val_dice"
+                shown = rec.get(key)
+                bar.update(
+                    t,
+                    description=f"{progress} ep {epoch}/{epochs} loss {rec['train_loss']:.3f}"
+                    + (f" {key[4:]} {shown:.3f}" if isinstance(shown, float) else ""),
+                )
+            if patience is not None and evaluate is not None and since_best >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    model.eval()
+    return history, best_epoch, best_metrics
+
+
 def train_task_model(
     train: ImageDataset, val: ImageDataset | None, cfg: TaskConfig, out_dir: str | Path | None = None,
     init_model: nn.Module | None = None,
 ) -> TaskResult:
-    """Train a classifier or segmentor on ``train``; select the best epoch on ``val``.
+    """Train a classifier or segmentor on ``train`` with :func:`fit_epochs`; select the best epoch on ``val``.
 
     ``init_model`` starts from a copy of that model's weights (fine-tuning, e.g. after pre-training on synthetic
     data) instead of a fresh initialisation; it must have the architecture ``cfg`` builds for ``train``.
@@ -268,19 +364,12 @@ def train_task_model(
             raise DataError(f"validation mask values {val.mask_values} differ from training {train.mask_values}")
     device = select_device(cfg.device)
     prec = resolve_precision(cfg.precision, device)
-    amp = lambda: autocast(device, prec)  # noqa: E731
     seed_everything(cfg.seed)
     model = build_task_model(cfg, train)
     if init_model is not None:
         model.load_state_dict(init_model.state_dict())
     model = model.to(device)
-    gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(train)
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = n // bs  # drop the ragged last batch (BatchNorm needs > 1 sample)
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine" else None
 
     cw = None
     if cfg.class_weights:
@@ -295,77 +384,36 @@ def train_task_model(
                 cw = torch.where(counts[1:] > 0, (tot - counts[1:]) / counts[1:].clamp_min(1), torch.ones(K - 1)).float()
         cw = cw.to(device)
 
-    def loss_fn(logits: torch.Tensor, xb_lab: torch.Tensor, mb: torch.Tensor | None) -> torch.Tensor:
+    def batch_loss(batch: list[torch.Tensor | None], gen: torch.Generator) -> torch.Tensor:
+        xb, yb, mb = batch
+        if cfg.augment:
+            xb, mb = augment_batch(xb, mb, gen, cfg.augment_all_flips, cfg.augment_rot90)
+        with autocast(device, prec):
+            logits = model(xb)
         if cfg.task == "classification":
-            return F.cross_entropy(logits.float(), xb_lab, weight=cw)
+            return F.cross_entropy(logits.float(), yb, weight=cw)
         return model.loss(logits, mb, class_weights=cw)
 
-    history: list[dict[str, Any]] = []
-    best_score, best_epoch, best_state, best_metrics = float("-inf"), -1, None, {}
-    since_best = 0
-    images, labels, masks = train.images, train.labels, train.masks
-    with make_progress() as bar:
-        t = bar.add_task(f"train {cfg.task}", total=total) if cfg.progress else None
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=gen)
-            run_loss = torch.zeros((), device=device)
-            for b in range(steps_per_epoch):
-                idx = perm[b * bs : (b + 1) * bs]
-                xb = images[idx].to(device, non_blocking=True)
-                yb = labels[idx].to(device)
-                mb = masks[idx].to(device) if (masks is not None and cfg.task == "segmentation") else None
-                if cfg.augment:
-                    xb, mb = augment_batch(xb, mb, gen, cfg.augment_all_flips, cfg.augment_rot90)
-                with amp():
-                    logits = model(xb)
-                loss = loss_fn(logits, yb, mb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                run_loss += loss.detach()
-                if t is not None:
-                    bar.advance(t)
-            rec: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": float(run_loss) / max(steps_per_epoch, 1),
-                "lr": opt.param_groups[0]["lr"],
-            }
-            if val is not None:
-                m = evaluate_task_model(model, val, cfg.task, cfg.eval_batch_size)
-                rec.update({f"val_{k}": v for k, v in m.items()})
-                score = selection_score(m, cfg.task)
-                if score > best_score or best_state is None:
-                    best_score, best_epoch, best_metrics = score, epoch, m
-                    best_state = copy.deepcopy(model.state_dict())
-                    since_best = 0
-                else:
-                    since_best += 1
-            rec["seconds"] = round(time.perf_counter() - t0, 3)
-            history.append(rec)
-            if t is not None:
-                key = "val_balanced_accuracy" if cfg.task == "classification" else "val_dice"
-                shown = rec.get(key)
-                bar.update(
-                    t,
-                    description=f"train {cfg.task} ep {epoch}/{cfg.epochs} loss {rec['train_loss']:.3f}"
-                    + (f" {key[4:]} {shown:.3f}" if isinstance(shown, float) else ""),
-                )
-            if cfg.patience is not None and val is not None and since_best >= cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
-    model.eval()
+    history, best_epoch, best_metrics = fit_epochs(
+        model, [train.images, train.labels, train.masks if cfg.task == "segmentation" else None], batch_loss, opt,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, schedule=cfg.schedule,
+        evaluate=None if val is None else (lambda: evaluate_task_model(model, val, cfg.task, cfg.eval_batch_size)),
+        task=cfg.task, patience=cfg.patience, progress=f"train {cfg.task}" if cfg.progress else None,
+    )
     result = TaskResult(model=model, history=history, best_epoch=best_epoch, val_metrics=best_metrics)
     if out_dir is not None:
         save_task_model(out_dir, model, task_model_meta(train, val, cfg, result))
         atomic_write_json(Path(out_dir) / "history.json", history)
     return result
+
+
+def train_domain_encoder(real_train: ImageDataset, out_dir: str | Path, epochs: int = 10, **task_options: Any) -> Path:
+    """Train a classifier on ``real_train`` for the ``domain`` feature extractor
+    (:mod:`medbalance.evaluation.extractors`): :func:`train_task_model` without validation set (``task_options``
+    are :class:`TaskConfig` fields); returns the task-model folder."""
+    cfg = TaskConfig(task="classification", epochs=epochs, **task_options)
+    train_task_model(real_train, None, cfg, out_dir=out_dir)
+    return Path(out_dir)
 
 
 def task_model_meta(train: ImageDataset, val: ImageDataset | None, cfg: TaskConfig, result: TaskResult) -> dict[str, Any]:

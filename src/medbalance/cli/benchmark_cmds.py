@@ -1,0 +1,101 @@
+"""``medbalance benchmark``: every generator against every baseline arm, paired seeds, resumable, one leaderboard."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medbalance.cli.app import app
+from medbalance.cli.options import (
+    DataOptions,
+    build_data_config,
+    check_sections,
+    config_option,
+    data_options,
+    device_option,
+    parse_arms,
+    parse_class_fractions,
+    parse_fractions,
+    read_config,
+    set_option,
+)
+from medbalance.errors import ConfigError
+from medbalance.utils.progress import console
+
+GEN_HELP = ("MODEL[:KEY=VALUE,...] (repeatable), e.g. dcgan:steps=6500, acgan:minutes=10, "
+            "redgan:steps=3000,name=redgan-a, feature-acgan; keys: name, preset, steps, epochs, minutes, run")
+
+
+def parse_generator(text: str) -> dict:
+    """``dcgan:steps=6500,preset=cpu`` -> a GeneratorSpec document."""
+    model, _, rest = text.partition(":")
+    doc: dict = {"model": model.strip()}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        k, sep, v = item.partition("=")
+        if not sep or k not in ("name", "preset", "steps", "epochs", "minutes", "run", "segmentor_epochs"):
+            raise ConfigError(f"--generator {text!r}: {item!r} is not KEY=VALUE with KEY one of name, preset, steps, "
+                              "epochs, minutes, run, segmentor_epochs")
+        try:
+            doc[k] = int(v) if k in ("steps", "epochs", "segmentor_epochs") else float(v) if k == "minutes" else v
+        except ValueError:
+            raise ConfigError(f"--generator {text!r}: {k} must be a number") from None
+    if not doc["model"]:
+        raise ConfigError(f"--generator {text!r}: no model name")
+    return doc
+
+
+@app.command("benchmark")
+@data_options
+def benchmark_cmd(
+    data: str = typer.Argument(..., help="real dataset (manifest CSV, folder, npz, NIfTI root, 'phantom')"),
+    out: Path = typer.Argument(..., help="benchmark folder (cells/, generators/, benchmark.json, leaderboard.md)"),
+    config: Optional[Path] = config_option("a BenchmarkConfig: data, task, generators, baselines, arms, seeds, ..."),
+    sets: list[str] = set_option("seeds=3 or generators.0.steps=500"),
+    generators: list[str] = typer.Option([], "--generator", help=GEN_HELP),
+    task: Optional[str] = typer.Option(None, help="classification | segmentation"),
+    baselines: Optional[str] = typer.Option(None, help="comma-separated: real, oversample, class-weight, augment"),
+    arms: Optional[str] = typer.Option(
+        None, help="comma-separated synthetic arms: real+synthetic, real+synthetic@R (every class), "
+        "real+synthetic@Rx (R x the minority's real count), synthetic-only, synthetic-pretrain+finetune, each with "
+        "optional +class-weight and |filter=discriminator|memorization"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="classifier seeds per split (default 5)"),
+    split_seeds: Optional[str] = typer.Option(None, help="comma-separated split seeds (repeated splits), e.g. 0,1,2"),
+    generator_seeds: Optional[str] = typer.Option(None, help="comma-separated generator training seeds"),
+    subsample: list[str] = typer.Option([], help="CLASS=FRACTION of its training images kept, e.g. meningioma=0.1"),
+    fractions: Optional[str] = typer.Option(None, help="train,val,test fractions (default 0.6,0.2,0.2)"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="task-network epochs per arm (default 15)"),
+    budget: Optional[float] = typer.Option(None, "--budget", min=0.1, help="minutes: plan the grid to fit"),
+    quick: bool = typer.Option(False, "--quick", help="the same grid with a tenth of the compute (2 seeds, ...)"),
+    device: Optional[str] = device_option(None),
+    data_opts: DataOptions = DataOptions(),
+) -> None:
+    """Train each generator on the training split, run every arm for every seed, compare with the best baseline."""
+    from medbalance.experiments.benchmark import BenchmarkConfig, leaderboard_markdown, quick_profile, run_benchmark
+
+    doc = read_config(config, sets)
+    check_sections(doc, tuple(BenchmarkConfig.model_fields), config)
+    doc["data"] = build_data_config(data, data_opts, doc.get("data"), config).model_dump(mode="json")
+    if generators:
+        doc["generators"] = [parse_generator(g) for g in generators]
+    cli = {"task": task, "baselines": parse_arms(baselines) if baselines else None,
+           "arms": parse_arms(arms) if arms else None, "seeds": seeds,
+           "split_seeds": [int(x) for x in split_seeds.split(",")] if split_seeds else None,
+           "generator_seeds": [int(x) for x in generator_seeds.split(",")] if generator_seeds else None,
+           "subsample": parse_class_fractions(subsample, "--subsample") if subsample else None,
+           "fractions": parse_fractions(fractions) if fractions else None, "epochs": epochs,
+           "budget_minutes": budget, "device": device}
+    doc.update({k: v for k, v in cli.items() if v is not None})
+    cfg = BenchmarkConfig.from_dict(doc, source=config)
+    if quick:
+        cfg = quick_profile(cfg)
+    if not cfg.generators:
+        console.print("[yellow]warning[/yellow]: no generator given (--generator or generators: in --config): "
+                      "only the baselines are compared")
+    command = "medbalance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    rep = run_benchmark(cfg, out, command=command)
+    console.print(leaderboard_markdown(rep))
+    typer.echo(str(out / "benchmark.json"))

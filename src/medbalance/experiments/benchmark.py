@@ -1,0 +1,791 @@
+"""``medbalance benchmark``: every generator against every baseline, on one dataset, over paired seeds.
+
+The question users ask first: *which generator, how much synthetic data, and does it beat the simple baselines
+on my data?* One benchmark is a grid of **cells**, each saved as soon as it finishes (``OUT/cells/*.json``):
+
+- per split seed: the baseline arms (``real``, ``oversample``, ``class-weight``, ``augment``) x classifier seeds;
+- per split seed x generator x generator seed: training the generator on that split's training images only
+  (Red-GAN: with a segmentor trained on the same training images), its fidelity / diversity / privacy on the
+  synthetic images the arms use (seed 0's pool), and the synthetic arms (``real+synthetic``, ratios ``@Rx``,
+  ``synthetic-only``, ``synthetic-pretrain+finetune``, ``+class-weight``, ``|filter=...``) x classifier seeds;
+- the feature-level method (Mehra et al.) as its own row, against its own feature-level baselines.
+
+A killed benchmark resumes at the first unfinished cell; finished cells are never recomputed (a cell's file is
+written atomically after it completes; a generator resumes from its last checkpoint).
+
+**Statistics.** A replicate is a (split seed, classifier seed) pair: every arm of a replicate uses the same split,
+the same classifier initialisation and data order (the seed), so arms are compared *paired*. With several
+generator seeds, a generator arm's value per replicate is its mean over generator seeds. For every leaderboard
+row and primary metric: the mean paired difference against the **best baseline arm** (highest mean), its bootstrap
+95 % CI, a paired t-test, and Holm's correction over every comparison of the leaderboard. Verdict: *helps* /
+*hurts* when the Holm-adjusted p < alpha (sign of the difference), else *no evidence*.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from medbalance.config import BaseConfig, apply_overrides
+from medbalance.data.config import DataConfig
+from medbalance.data.dataset import ImageDataset
+from medbalance.errors import ConfigError, DataError
+from medbalance.evaluation.stats import holm, paired_difference, summarize
+from medbalance.experiments.downstream import (
+    DownstreamConfig,
+    Split,
+    SyntheticSource,
+    check_arms,
+    leakage_guard,
+    make_split,
+    metric_table,
+    parse_arm,
+    pool_needs,
+    train_arm,
+)
+from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
+from medbalance.utils.progress import console, make_progress
+
+BASELINE_ARMS = ("real", "oversample", "class-weight", "augment")
+FEATURE_MODEL = "feature-acgan"  # the feature-level method (Mehra et al.), run as its own pipeline
+VERDICTS = ("helps", "no evidence", "hurts")
+
+
+class GeneratorSpec(BaseConfig):
+    """One generator of the grid: a registered model with its preset and a training budget (or a trained run)."""
+
+    model: str = Field(..., description=f"a registered model name, or {FEATURE_MODEL!r} (feature-level method)")
+    name: str | None = Field(None, description="row name in the leaderboard (default: the model name)")
+    preset: str = "cpu"
+    steps: int | None = Field(None, ge=1, description="training budget in optimiser steps")
+    epochs: int | None = Field(None, ge=1, description="training budget in epochs of the training split")
+    minutes: float | None = Field(None, gt=0, description="training budget in minutes (converted to steps by a "
+                                  "short timed calibration on this machine, recorded)")
+    overrides: list[str] = Field(default_factory=list, description="run-config key=value overrides, e.g. "
+                                 "model.params.conditional=true or data.anatomy_label=1")
+    run: str | None = Field(None, description="use this trained run folder instead of training (leakage-checked)")
+    segmentor_epochs: int = Field(8, ge=1, description="Red-GAN: epochs of the segmentor trained on the split")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> GeneratorSpec:
+        given = [k for k in ("steps", "epochs", "minutes") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"generator {self.label}: give one budget of steps, epochs, minutes (got {given})")
+        if self.run is not None and (given or self.model == FEATURE_MODEL):
+            raise ConfigError(f"generator {self.label}: a trained run takes no training budget")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+
+class BenchmarkConfig(BaseConfig):
+    """The whole grid. ``medbalance benchmark DATA OUT --config FILE`` reads this (YAML), the CLI options and
+    ``--set key=value`` override it; the resolved config is saved as ``OUT/benchmark.yaml``."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    task: Literal["classification", "segmentation"] = "classification"
+    generators: list[GeneratorSpec] = Field(default_factory=list)
+    baselines: list[str] = Field(default_factory=lambda: list(BASELINE_ARMS))
+    arms: list[str] = Field(default_factory=lambda: ["real+synthetic", "real+synthetic@1x",
+                                                     "real+synthetic+class-weight"],
+                            description="synthetic arms (see experiments.downstream.parse_arm)")
+    seeds: int = Field(5, ge=1, description="classifier seeds 0..N-1 per split (paired across arms)")
+    split_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="repeated splits")
+    generator_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    subsample: dict[str, float] = Field(default_factory=dict, description="class -> fraction of training images kept")
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    strategy: Any = "auto"
+    mask_source: str = "real"
+    mask_pool: Literal["auto", "same_class", "any"] = "auto"
+    near_duplicates: bool = False
+    epochs: int = Field(15, ge=1, description="task-network epochs per arm")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    arch: str | None = None
+    primary_metrics: list[str] | None = Field(
+        None, description="verdict metrics; default: recall of the rarest training class and balanced accuracy "
+        "(classification), lesion Dice (segmentation)")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    fidelity: bool = Field(True, description="fidelity, diversity and privacy of each generator's synthetic images")
+    fidelity_extractor: Literal["domain", "pixels"] = Field(
+        "domain", description="features for FD/KID/precision/recall: an encoder trained on the split's real "
+        "training images (domain) or downsampled pixels")
+    budget_minutes: float | None = Field(None, gt=0, description="plan the grid to fit (fewer seeds, then arms)")
+    device: str = "auto"
+    precision: str = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchmarkConfig:
+        for a in self.baselines:
+            if a not in BASELINE_ARMS:
+                raise ConfigError(f"unknown baseline arm {a!r}; allowed: {', '.join(BASELINE_ARMS)}")
+        if "real" not in self.baselines:
+            raise ConfigError("the baselines must include 'real'")
+        for a in self.arms:
+            if not parse_arm(a).synthetic:
+                raise ConfigError(f"arm {a!r} is a baseline: list it under baselines")
+        names = [g.label for g in self.generators]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"generator names must be unique (give `name:`), repeated: {', '.join(dup)}")
+        for n in names:
+            if not n.replace("-", "").replace("_", "").replace(".", "").isalnum():
+                raise ConfigError(f"generator name {n!r}: use letters, digits, '-', '_', '.'")
+        return self
+
+    def downstream(self, split_seed: int) -> DownstreamConfig:
+        return DownstreamConfig(
+            task=self.task, arms=list(self.baselines) + list(self.arms), seeds=list(range(self.seeds)),
+            split_seed=split_seed, fractions=self.fractions, subsample=dict(self.subsample), strategy=self.strategy,
+            mask_source=self.mask_source, mask_pool=self.mask_pool, allow_val_overlap=False,
+            near_duplicates=self.near_duplicates, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            arch=self.arch, device=self.device, precision=self.precision,
+        )
+
+
+def quick_profile(cfg: BenchmarkConfig) -> BenchmarkConfig:
+    """``--quick``: the same grid (generators, arms, splits) with a tenth of the compute: 2 seeds, a quarter of
+    the epochs, a tenth of each generator's budget, pixel features for fidelity."""
+    gens = []
+    for g in cfg.generators:
+        upd: dict[str, Any] = {}
+        if g.steps is not None:
+            upd["steps"] = max(1, g.steps // 10)
+        if g.epochs is not None:
+            upd["epochs"] = max(1, g.epochs // 10)
+        if g.minutes is not None:
+            upd["minutes"] = g.minutes / 10
+        upd["segmentor_epochs"] = max(1, g.segmentor_epochs // 4)
+        gens.append(g.model_copy(update=upd))
+    return cfg.model_copy(update={"seeds": min(cfg.seeds, 2), "epochs": max(2, cfg.epochs // 4), "generators": gens,
+                                  "fidelity_extractor": "pixels"})
+
+
+# ---------------------------------------------------------------------------------------------- cells
+class Cell:
+    """One unit of work with a stable key; its result is ``OUT/cells/<key>.json`` once finished."""
+
+    def __init__(self, kind: str, split: int, arm: str | None = None, seed: int | None = None,
+                 gen: GeneratorSpec | None = None, gseed: int | None = None):
+        self.kind, self.split, self.arm, self.seed, self.gen, self.gseed = kind, split, arm, seed, gen, gseed
+
+    @property
+    def gkey(self) -> str:
+        return f"{self.gen.label}-g{self.gseed}" if self.gen is not None else "baseline"
+
+    @property
+    def key(self) -> str:
+        if self.kind == "arm":
+            return arm_key(self.split, self.gkey, self.arm, self.seed)
+        return f"s{self.split}/{self.gkey}/{self.kind}"
+
+    def describe(self) -> str:
+        what = {"arm": f"{self.arm} seed {self.seed}", "train": "train generator", "fidelity": "fidelity+privacy",
+                "feature": "feature-level experiment"}[self.kind]
+        return f"split {self.split} · {self.gkey} · {what}"
+
+
+def arm_key(split: int, gkey: str, arm: str, seed: int) -> str:
+    """The cell key of one arm x classifier seed (``gkey``: ``baseline`` or ``NAME-gSEED``)."""
+    return f"s{split}/{gkey}/arm/{_safe(arm)}/seed{seed}"
+
+
+def _safe(arm: str) -> str:
+    return arm.replace("|", "~").replace("+", "_").replace("@", "at").replace("=", "-")
+
+
+def plan_cells(cfg: BenchmarkConfig) -> list[Cell]:
+    cells: list[Cell] = []
+    for s in cfg.split_seeds:
+        for seed in range(cfg.seeds):
+            cells += [Cell("arm", s, a, seed) for a in cfg.baselines]
+        for g in cfg.generators:
+            if g.model == FEATURE_MODEL:
+                cells.append(Cell("feature", s, gen=g, gseed=cfg.generator_seeds[0]))
+                continue
+            for gs in cfg.generator_seeds:
+                if g.run is None:
+                    cells.append(Cell("train", s, gen=g, gseed=gs))
+                if cfg.fidelity:
+                    cells.append(Cell("fidelity", s, gen=g, gseed=gs))
+                for seed in range(cfg.seeds):
+                    cells += [Cell("arm", s, a, seed, g, gs) for a in cfg.arms]
+    return cells
+
+
+def arm_mix_factor(arm: str, train: ImageDataset, strategy: Any) -> float:
+    """How much larger than the real training set an arm's training set is (synthetic images / real images)."""
+    from medbalance.experiments.downstream import arm_synthetic_counts, balanced_targets
+
+    spec = parse_arm(arm)
+    n = arm_synthetic_counts(spec, train, balanced_targets(train, strategy))
+    extra = sum(n.values()) / max(1, len(train))
+    if spec.base == "synthetic-only":
+        return extra - 1.0
+    return extra + (1.0 if spec.base == "synthetic-pretrain+finetune" else 0.0)
+
+
+def plan_for_budget(cfg: BenchmarkConfig, minutes: float, cell_seconds: float, gen_seconds: dict[str, float]
+                    ) -> tuple[BenchmarkConfig, list[str]]:
+    """Shrink the grid until its estimated time fits ``minutes``: fewer seeds (down to 3), then fewer synthetic arms
+    (from the end of the list, keeping the first), then fewer generators (from the end). Returns the new config and
+    what was dropped."""
+    notes: list[str] = []
+
+    def estimate(c: BenchmarkConfig) -> float:
+        n_arm = sum(1 for x in plan_cells(c) if x.kind == "arm")
+        gens = sum(gen_seconds.get(g.label, 0.0) for g in c.generators) * len(c.generator_seeds) * len(c.split_seeds)
+        return n_arm * cell_seconds + gens
+
+    cur = cfg
+    while estimate(cur) > minutes * 60:
+        if cur.seeds > 3:
+            cur = cur.model_copy(update={"seeds": cur.seeds - 1})
+            notes.append(f"seeds -> {cur.seeds}")
+        elif len(cur.arms) > 1:
+            notes.append(f"dropped arm {cur.arms[-1]}")
+            cur = cur.model_copy(update={"arms": cur.arms[:-1]})
+        elif len(cur.generators) > 1:
+            notes.append(f"dropped generator {cur.generators[-1].label}")
+            cur = cur.model_copy(update={"generators": cur.generators[:-1]})
+        else:
+            notes.append(f"the smallest grid still needs about {estimate(cur) / 60:.0f} min")
+            break
+    return cur, notes
+
+
+# ---------------------------------------------------------------------------------------------- the runner
+class Benchmark:
+    def __init__(self, cfg: BenchmarkConfig, out: str | Path, data: ImageDataset | None = None, command: str = ""):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.command = command
+        self._data = data
+        self._splits: dict[int, Split] = {}
+        self._runs: dict[str, Any] = {}
+        self._sources: dict[str, SyntheticSource] = {}
+        self.warnings: list[str] = []
+        self.budget_notes: list[str] = []
+
+    # ---------------------------------------------------------------- data
+    @property
+    def data(self) -> ImageDataset:
+        if self._data is None:
+            from medbalance.data.sources import load_dataset
+
+            self._data = load_dataset(self.cfg.data)
+        return self._data
+
+    def split(self, s: int) -> Split:
+        if s not in self._splits:
+            self._splits[s] = make_split(self.data, self.cfg.downstream(s))
+        return self._splits[s]
+
+    def cell_path(self, cell: Cell) -> Path:
+        return self.out / "cells" / f"{cell.key}.json"
+
+    # ---------------------------------------------------------------- cells
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        if cell.kind == "train":
+            return self._train(cell)
+        if cell.kind == "fidelity":
+            return self._fidelity(cell)
+        if cell.kind == "feature":
+            return self._feature(cell)
+        split = self.split(cell.split)
+        source = self._source(cell) if cell.gen is not None else None
+        m, comp = train_arm(cell.arm, split, self.cfg.downstream(cell.split), cell.seed, source, self.data)
+        m["composition"] = comp
+        return m
+
+    def _gen_dir(self, cell: Cell) -> Path:
+        return self.out / "generators" / f"s{cell.split}" / cell.gkey
+
+    def _train(self, cell: Cell) -> dict[str, Any]:
+        from medbalance.training.config import RunConfig
+        from medbalance.training.engine import train
+
+        g, split = cell.gen, self.split(cell.split)
+        gdir = self._gen_dir(cell)
+        overrides = list(g.overrides)
+        extra: dict[str, Any] = {}
+        if g.model == "redgan" and not any(o.startswith("model.params.segmentor=") for o in overrides):
+            seg = self._segmentor(cell.split, g.segmentor_epochs)
+            overrides.append(f"model.params.segmentor={seg}")
+            extra["segmentor"] = str(seg)
+        train_sec: dict[str, Any] = {"seed": cell.gseed, "device": self.cfg.device, "tensorboard": False}
+        if g.steps is not None:
+            train_sec["steps"] = g.steps
+        elif g.epochs is not None:
+            train_sec["epochs"] = g.epochs
+        elif g.minutes is not None:
+            steps, sps = self._calibrate(g, cell, overrides)
+            train_sec["steps"] = steps
+            extra["calibration"] = {"minutes": g.minutes, "seconds_per_step": sps, "steps": steps}
+        raw = {"out_dir": str(gdir), "data": self.cfg.data.model_dump(mode="json"),
+               "model": {"name": g.model, "preset": g.preset}, "train": train_sec}
+        rcfg = RunConfig.from_dict(apply_overrides(raw, overrides), source=f"generator {g.label}")
+        total = rcfg.train.steps
+        if total is not None:
+            rcfg.train.checkpoint_every = max(1, min(rcfg.train.checkpoint_every or total, max(1, total // 5)))
+        resume = (gdir / "checkpoints").is_dir() and any((gdir / "checkpoints").iterdir())
+        if not resume and gdir.exists():
+            shutil.rmtree(gdir)
+        t0 = time.perf_counter()
+        res = train(rcfg, dataset=split.train, resume=resume)
+        return {"steps": rcfg.train.steps, "epochs": rcfg.train.epochs, "seconds": round(time.perf_counter() - t0, 1),
+                "images_per_s": round(float(res.images_per_s), 2), "run_dir": str(gdir), "resumed": resume, **extra}
+
+    def _calibrate(self, g: GeneratorSpec, cell: Cell, overrides: list[str]) -> tuple[int, float]:
+        """Seconds per step of this generator here: 3 warm-up + 10 timed steps in a scratch folder."""
+        from medbalance.training.config import RunConfig
+        from medbalance.training.engine import train
+
+        tmp = self.out / "generators" / f"s{cell.split}" / f".calibrate-{cell.gkey}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        times = []
+        for steps in (3, 13):
+            raw = {"out_dir": str(tmp / str(steps)), "data": self.cfg.data.model_dump(mode="json"),
+                   "model": {"name": g.model, "preset": g.preset},
+                   "train": {"steps": steps, "seed": cell.gseed, "device": self.cfg.device, "tensorboard": False,
+                             "checkpoint_every": steps, "sample_every": steps}}
+            rcfg = RunConfig.from_dict(apply_overrides(raw, overrides), source=f"generator {g.label}")
+            t0 = time.perf_counter()
+            train(rcfg, dataset=self.split(cell.split).train)
+            times.append(time.perf_counter() - t0)
+        shutil.rmtree(tmp, ignore_errors=True)
+        sps = max((times[1] - times[0]) / 10, 1e-3)
+        return max(1, int(g.minutes * 60 / sps)), round(sps, 4)
+
+    def _segmentor(self, s: int, epochs: int) -> Path:
+        """A segmentor trained on split ``s``'s training images (Red-GAN's frozen third player), cached."""
+        from medbalance.training.task import TaskConfig, train_task_model
+
+        folder = self.out / "splits" / f"s{s}" / "segmentor"
+        if (folder / "model.json").is_file():
+            return folder
+        split = self.split(s)
+        if split.train.masks is None:
+            raise DataError("Red-GAN needs label maps to train its segmentor; the dataset has none")
+        tcfg = TaskConfig(task="segmentation", epochs=epochs, seed=s, device=self.cfg.device, progress=False)
+        train_task_model(split.train, split.val, tcfg, out_dir=folder)
+        return folder
+
+    def _run(self, cell: Cell) -> Any:
+        from medbalance.training.run import load_run
+        from medbalance.utils.device import select_device
+
+        key = f"s{cell.split}/{cell.gkey}"
+        if key not in self._runs:
+            folder = Path(cell.gen.run) if cell.gen.run is not None else self._gen_dir(cell)
+            run = load_run(folder, device=select_device(self.cfg.device))
+            self.warnings += leakage_guard(run, self.split(cell.split), allow_val_overlap=False)
+            self._runs[key] = run
+        return self._runs[key]
+
+    def _source(self, cell: Cell) -> SyntheticSource:
+        key = f"s{cell.split}/{cell.gkey}"
+        if key not in self._sources:
+            self._sources[key] = SyntheticSource(run=self._run(cell), mask_pool=self.cfg.mask_pool,
+                                                 strategy=self.cfg.strategy,
+                                                 cache_dir=self._gen_dir(cell) / "synthetic")
+        return self._sources[key]
+
+    def _fidelity(self, cell: Cell) -> dict[str, Any]:
+        """Fidelity, diversity and privacy of the images the arms of classifier seed 0 use (the unfiltered pool)."""
+        from medbalance.evaluation.evaluate import evaluate_datasets
+
+        split = self.split(cell.split)
+        src = self._source(cell)
+        need = pool_needs(self.cfg.arms, split.train, self.cfg.strategy)
+        want = need.get(None) or next(iter(need.values()), None)
+        if not want or not sum(want.values()):
+            return {"skipped": "no synthetic images to evaluate"}
+        flt = None if None in need else next(iter(need))
+        pool = src.pool(split, want, 0, self.cfg.mask_source, flt)
+        opts: dict[str, Any] = {"size": 16}
+        if self.cfg.fidelity_extractor == "domain":
+            opts = {"weights": str(self._domain_encoder(cell.split))}
+        ev = evaluate_datasets(real=split.train, synthetic=pool, extractor=self.cfg.fidelity_extractor,
+                               extractor_options=opts, privacy_train=split.train, privacy_holdout=split.val,
+                               use_cache=False, seed=0, ms_ssim_pairs=100, kid_subset_size=min(1000, len(pool)))
+        return {"pool": f"seed0/{flt or 'none'}", "n": len(pool), "evaluation": ev}
+
+    def _domain_encoder(self, s: int) -> Path:
+        from medbalance.training.task import train_domain_encoder
+
+        folder = self.out / "splits" / f"s{s}" / "domain_encoder"
+        if not (folder / "model.json").is_file():
+            split = self.split(s)
+            train_domain_encoder(split.train, folder, epochs=10, seed=s, device=self.cfg.device, progress=False)
+        return folder
+
+    def _feature(self, cell: Cell) -> dict[str, Any]:
+        from medbalance.experiments.feature_downstream import FeatureAugmentConfig, run_feature_augment
+
+        g = cell.gen
+        fcfg = FeatureAugmentConfig(
+            preset=g.preset if g.preset in ("cpu", "paper") else "cpu", seeds=list(range(self.cfg.seeds)),
+            split_seed=cell.split, fractions=self.cfg.fractions, subsample=dict(self.cfg.subsample),
+            strategy=self.cfg.strategy, device=self.cfg.device, progress=False,
+            **({"acgan": {"epochs": g.epochs}} if g.epochs is not None else {}),
+        )
+        folder = self._gen_dir(cell)
+        t0 = time.perf_counter()
+        rep = run_feature_augment(self.data, fcfg, folder)
+        return {"results": rep["results"], "seconds": round(time.perf_counter() - t0, 1), "folder": str(folder)}
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> dict[str, Any]:
+        from medbalance.utils.io import folder_lock
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.out):
+            return self._run_all()
+
+    def _run_all(self) -> dict[str, Any]:
+        saved = self.out / "benchmark.yaml"
+        asked = json.loads(json.dumps(self.cfg.model_dump(mode="json")))
+        if saved.is_file():
+            from medbalance.config import read_yaml
+
+            old = read_yaml(saved)
+            planned = old.pop("planned", None)  # what --budget changed (seeds, arms, generators)
+            if planned is not None:
+                for k in ("seeds", "arms", "generators"):
+                    old[k] = planned["asked"][k]
+            if old != asked:
+                raise ConfigError("this folder holds a benchmark with another configuration; resume it with the "
+                                  "same settings (its benchmark.yaml) or choose another output folder", path=saved)
+            if planned is not None:
+                self.cfg = self.cfg.model_copy(update={k: getattr(BenchmarkConfig.from_dict(
+                    {**asked, **{k2: planned["used"][k2] for k2 in ("seeds", "arms", "generators")}}), k)
+                    for k in ("seeds", "arms", "generators")})
+                self.budget_notes = planned["notes"]
+        else:
+            doc = dict(asked)
+            if self.cfg.budget_minutes is not None:
+                self.cfg, self.budget_notes = self._plan_budget()
+                used = json.loads(json.dumps(self.cfg.model_dump(mode="json")))
+                doc["planned"] = {"asked": {k: asked[k] for k in ("seeds", "arms", "generators")},
+                                  "used": {k: used[k] for k in ("seeds", "arms", "generators")},
+                                  "notes": self.budget_notes}
+            import yaml
+
+            atomic_write_text(saved, yaml.safe_dump(doc, sort_keys=False))
+        check_arms(list(self.cfg.baselines) + list(self.cfg.arms))
+        if self.cfg.task == "segmentation" and self.data.masks is None:
+            raise DataError("segmentation needs label maps, the dataset has none", path=self.data.meta.get("path"))
+        for s in self.cfg.split_seeds:  # leakage of given runs is refused before any work
+            for g in self.cfg.generators:
+                if g.run is not None:
+                    for gs in self.cfg.generator_seeds:
+                        self._run(Cell("arm", s, gen=g, gseed=gs))
+        cells = plan_cells(self.cfg)
+        todo = [c for c in cells if not self.cell_path(c).is_file()]
+        if len(todo) < len(cells):
+            console.print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells done, {len(todo)} to go")
+        t_start = time.perf_counter()
+        durations: dict[str, list[float]] = {}
+        with make_progress() as bar:
+            task = bar.add_task("benchmark", total=len(cells), completed=len(cells) - len(todo))
+            for cell in todo:
+                est = durations.get(cell.kind)
+                eta = f" (~{np.mean(est):.0f} s)" if est else ""
+                bar.update(task, description=f"{cell.describe()}{eta}")
+                t0 = time.perf_counter()
+                res = self.run_cell(cell)
+                dt = time.perf_counter() - t0
+                durations.setdefault(cell.kind, []).append(dt)
+                res["cell_seconds"] = round(dt, 2)
+                atomic_write_json(self.cell_path(cell), res)
+                bar.advance(task)
+                if not console.is_terminal:  # batch jobs (log files): one line per finished cell
+                    done_n = int(bar.tasks[0].completed)
+                    console.print(f"[{done_n}/{len(cells)}] {cell.describe()}: {dt:.0f} s")
+        report = self.collect(seconds=time.perf_counter() - t_start)
+        atomic_write_json(self.out / "benchmark.json", report)
+        atomic_write_text(self.out / "leaderboard.md", leaderboard_markdown(report))
+        return report
+
+    def _plan_budget(self) -> tuple[BenchmarkConfig, list[str]]:
+        """Measure one classifier cell and each generator's speed, then shrink the grid to ``budget_minutes``."""
+        split = self.split(self.cfg.split_seeds[0])
+        t0 = time.perf_counter()
+        cell = Cell("arm", self.cfg.split_seeds[0], "real", 0)
+        res = self.run_cell(cell)
+        cell_s = time.perf_counter() - t0
+        res["cell_seconds"] = round(cell_s, 2)
+        atomic_write_json(self.cell_path(cell), res)  # a real cell of the grid: kept
+        mixed = 1.0 + sum(arm_mix_factor(a, split.train, self.cfg.strategy) for a in self.cfg.arms) / max(
+            1, len(self.cfg.arms))
+        gen_s: dict[str, float] = {}
+        for g in self.cfg.generators:
+            if g.run is not None:
+                continue
+            if g.minutes is not None:
+                gen_s[g.label] = g.minutes * 60
+            elif g.model == FEATURE_MODEL:
+                gen_s[g.label] = 6 * cell_s * self.cfg.seeds  # segmentor + ACGAN + small classifiers, roughly
+            else:
+                c = Cell("train", self.cfg.split_seeds[0], gen=g, gseed=self.cfg.generator_seeds[0])
+                _, sps = self._calibrate(g.model_copy(update={"minutes": 1.0}), c, list(g.overrides))
+                steps = g.steps if g.steps is not None else (g.epochs or 1) * math.ceil(len(split.train) / 32)
+                gen_s[g.label] = steps * sps
+        cfg, notes = plan_for_budget(self.cfg, self.cfg.budget_minutes, cell_s * mixed, gen_s)
+        notes.insert(0, f"measured: {cell_s:.0f} s per real-arm cell; generators "
+                     + ", ".join(f"{k} ~{v / 60:.1f} min" for k, v in gen_s.items()))
+        for n in notes:
+            console.print(f"[dim]budget: {n}[/dim]")
+        return cfg, notes
+
+    # ---------------------------------------------------------------- results
+    def collect(self, seconds: float | None = None) -> dict[str, Any]:
+        cfg = self.cfg
+        cells = plan_cells(cfg)
+        done = {c.key: read_json(self.cell_path(c)) for c in cells if self.cell_path(c).is_file()}
+        split0 = self.split(cfg.split_seeds[0])
+        counts = split0.train.class_counts()
+        minority = min(counts, key=lambda c: counts[c])
+        class_names = list(self.data.class_names)
+        primary = cfg.primary_metrics or (
+            [f"recall/{minority}", "balanced_accuracy"] if cfg.task == "classification" else ["dice_foreground"])
+        table = metric_table(cfg.task, class_names)
+        for m in primary:
+            if m not in table:
+                raise ConfigError(f"unknown primary metric {m!r}; allowed: {', '.join(table)}")
+        reps = [(s, seed) for s in cfg.split_seeds for seed in range(cfg.seeds)]
+
+        def values(gkey: str, arm: str, metric: str, gseeds: list[int] | None = None) -> list[float]:
+            out = []
+            for s, seed in reps:
+                vs = []
+                for gs in (gseeds if gseeds is not None else [None]):
+                    gk = gkey if gs is None else f"{gkey}-g{gs}"
+                    r = done.get(arm_key(s, gk, arm, seed))
+                    if r is not None:
+                        vs.append(float(table[metric](r)))
+                out.append(float(np.mean(vs)) if vs else float("nan"))
+            return out
+
+        baselines: dict[str, Any] = {}
+        base_vals: dict[str, dict[str, list[float]]] = {}
+        for a in cfg.baselines:
+            base_vals[a] = {m: values("baseline", a, m) for m in table}
+            baselines[a] = {m: _summary(v) for m, v in base_vals[a].items() if not all(math.isnan(x) for x in v)}
+        best = {m: max(cfg.baselines, key=lambda a: _nanmean(base_vals[a][m])) for m in primary}
+
+        rows: list[dict[str, Any]] = []
+        generators: dict[str, Any] = {}
+        for g in cfg.generators:
+            if g.model == FEATURE_MODEL:
+                rows += self._feature_rows(g, done, reps, primary, table, baselines, generators)
+                continue
+            generators[g.label] = self._generator_info(g, done)
+            for arm in cfg.arms:
+                mvals = {m: values(g.label, arm, m, list(cfg.generator_seeds)) for m in table}
+                if all(math.isnan(x) for x in mvals[primary[0]]):
+                    continue
+                row = {"generator": g.label, "arm": arm, "kind": "image",
+                       "metrics": {m: _summary(v) for m, v in mvals.items() if not all(math.isnan(x) for x in v)},
+                       "vs_best_baseline": {m: {"baseline": best[m], **paired_difference(mvals[m], base_vals[best[m]][m])}
+                                            for m in primary},
+                       "vs_real": {m: {"baseline": "real", **paired_difference(mvals[m], base_vals["real"][m])}
+                                   for m in primary}}
+                rows.append(row)
+        _holm_verdicts(rows, primary, cfg.alpha)
+        rows.sort(key=lambda r: -_nan0(r["vs_best_baseline"][primary[0]]["diff"]))
+        variance = ["classifier seed (initialisation, data order, which synthetic images)"]
+        if len(cfg.split_seeds) > 1:
+            variance.append(f"split ({len(cfg.split_seeds)} split seeds)")
+        else:
+            variance.append("NOT the split (one split: every number is conditional on it)")
+        if len(cfg.generator_seeds) > 1:
+            variance.append(f"generator training seed ({len(cfg.generator_seeds)}, averaged per replicate)")
+        else:
+            variance.append("NOT the generator's training seed (one generator per split)")
+        return {
+            "kind": "medbalance-benchmark", "version": 1, "task": cfg.task,
+            "dataset": str(cfg.data.path), "class_names": class_names, "minority": minority,
+            "train_class_counts": counts, "split_sizes": {k: len(getattr(split0, k)) for k in ("train", "val", "test")},
+            "primary_metrics": primary, "variance_sources": variance, "n_replicates": len(reps),
+            "baselines": baselines, "best_baseline": best, "generators": generators, "leaderboard": rows,
+            "tests": {"method": "paired t-test across replicates (split x classifier seed) on the difference to the "
+                      "baseline; Holm over every leaderboard comparison of each family (vs best baseline, vs real)",
+                      "alpha": cfg.alpha, "n_comparisons": len(rows) * len(primary)},
+            "cells": {"done": len(done), "total": len(cells)},
+            "seconds": None if seconds is None else round(seconds, 1),
+            "cell_seconds_total": round(sum(float(r.get("cell_seconds", 0)) for r in done.values()), 1),
+            "command": self.command, "warnings": self.warnings, "budget_notes": self.budget_notes,
+            "config": cfg.model_dump(mode="json"),
+        }
+
+    def _generator_info(self, g: GeneratorSpec, done: dict[str, Any]) -> dict[str, Any]:
+        s, gs = self.cfg.split_seeds[0], self.cfg.generator_seeds[0]
+        tr = done.get(Cell("train", s, gen=g, gseed=gs).key) or {}
+        fid = done.get(Cell("fidelity", s, gen=g, gseed=gs).key) or {}
+        ev = fid.get("evaluation") or {}
+        fo = (ev.get("fidelity") or {}).get("overall") or {}
+        div = ev.get("diversity") or {}
+        priv = ev.get("privacy") or {}
+        pv = priv.get("pixels") or {} if isinstance(priv, dict) else {}
+        return {
+            "model": g.model, "preset": g.preset, "steps": tr.get("steps"), "train_seconds": tr.get("seconds"),
+            "kind": "image", "run": g.run,
+            "fidelity": {k: fo.get(k) for k in ("fd", "kid", "precision", "recall", "density", "coverage")}
+            | {"extractor": self.cfg.fidelity_extractor} if fo else None,
+            "diversity": _diversity(div),
+            "privacy": _privacy(pv) if pv else None,
+            "synthetic_evaluated": fid.get("n"),
+        }
+
+    def _feature_rows(self, g, done, reps, primary, table, baselines, generators) -> list[dict[str, Any]]:
+        """The feature-level method: its arms against its own feature-level baselines."""
+        res_by_split = {s: (done.get(Cell("feature", s, gen=g, gseed=self.cfg.generator_seeds[0]).key) or {})
+                        .get("results") for s in self.cfg.split_seeds}
+        if not all(res_by_split.values()):
+            return []
+
+        def vals(arm: str, metric: str) -> list[float]:
+            out = []
+            for s, seed in reps:
+                runs = [r for r in res_by_split[s].get(arm, []) if r.get("seed") == seed]
+                out.append(float(table[metric](runs[0])) if runs else float("nan"))
+            return out
+
+        arms = list(next(iter(res_by_split.values())).keys())
+        fb = [a for a in arms if a in ("real", "oversample")]
+        fvals = {a: {m: vals(a, m) for m in table} for a in arms}
+        for a in fb:
+            baselines[f"feature:{a}"] = {m: _summary(v) for m, v in fvals[a].items()
+                                         if not all(math.isnan(x) for x in v)}
+        best = {m: max(fb, key=lambda a: _nanmean(fvals[a][m])) for m in primary}
+        generators[g.label] = {"model": FEATURE_MODEL, "preset": g.preset, "kind": "feature", "steps": None,
+                               "train_seconds": None, "fidelity": None, "diversity": None, "privacy": None}
+        rows = []
+        for a in arms:
+            if a in fb:
+                continue
+            rows.append({"generator": g.label, "arm": a, "kind": "feature",
+                         "metrics": {m: _summary(v) for m, v in fvals[a].items() if not all(math.isnan(x) for x in v)},
+                         "vs_best_baseline": {m: {"baseline": f"feature:{best[m]}",
+                                                  **paired_difference(fvals[a][m], fvals[best[m]][m])} for m in primary},
+                         "vs_real": {m: {"baseline": "feature:real", **paired_difference(fvals[a][m], fvals["real"][m])}
+                                     for m in primary}})
+        return rows
+
+
+def _diversity(div: dict[str, Any]) -> dict[str, Any] | None:
+    """MS-SSIM between random same-class pairs (lower = more diverse), synthetic and real."""
+    if not div:
+        return None
+    return {"ms_ssim": _num(div.get("synthetic")), "ms_ssim_real": _num(div.get("real"))}
+
+
+def _privacy(pv: dict[str, Any]) -> dict[str, Any]:
+    """Pixel-space distances to the closest training image: synthetic vs real held-out (validation) images."""
+    return {"nn_distance_median": _num(pv.get("synthetic_dcr_median")),
+            "real_nn_distance_median": _num(pv.get("holdout_dcr_median")),
+            "memorization_rate": _num(pv.get("memorization_rate")), "exact_duplicates": pv.get("exact_duplicates"),
+            "near_copies": pv.get("exact_duplicates"),
+            "dcr_share": _num(pv.get("dcr_share")), "n": pv.get("n_synthetic")}
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, dict):
+        x = x.get("mean", x.get("value"))
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _summary(v: list[float]) -> dict[str, Any]:
+    d = summarize(v).to_dict()
+    d.pop("std", None)
+    return d
+
+
+def _nanmean(v: list[float]) -> float:
+    x = np.asarray(v, dtype=np.float64)
+    return float(np.nanmean(x)) if np.any(~np.isnan(x)) else -math.inf
+
+
+def _nan0(x: float) -> float:
+    return -math.inf if x is None or math.isnan(x) else x
+
+
+def _holm_verdicts(rows: list[dict[str, Any]], primary: list[str], alpha: float) -> None:
+    """Holm over every (row, primary metric) comparison of a family; a verdict per comparison and per row."""
+    for fam in ("vs_best_baseline", "vs_real"):
+        entries = [r[fam][m] for r in rows for m in primary]
+        for e, p in zip(entries, holm([e["p"] for e in entries])):
+            e["p_holm"] = p
+            if p is not None and not math.isnan(p) and p < alpha and not math.isnan(e["diff"]) and e["diff"] != 0:
+                e["verdict"] = "helps" if e["diff"] > 0 else "hurts"
+            else:
+                e["verdict"] = "no evidence"
+    for r in rows:
+        r["verdict"] = r["vs_best_baseline"][primary[0]]["verdict"]
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+def _fmt(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
+    return str(x)
+
+
+def leaderboard_markdown(rep: dict[str, Any]) -> str:
+    """The leaderboard as markdown tables (docs/results.md, OUT/leaderboard.md)."""
+    prim = rep["primary_metrics"]
+    lines = [f"Task: {rep['task']}; minority (rarest training class): {rep['minority']}; "
+             f"{rep['n_replicates']} paired replicates; intervals cover: {'; '.join(rep['variance_sources'])}. "
+             f"Test: {rep['tests']['method']}, alpha {rep['tests']['alpha']}.", ""]
+    lines += ["| baseline | " + " | ".join(prim) + " |", "|---|" + "---|" * len(prim)]
+    for a, ms in rep["baselines"].items():
+        cells = []
+        for m in prim:
+            e = ms.get(m)
+            star = " (best)" if rep["best_baseline"].get(m) == a else ""
+            cells.append("n/a" if e is None else f"{_fmt(e['mean'])} [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]{star}")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    lines += ["", "| generator | arm | " + " | ".join(f"{m} | Δ vs best baseline [CI], p_Holm" for m in prim)
+              + " | verdict |", "|---|---|" + "---|---|" * len(prim) + "---|"]
+    for r in rep["leaderboard"]:
+        cells = []
+        for m in prim:
+            e, v = r["metrics"].get(m), r["vs_best_baseline"][m]
+            cells.append("n/a" if e is None else f"{_fmt(e['mean'])} [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]")
+            cells.append(f"{v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] vs {v['baseline']}, "
+                         f"p={_fmt(v['p_holm'])}" if not math.isnan(v["diff"]) else "n/a")
+        lines.append(f"| {r['generator']} | {r['arm']} | " + " | ".join(cells) + f" | **{r['verdict']}** |")
+    gens = rep.get("generators") or {}
+    if any(g.get("fidelity") or g.get("privacy") for g in gens.values()):
+        lines += ["", "| generator | steps | train s | FD | KID | precision | recall | MS-SSIM (real) | "
+                  "NN dist. syn->train (real held-out) |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, g in gens.items():
+            f, d, p = g.get("fidelity") or {}, g.get("diversity") or {}, g.get("privacy") or {}
+            lines.append(f"| {name} | {_fmt(g.get('steps'))} | {_fmt(g.get('train_seconds'), 0)} | {_fmt(f.get('fd'))} | "
+                         f"{_fmt(f.get('kid'), 4)} | {_fmt(f.get('precision'))} | {_fmt(f.get('recall'))} | "
+                         f"{_fmt(d.get('ms_ssim'))} ({_fmt(d.get('ms_ssim_real'))}) | "
+                         f"{_fmt(p.get('nn_distance_median'))} ({_fmt(p.get('real_nn_distance_median'))}) |")
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(cfg: BenchmarkConfig, out: str | Path, data: ImageDataset | None = None, command: str = ""
+                  ) -> dict[str, Any]:
+    """Run (or resume) the benchmark into ``out``; returns the report written to ``out/benchmark.json``."""
+    return Benchmark(cfg, out, data, command).run()

@@ -1,0 +1,161 @@
+"""Numbers into words and colours: number formatting, per-arm verdict sentences, better/worse labels.
+
+A change is called significant only when its two-sided p-value is below :data:`ALPHA`. Every metric the
+report compares (recall, precision, balanced accuracy, macro-F1, AUROC, Dice) is higher-is-better, so a
+significant change is "better" when the arm's mean is above the baseline's and "worse" when below; the
+colour classes (``good`` green, ``bad`` red, ``neutral`` grey) always come with those words.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+ALPHA = 0.05
+
+ARM_PHRASES = {
+    "oversample": "random oversampling",
+    "class-weight": "class-weighted training",
+    "augment": "classic augmentation",
+    "synthetic-only": "training on synthetic images only",
+}
+
+# word -> CSS class; the benchmark's verdicts ("helps" / "hurts") share the colours
+WORD_CLASS = {"better": "good", "worse": "bad", "no evidence": "neutral",
+              "helps": "good", "hurts": "bad"}
+
+
+def finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def fmt_num(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, (bool, int)):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "n/a"
+        return f"{v:.{digits}f}" if abs(v) >= 10 ** (-digits) or v == 0 else f"{v:.2g}"
+    return str(v)
+
+
+def fmt_p(p: Any) -> str:
+    if not finite(p):
+        return "n/a"
+    p = float(p)
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
+def fmt_ci(e: Any, digits: int = 3) -> str:
+    """``mean [low, high]`` of a summary dict; ``n/a`` for what is missing."""
+    if not isinstance(e, dict):
+        return "n/a"
+    return f"{fmt_num(e.get('mean'), digits)} [{fmt_num(e.get('ci_low'), digits)}, {fmt_num(e.get('ci_high'), digits)}]"
+
+
+def compare(mean: Any, baseline_mean: Any, p_values: list[Any]) -> str:
+    """``better`` / ``worse`` when any p is below :data:`ALPHA` (direction from the means), else ``no evidence``."""
+    significant = any(finite(p) and float(p) < ALPHA for p in p_values)
+    if not significant or not finite(mean) or not finite(baseline_mean) or float(mean) == float(baseline_mean):
+        return "no evidence"
+    return "better" if float(mean) > float(baseline_mean) else "worse"
+
+
+def word_class(word: Any) -> str:
+    """CSS class of a comparison word or benchmark verdict (unknown / missing: neutral)."""
+    return WORD_CLASS.get(str(word), "neutral")
+
+
+def _arm_subject(arm: str, cls: str | None, added: int | None) -> str:
+    if arm == "synthetic-only":
+        return ARM_PHRASES[arm]
+    if arm.startswith("real+synthetic"):
+        ratio = arm.partition("@")[2]
+        how = f" ({ratio} x the real count per class)" if ratio else ""
+        if cls is not None and added is not None:
+            if added > 0:
+                return f"adding {added} synthetic {cls} images{how}"
+            return f"adding synthetic images of the other classes{how} (none of {cls})"
+        return f"adding synthetic images{how}"
+    return ARM_PHRASES.get(arm, f"arm {arm!r}")
+
+
+def _test_of(e: dict[str, Any], case: Any, min_p_seeds: Any) -> tuple[str, float | None, int | None, Any]:
+    """(test, p, pairs, smallest attainable p): the across-test-case test when there is one, else across seeds."""
+    if isinstance(case, dict) and finite(case.get("p")):
+        return "cases", float(case["p"]), int(case.get("n", 0)), case.get("min_attainable_p")
+    vs = e.get("vs_real_seeds")
+    if isinstance(vs, dict):
+        p = float(vs["p"]) if finite(vs.get("p")) else None
+        return "seeds", p, int(vs.get("n", 0)), min_p_seeds if min_p_seeds is not None else vs.get("min_attainable_p")
+    return "seeds", None, None, None
+
+
+def _verdict_text(subject: str, label: str, a_mean: float, b_mean: float, e: dict[str, Any], test: str, p: float | None,
+                  n_pairs: int | None, impossible: bool, min_p: Any, seeds_n: int | None) -> str:
+    ci = f"95 % CI {fmt_num(e['ci_low'], 2)}–{fmt_num(e['ci_high'], 2)}"
+    test_txt = (f"Wilcoxon signed-rank across {n_pairs} test cases (mean over seeds)" if test == "cases"
+                else f"Wilcoxon signed-rank across {n_pairs} seeds")
+    if p is not None and p < ALPHA:
+        verb = "raised" if a_mean > b_mean else "lowered"
+        text = f"{subject} {verb} {label} from {fmt_num(b_mean, 2)} to {fmt_num(a_mean, 2)} ({ci}), {fmt_p(p)} ({test_txt})."
+    else:
+        text = (f"{subject}: no significant change in {label} ({fmt_num(b_mean, 2)} with real data only vs "
+                f"{fmt_num(a_mean, 2)}, {ci}; {fmt_p(p)}, {test_txt}).")
+        if impossible:
+            text += (f" With {n_pairs if n_pairs else seeds_n} seeds the smallest attainable p-value is "
+                     f"{fmt_num(float(min_p), 3)}, so a significant result across seeds is impossible; run more seeds.")
+    return text[0].upper() + text[1:]
+
+
+def make_verdicts(downstream: dict[str, Any]) -> list[dict[str, Any]]:
+    """Plain-language verdicts (with the numbers behind them) for every non-``real`` arm of a downstream summary.
+
+    Classification: one per class (recall) and one for balanced accuracy; segmentation: one per class (Dice)
+    and one for foreground Dice. Per-class results use the across-test-case test when the summary has it
+    (``_cases``), otherwise the across-seed test. ``direction`` is better / worse / no evidence.
+    """
+    summary = downstream.get("summary") or {}
+    if "real" not in summary:
+        return []
+    classification = downstream.get("task", "classification") == "classification"
+    per_class_key, overall_key, what = (("recall/{c}", "balanced_accuracy", "recall") if classification
+                                        else ("dice/{c}", "dice_foreground", "Dice"))
+    seeds_n = len((downstream.get("config") or {}).get("seeds") or []) or None
+    comps = downstream.get("arm_training_sets") or {}
+    real_counts = (comps.get("real") or {}).get("class_counts") or (downstream.get("split_class_counts") or {}).get("train", {})
+    arms = [a for a in summary if not a.startswith("_") and a != "real"]
+    arms.sort(key=lambda a: not (a.startswith("real+synthetic") or a == "synthetic-only"))  # stable: synthetic first
+    out: list[dict[str, Any]] = []
+    for arm in arms:
+        cases = summary[arm].get("_cases") or {}
+        for cls in [*(downstream.get("class_names") or []), None]:
+            metric = per_class_key.format(c=cls) if cls is not None else overall_key
+            e, b = summary[arm].get(metric), summary["real"].get(metric)
+            if not e or not b:
+                continue
+            added = None
+            if cls is not None and arm in comps and cls in real_counts:
+                added = int(comps[arm].get("class_counts", {}).get(cls, 0)) - int(real_counts[cls])
+            test, p, n_pairs, min_p = _test_of(e, cases.get(cls) if cls is not None else None,
+                                               summary.get("_min_attainable_p_seeds"))
+            a_mean, b_mean = float(e["mean"]), float(b["mean"])
+            impossible = test == "seeds" and finite(min_p) and float(min_p) >= ALPHA
+            label = f"{cls} {what}" if cls is not None else overall_key.replace("_", " ")
+            out.append({
+                "arm": arm, "class": cls, "metric": metric, "baseline_mean": b_mean, "mean": a_mean,
+                "ci_low": float(e["ci_low"]), "ci_high": float(e["ci_high"]), "p": p, "test": test,
+                "n_pairs": n_pairs, "min_attainable_p": None if min_p is None else float(min_p),
+                "significant": bool(p is not None and p < ALPHA), "significance_impossible": bool(impossible),
+                "direction": compare(a_mean, b_mean, [p]), "synthetic_added": added,
+                "text": _verdict_text(_arm_subject(arm, cls, added), label, a_mean, b_mean, e, test, p, n_pairs,
+                                      impossible, min_p, seeds_n),
+            })
+    return out
+
+
+__all__ = ["ALPHA", "ARM_PHRASES", "compare", "finite", "fmt_ci", "fmt_num", "fmt_p", "make_verdicts", "word_class"]

@@ -1,0 +1,236 @@
+"""``medbalance benchmark``: the grid end to end on tiny data, resume after an interruption, leakage refusal,
+arm grammar, budget planning and the statistics against independent computations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+from typer.testing import CliRunner
+
+from medbalance.cli.main import app
+from medbalance.errors import ConfigError
+from medbalance.evaluation.stats import holm, paired_difference
+from medbalance.experiments import benchmark as B
+from medbalance.experiments.downstream import arm_synthetic_counts, balanced_targets, parse_arm
+
+runner = CliRunner()
+
+TINY = {
+    "data": {"path": "phantom", "phantom": {"n": 90, "size": 32}},
+    "generators": [
+        {"model": "dcgan", "steps": 3, "overrides": ["model.params.conditional=true"]},
+        {"model": "acgan", "steps": 3},
+    ],
+    "baselines": ["real", "oversample"],
+    "arms": ["real+synthetic", "real+synthetic@1x+class-weight"],
+    "seeds": 2,
+    "epochs": 1,
+    "fidelity_extractor": "pixels",
+}
+
+
+def _write(tmp_path, doc, name="bench.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    cfg = _write(tmp, TINY)
+    r = runner.invoke(app, ["benchmark", "phantom", str(tmp / "out"), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    return tmp / "out"
+
+
+def test_grid_end_to_end(finished):
+    rep = json.loads((finished / "benchmark.json").read_text())
+    assert rep["kind"] == "medbalance-benchmark"
+    assert rep["cells"]["done"] == rep["cells"]["total"] == len(B.plan_cells(B.BenchmarkConfig.from_dict(TINY)))
+    # two generators x two synthetic arms, each compared with the best baseline and with real
+    assert sorted((r["generator"], r["arm"]) for r in rep["leaderboard"]) == sorted(
+        (g, a) for g in ("dcgan", "acgan") for a in TINY["arms"])
+    assert rep["primary_metrics"][0] == f"recall/{rep['minority']}"
+    for r in rep["leaderboard"]:
+        assert r["verdict"] in B.VERDICTS
+        for m in rep["primary_metrics"]:
+            v = r["vs_best_baseline"][m]
+            assert v["baseline"] == rep["best_baseline"][m]
+            assert v["n"] == 2 and 0 <= v["p_holm"] <= 1 and v["p_holm"] >= v["p"] - 1e-12
+    # the best baseline really is the one with the highest mean
+    for m, best in rep["best_baseline"].items():
+        assert rep["baselines"][best][m]["mean"] == max(b[m]["mean"] for b in rep["baselines"].values())
+    for g in ("dcgan", "acgan"):
+        info = rep["generators"][g]
+        assert info["steps"] == 3 and info["fidelity"]["fd"] is not None and info["privacy"]["n"] > 0
+    assert "NOT the split" in " ".join(rep["variance_sources"])
+    md = (finished / "leaderboard.md").read_text()
+    assert "| dcgan | real+synthetic |" in md and "verdict" in md
+    # every run saved its resolved config; the generator saw the training split only
+    assert (finished / "benchmark.yaml").is_file()
+    train_ids = json.loads((finished / "generators" / "s0" / "dcgan-g0" / "train_ids.json").read_text())
+    ids = train_ids["train"]
+    cell = json.loads((finished / "cells" / "s0" / "dcgan-g0" / "arm" / "real_synthetic" / "seed0.json").read_text())
+    assert cell["composition"]["synthetic"] > 0
+    split = B.Benchmark(B.BenchmarkConfig.from_dict(TINY), finished).split(0)
+    assert sorted(ids) == sorted(split.train.ids)
+
+
+def test_synthetic_images_generated_once_per_seed(finished):
+    """Every arm of a seed draws from one saved pool: seed 0 and 1 pools exist, and nothing else."""
+    pools = sorted(p.name for p in (finished / "generators" / "s0" / "dcgan-g0" / "synthetic").iterdir())
+    assert pools == ["seed0-none.safetensors", "seed1-none.safetensors"]
+
+
+def test_resume_after_interruption(tmp_path, finished, monkeypatch):
+    """Stopped between cells: the rerun computes only the missing cells and gives the same leaderboard."""
+    cfg = _write(tmp_path, TINY)
+    out = tmp_path / "out"
+    calls = []
+    real_run_cell = B.Benchmark.run_cell
+
+    def stop_after_7(self, cell):
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        calls.append(cell.key)
+        return real_run_cell(self, cell)
+
+    monkeypatch.setattr(B.Benchmark, "run_cell", stop_after_7)
+    with pytest.raises(KeyboardInterrupt):
+        B.run_benchmark(B.BenchmarkConfig.from_dict(TINY), out)
+    done = sorted(p.relative_to(out).as_posix() for p in (out / "cells").rglob("*.json"))
+    assert len(done) == 7
+    mtimes = {p: (out / p).stat().st_mtime_ns for p in done}
+    monkeypatch.setattr(B.Benchmark, "run_cell", real_run_cell)
+    resumed = []
+    monkeypatch.setattr(B.Benchmark, "run_cell", lambda self, cell: resumed.append(cell.key) or real_run_cell(self, cell))
+    r = runner.invoke(app, ["benchmark", "phantom", str(out), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "resuming: 7 of" in r.output
+    assert not set(resumed) & set(calls)  # finished cells are never recomputed
+    assert {p: (out / p).stat().st_mtime_ns for p in done} == mtimes
+    a = json.loads((out / "benchmark.json").read_text())
+    b = json.loads((finished / "benchmark.json").read_text())
+    strip = lambda rep: [(r["generator"], r["arm"], {m: v["mean"] for m, v in r["metrics"].items()})  # noqa: E731
+                         for r in rep["leaderboard"]]
+    assert strip(a) == strip(b)
+
+
+def test_changed_config_is_refused_on_resume(tmp_path, finished):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    cfg = _write(tmp_path, {**TINY, "epochs": 2})
+    r = runner.invoke(app, ["benchmark", "phantom", str(out), "--config", str(cfg)])
+    assert r.exit_code == 2 and "another configuration" in r.output and "Traceback" not in r.output
+
+
+def test_leakage_is_refused(tmp_path):
+    """A given generator run trained on the whole dataset has seen test images: refused before any cell runs."""
+    run_dir = tmp_path / "leaky"
+    r = runner.invoke(app, ["train", "--model", "acgan", "--data", "phantom", "--steps", "2", "--out", str(run_dir),
+                            "--set", "data.phantom.n=90", "--set", "data.phantom.size=32"])
+    assert r.exit_code == 0, r.output
+    doc = {**TINY, "generators": [{"model": "acgan", "run": str(run_dir)}]}
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["benchmark", "phantom", str(out), "--config", str(_write(tmp_path, doc))])
+    assert r.exit_code == 2 and "leakage" in r.output, r.output
+    assert not list((out / "cells").rglob("*.json")) if (out / "cells").exists() else True
+
+
+def test_arm_grammar_and_counts():
+    from medbalance.data import load_dataset
+
+    s = parse_arm("real+synthetic@2x+class-weight|filter=memorization")
+    assert (s.base, s.ratio, s.ratio_kind, s.class_weight, s.filter) == ("real+synthetic", 2.0, "minority", True,
+                                                                          "memorization")
+    assert parse_arm("real+synthetic@0.5").ratio_kind == "all"
+    for bad in ("real+synthetic@x", "oversample+class-weight", "real|filter=memorization", "synthetic-only@2",
+                "real+synthetic|filter=nope", "mixup"):
+        with pytest.raises(ConfigError):
+            parse_arm(bad)
+    ds = load_dataset("phantom", phantom={"n": 70, "size": 32})
+    counts = ds.class_counts()
+    targets = balanced_targets(ds, "auto")
+    big = max(counts.values())
+    one = arm_synthetic_counts(parse_arm("real+synthetic@1x"), ds, targets)
+    many = arm_synthetic_counts(parse_arm("real+synthetic@100x"), ds, targets)
+    for c, n in counts.items():
+        assert one[c] == (0 if n == big else min(n, big - n))
+        assert many[c] == big - n  # capped at balance
+    assert arm_synthetic_counts(parse_arm("real+synthetic@0.5"), ds, targets) == {
+        c: round(0.5 * n) for c, n in counts.items()}
+    assert arm_synthetic_counts(parse_arm("synthetic-only"), ds, targets) == targets
+
+
+def test_budget_planning_shrinks_seeds_then_arms():
+    cfg = B.BenchmarkConfig.from_dict({**TINY, "seeds": 5, "arms": ["real+synthetic", "real+synthetic@1x",
+                                                                     "synthetic-only"]})
+    n_arm = lambda c: sum(1 for x in B.plan_cells(c) if x.kind == "arm")  # noqa: E731
+    fits, notes = B.plan_for_budget(cfg, minutes=1000, cell_seconds=1.0, gen_seconds={})
+    assert fits == cfg and notes == []
+    small, notes = B.plan_for_budget(cfg, minutes=n_arm(cfg.model_copy(update={"seeds": 3, "arms": ["real+synthetic"]}))
+                                     / 60, cell_seconds=1.0, gen_seconds={})
+    assert small.seeds == 3 and small.arms == ["real+synthetic"] and len(small.generators) == 2
+    assert notes[:2] == ["seeds -> 4", "seeds -> 3"]
+
+
+def test_quick_profile_keeps_the_grid():
+    cfg = B.BenchmarkConfig.from_dict({**TINY, "seeds": 5, "epochs": 16,
+                                       "generators": [{"model": "dcgan", "minutes": 10}, {"model": "acgan", "steps": 500}]})
+    q = B.quick_profile(cfg)
+    assert (q.seeds, q.epochs, q.arms, q.baselines) == (2, 4, cfg.arms, cfg.baselines)
+    assert [g.minutes for g in q.generators] == [1.0, None] and q.generators[1].steps == 50
+
+
+def test_config_errors_are_one_line(tmp_path):
+    for doc, msg in (({**TINY, "baselines": ["oversample"]}, "must include 'real'"),
+                     ({**TINY, "arms": ["oversample"]}, "is a baseline"),
+                     ({**TINY, "generators": [{"model": "dcgan", "steps": 3, "minutes": 2}]}, "one budget"),
+                     ({**TINY, "generators": [{"model": "acgan"}, {"model": "acgan"}]}, "unique")):
+        r = runner.invoke(app, ["benchmark", "phantom", str(tmp_path / "o"), "--config", str(_write(tmp_path, doc))])
+        assert r.exit_code == 2 and msg in r.output, r.output
+
+
+def test_paired_difference_matches_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.6, 0.05, 7), rng.normal(0.55, 0.05, 7)
+    d = paired_difference(a, b)
+    assert d["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert d["diff"] == pytest.approx(np.mean(a - b))
+    assert d["d_z"] == pytest.approx(np.mean(a - b) / np.std(a - b, ddof=1))
+    assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+    assert paired_difference([1, 2], [1, 2])["p"] == 1.0
+
+
+def test_holm_by_hand():
+    # sorted p: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06, monotone), 0.5 (x1 = 0.5)
+    assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    out = holm([0.2, float("nan"), 0.2])
+    assert out[0] == pytest.approx(0.4) and np.isnan(out[1]) and out[2] == pytest.approx(0.4)
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 0.8 x 2 capped at 1; monotone
+
+
+def test_segmentation_grid_with_redgan_segmentor_from_the_split(tmp_path):
+    """Segmentation: mask-conditioned generators add image+label-map pairs; Red-GAN gets a segmentor trained on
+    the benchmark's own training split (recorded in the train cell), so it never saw a test image."""
+    doc = {**TINY, "task": "segmentation", "baselines": ["real"], "arms": ["real+synthetic@0.5"], "seeds": 1,
+           "generators": [{"model": "pix2pix", "steps": 2},
+                          {"model": "redgan", "steps": 2, "segmentor_epochs": 1}]}
+    out = tmp_path / "out"
+    rep = B.run_benchmark(B.BenchmarkConfig.from_dict(doc), out)
+    assert rep["primary_metrics"] == ["dice_foreground"]
+    assert sorted(r["generator"] for r in rep["leaderboard"]) == ["pix2pix", "redgan"]
+    train = json.loads((out / "cells" / "s0" / "redgan-g0" / "train.json").read_text())
+    seg_meta = json.loads((out / "splits" / "s0" / "segmentor" / "model.json").read_text())
+    assert train["segmentor"] == str(out / "splits" / "s0" / "segmentor")
+    split = B.Benchmark(B.BenchmarkConfig.from_dict(doc), out).split(0)
+    assert sorted(seg_meta["meta"]["train_ids"]) == sorted(split.train.ids)
+    cell = json.loads((out / "cells" / "s0" / "pix2pix-g0" / "arm" / "real_syntheticat0.5" / "seed0.json").read_text())
+    assert cell["composition"]["synthetic"] == round(0.5 * len(split.train)) or cell["composition"]["synthetic"] > 0
