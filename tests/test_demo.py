@@ -58,6 +58,16 @@ def test_demo_quick_tiny_end_to_end(tmp_path):
     assert rep["downstream"]["balanced_accuracy"]["real"]["mean"] == ds["summary"]["real"]["balanced_accuracy"]["mean"]
     assert rep["privacy"]["pixels"]["dcr_share"] == ev["privacy"]["pixels"]["dcr_share"]
 
+    # fidelity, privacy and utility were measured on the same synthetic images (generated once per seed)
+    same = demo["same_synthetic_set"]
+    assert same["same"] is True and same["n_evaluated"] == ev["n_synthetic"] == same["n_in_real_synthetic_arm_seed0"]
+    from medbalance.utils.io import load_safetensors, sha256_bytes
+
+    pool, _ = load_safetensors(out / same["file"])
+    assert sha256_bytes(pool["images"].contiguous().numpy().tobytes()) == same["images_sha256"]
+    assert sorted(ds["synthetic_sets"]["pools"]) == ["seed0/none", "seed1/none"]
+    assert "measured on the same" in html and same["statement"].split(" (")[0] in html
+
 
 def test_demo_refuses_non_empty_folder(tmp_path):
     (tmp_path / "x.txt").write_text("keep me")

@@ -47,8 +47,9 @@ def demo_cmd(
     real+synthetic; 3 seeds) -> report.
     """
     from medbalance.experiments.demo import DemoSettings, run_demo
+    from medbalance.report import build_report, make_verdicts
 
     settings = DemoSettings(out=out, quick=quick, seed=seed, device=device, overwrite=overwrite,
                             n=n, steps=steps, epochs=epochs, seeds=seeds)
-    result = run_demo(settings)
+    result = run_demo(settings, build_report=build_report, make_verdicts=make_verdicts)
     typer.echo(str(result["report"]))

@@ -13,13 +13,16 @@ from typing import Callable
 
 from medbalance.data.config import DataConfig
 from medbalance.data.dataset import ImageDataset
-from medbalance.errors import DataError
+from medbalance.errors import ConfigError, DataError
 from medbalance.registry import Registry
 
 SourceFn = Callable[[DataConfig], ImageDataset]
 SOURCES: Registry[SourceFn] = Registry("data source")
 
 _LOADED = False
+
+
+MANIFEST_COLUMNS = ("image_column", "mask_column", "label_column", "id_column", "condition_column", "group_column")
 
 
 def _ensure_registered() -> None:
@@ -58,6 +61,12 @@ def load_dataset(cfg: DataConfig | str | None = None, **overrides) -> ImageDatas
     elif overrides:
         cfg = cfg.model_copy(update=overrides)
     source = cfg.source if cfg.source != "auto" else detect_source(cfg.path)
+    if source != "manifest":  # the column options name CSV columns: elsewhere they would silently do nothing
+        defaults = DataConfig.model_fields
+        given = [k for k in MANIFEST_COLUMNS if getattr(cfg, k) != defaults[k].default]
+        if given:
+            raise ConfigError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to CSV manifests only; "
+                              f"this is a {source} dataset", path=cfg.path)
     ds = SOURCES.get(source)(cfg)
     if cfg.class_subset is not None:
         ds = select_classes(ds, cfg.class_subset, where=cfg.path)

@@ -327,10 +327,15 @@ class Benchmark:
             train_sec["steps"] = g.steps
         elif g.epochs is not None:
             train_sec["epochs"] = g.epochs
-        elif g.minutes is not None:
-            steps, sps = self._calibrate(g, cell, overrides)
-            train_sec["steps"] = steps
-            extra["calibration"] = {"minutes": g.minutes, "seconds_per_step": sps, "steps": steps}
+        elif g.minutes is not None:  # calibrated once; a resumed run keeps the same number of steps
+            cal_path = gdir.parent / f"{cell.gkey}.calibration.json"
+            if cal_path.is_file():
+                extra["calibration"] = read_json(cal_path)
+            else:
+                steps, sps = self._calibrate(g, cell, overrides)
+                extra["calibration"] = {"minutes": g.minutes, "seconds_per_step": sps, "steps": steps}
+                atomic_write_json(cal_path, extra["calibration"])
+            train_sec["steps"] = int(extra["calibration"]["steps"])
         raw = {"out_dir": str(gdir), "data": self.cfg.data.model_dump(mode="json"),
                "model": {"name": g.model, "preset": g.preset}, "train": train_sec}
         rcfg = RunConfig.from_dict(apply_overrides(raw, overrides), source=f"generator {g.label}")

@@ -5,9 +5,10 @@ Stages (each timed, each with a progress bar):
 1. data: the procedural brain-MRI phantom, 3 lesion classes with imbalance 10:3:1, 64x64, with label maps;
 2. split: stratified, patient-grouped train / validation / test (the downstream experiment's split);
 3. generator: a class- and label-map-conditioned generator trained on the **training split only**;
-4. rebalance: ``GenerativeOverSampler(strategy='auto')`` brings every class of the training split to the
-   majority count; exported with provenance (``rebalanced/manifest.csv``);
-5. evaluate: fidelity / diversity / image statistics of the synthetic vs the real training images, and
+4. rebalance: the generator brings every class of the training split to the majority count (strategy
+   ``auto``); these images are downstream seed 0's synthetic pool, exported with provenance
+   (``rebalanced/manifest.csv``) and saved in ``downstream/synthetic/``;
+5. evaluate: fidelity / diversity / image statistics of those same synthetic vs the real training images, and
    privacy (nearest-neighbour distances to the training images vs the held-out validation images);
 6. downstream: classifiers trained on ``real``, ``oversample`` and ``real+synthetic`` for 3 seeds, selected on
    real validation data, tested on real test data (the leakage guard checks the generator's training ids);
@@ -22,12 +23,12 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from medbalance.errors import ConfigError
-from medbalance.utils.io import atomic_write_json
+from medbalance.utils.io import atomic_write_json, sha256_bytes
 from medbalance.utils.progress import console
 
 # Generator used by the demo, chosen by measurement on this 2-core CPU: pix2pix (cpu preset, ngf 32) with a class
@@ -123,14 +124,16 @@ class _Stages:
         return self.seconds
 
 
-def run_demo(settings: DemoSettings) -> dict[str, Any]:
-    """Run the demo into ``settings.out``; return a summary dict (``report`` = the HTML path)."""
+def run_demo(settings: DemoSettings, build_report: Callable[[Path], Path] | None = None,
+             make_verdicts: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Run the demo into ``settings.out``; return a summary dict (``report`` = the HTML path).
+
+    The HTML report is a later layer (:mod:`medbalance.report`): pass its ``build_report`` / ``make_verdicts``
+    (``medbalance demo`` does) or call ``medbalance.report.build_report(out)`` afterwards."""
     from medbalance.data.sources import load_dataset
-    from medbalance.experiments.downstream import SyntheticSource, make_split, run_downstream
     from medbalance.evaluation.evaluate import evaluate_datasets
-    from medbalance.report import build_report, make_verdicts
+    from medbalance.experiments.downstream import SyntheticSource, make_split, pool_needs, run_downstream
     from medbalance.synthesis.export import export_dataset, model_card
-    from medbalance.synthesis.oversampler import GenerativeOverSampler
     from medbalance.training.engine import train
     from medbalance.training.run import load_run
     from medbalance.utils.device import select_device
@@ -185,20 +188,24 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
     # 4 ---------------------------------------------------------------- rebalance
     st.start("rebalance", "rebalance the training split (strategy auto: every class to the majority count)")
-    sampler = GenerativeOverSampler(run, sampling_strategy="auto", mask_source=MASK_SOURCE,
-                                    random_state=settings.seed).fit(split.train)
+    seed0 = dcfg.seeds[0]
+    source = SyntheticSource(run=run, mask_pool=dcfg.mask_pool, strategy=dcfg.strategy,
+                             cache_dir=out / "downstream" / "synthetic")
+    need = pool_needs(dcfg.arms, split.train, dcfg.strategy)[None]
     t0 = time.perf_counter()
-    syn = sampler.sample()
+    # the synthetic images of downstream seed 0: generated once, exported, evaluated, and used by the arms
+    syn = source.pool(split, need, seed0, dcfg.mask_source, None)
     gen_s = time.perf_counter() - t0
+    provenance, synth_report = source.sampler_info[f"seed{seed0}/none"]
     info = {
-        "plan": {str(k): int(v) for k, v in sampler.sampling_strategy_.items()},
-        "report": sampler.report_.to_dict(),
-        "options": {"sampling_strategy": "auto", "mask_source": MASK_SOURCE, "random_state": settings.seed},
+        "plan": {c: int(n) for c, n in need.items() if n > 0},
+        "report": synth_report.to_dict(),
+        "options": {"sampling_strategy": "auto", "mask_source": MASK_SOURCE, "random_state": seed0},
         "generation_images_per_s": round(len(syn) / gen_s, 2) if gen_s > 0 else None,
     }
-    export_dataset(out / "rebalanced", syn, sampler.provenance_, real=split.train, generator_name=run.method.name,
+    export_dataset(out / "rebalanced", syn, provenance, real=split.train, generator_name=run.method.name,
                    checkpoint_sha256=run.checkpoint_sha256, model_card=model_card(run), synthesis_info=info)
-    console.print(f"plan (new images per class): {info['plan']}; {sampler.report_.summary()}")
+    console.print(f"plan (new images per class): {info['plan']}; {synth_report.summary()}")
 
     # 5 ---------------------------------------------------------------- evaluate
     st.start("evaluate", "fidelity, diversity, image statistics and privacy (held-out = validation split)")
@@ -218,7 +225,19 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     # 6 ---------------------------------------------------------------- downstream
     st.start("downstream", f"classification: {', '.join(dcfg.arms)} x {len(dcfg.seeds)} seeds, "
              f"{dcfg.epochs} epochs each, tested on real test data")
-    report = run_downstream(ds, dcfg, out / "downstream", SyntheticSource(run=run))
+    report = run_downstream(ds, dcfg, out / "downstream", source, split=split)
+    used = report["arm_training_sets"].get("real+synthetic", {}).get("synthetic")
+    same_set = {
+        "pool": f"seed{seed0}/none",
+        "file": str(Path("downstream") / "synthetic" / source.pool_files[f"seed{seed0}/none"]),
+        "images_sha256": sha256_bytes(syn.images.contiguous().numpy().tobytes()),
+        "n_exported": len(syn), "n_evaluated": ev.get("n_synthetic"), "n_in_real_synthetic_arm_seed0": used,
+        "same": bool(ev.get("n_synthetic") == len(syn) == used),
+        "statement": f"fidelity, privacy and the utility of seed {seed0} were measured on the same {len(syn)} "
+                     "synthetic images (rebalanced/ = downstream/synthetic/"
+                     f"{source.pool_files[f'seed{seed0}/none']}); seeds {', '.join(map(str, dcfg.seeds[1:]))} "
+                     "generated their own images from the same generator",
+    }
 
     # 7 ---------------------------------------------------------------- report
     st.start("report", "HTML report")
@@ -239,16 +258,19 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                       "images_per_s": round(res.images_per_s, 2), "checkpoint_sha256": run.checkpoint_sha256},
         "stage_seconds": seconds,
         "seconds_total": seconds_total,
+        "same_synthetic_set": same_set,
         "warnings": warnings,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cpu": platform.processor() or platform.machine()},
         "medbalance_version": medbalance.__version__,
     }
     atomic_write_json(out / "demo.json", demo_info)
-    html_path = build_report(out)
+    html_path = build_report(out) if build_report is not None else None
     report_seconds = round(time.perf_counter() - t_all - seconds_total, 1)
-    _print_summary(report, make_verdicts(report), seconds, report_seconds)
-    console.print(f"[bold green]report:[/bold green] {html_path}")
+    _print_summary(report, make_verdicts(report) if make_verdicts is not None else [], seconds, report_seconds)
+    console.print(f"[dim]{same_set['statement']}[/dim]")
+    if html_path is not None:
+        console.print(f"[bold green]report:[/bold green] {html_path}")
     return {"report": html_path, "downstream": report, "evaluation": ev, "stage_seconds": seconds,
             "seconds_total": round(time.perf_counter() - t_all, 1)}
 
@@ -272,7 +294,7 @@ def _print_summary(report: dict[str, Any], verdicts: list[dict[str, Any]], secon
     console.print(t)
     for v in verdicts:
         if v["arm"].startswith("real+synthetic"):
-            colour = "green" if v["significant"] else "white"
-            console.print(f"[{colour}]• {v['text']}[/{colour}]")
+            colour = {"better": "green", "worse": "red"}.get(v.get("direction"), "white")
+            console.print(f"[{colour}]• [{v.get('direction', '')}] {v['text']}[/{colour}]")
     times = ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items() if k != "report")
     console.print(f"[dim]stage times: {times}; report {report_seconds:.0f}s[/dim]")

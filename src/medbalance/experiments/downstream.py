@@ -297,6 +297,7 @@ class SyntheticSource:
     pools: dict[tuple[int, str], ImageDataset] = field(default_factory=dict)
     pool_files: dict[str, str] = field(default_factory=dict)  # "seed0/none" -> file (relative to cache_dir's parent)
     filter_reports: dict[str, Any] = field(default_factory=dict)
+    sampler_info: dict[str, Any] = field(default_factory=dict)  # "seed0/none" -> (provenance rows, synthesis report)
 
     # ------------------------------------------------------------------ pools (generator runs)
     def _filters(self, name: str | None, split: Split) -> list[Any]:
@@ -341,6 +342,7 @@ class SyntheticSource:
                                       progress=False, mask_pool=self.mask_pool, target="label",
                                       filters=self._filters(filter_name, split)).fit(train)
             ds = s.sample()
+            self.sampler_info[f"seed{seed}/{key[1]}"] = (s.provenance_, s.report_)
             if filter_name:
                 self.filter_reports[f"seed{seed}/{filter_name}"] = s.report_.to_dict()
         if path is not None:

@@ -210,6 +210,12 @@ def data_method_section(res: Results, page: Page) -> None:
             warnings.append(f"the requested synthetic counts were not reached: {res.synthesis['report']['shortfall']}")
     if evaluation:
         warnings += [f"evaluation: {w}" for w in evaluation.get("warnings", [])]
+    same = (demo or {}).get("same_synthetic_set")
+    if same:
+        dm["same_synthetic_set"] = same
+        kv.append(("synthetic images measured", (same["statement"] if same.get("same") else
+                                                 "NOT the same synthetic images for fidelity/privacy and utility: "
+                                                 + same["statement"])))
     if demo:
         kv.append(("stage times (s)", ", ".join(f"{k} {v:.0f}" for k, v in (demo.get("stage_seconds") or {}).items())))
         dm["stage_seconds"] = demo.get("stage_seconds")
