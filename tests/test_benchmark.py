@@ -234,3 +234,34 @@ def test_segmentation_grid_with_redgan_segmentor_from_the_split(tmp_path):
     assert sorted(seg_meta["meta"]["train_ids"]) == sorted(split.train.ids)
     cell = json.loads((out / "cells" / "s0" / "pix2pix-g0" / "arm" / "real_syntheticat0.5" / "seed0.json").read_text())
     assert cell["composition"]["synthetic"] == round(0.5 * len(split.train)) or cell["composition"]["synthetic"] > 0
+
+
+def test_extending_a_finished_benchmark_runs_only_the_new_cells(tmp_path, finished, monkeypatch):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    ran = []
+    real_run_cell = B.Benchmark.run_cell
+    monkeypatch.setattr(B.Benchmark, "run_cell", lambda self, cell: ran.append(cell.key) or real_run_cell(self, cell))
+    doc = {**TINY, "arms": [*TINY["arms"], "synthetic-only"]}
+    rep = B.run_benchmark(B.BenchmarkConfig.from_dict(doc), out)
+    assert sorted(ran) == sorted(f"s0/{g}-g0/arm/synthetic-only/seed{k}" for g in ("dcgan", "acgan") for k in (0, 1))
+    assert {r["arm"] for r in rep["leaderboard"]} == {*TINY["arms"], "synthetic-only"}
+    # a generator kept under the same name must not change
+    doc2 = {**doc, "generators": [{**TINY["generators"][0], "steps": 4}, TINY["generators"][1]]}
+    with pytest.raises(ConfigError, match="generator dcgan"):
+        B.run_benchmark(B.BenchmarkConfig.from_dict(doc2), out)
+
+
+def test_set_overrides_reach_list_items():
+    from medbalance.config import apply_overrides
+
+    doc = {"generators": [{"model": "dcgan", "steps": 5}, {"model": "acgan"}], "seeds": 5}
+    out = apply_overrides(doc, ["generators.0.steps=7", "generators.1.name=b", "generators.-1.minutes=2"])
+    assert out["generators"] == [{"model": "dcgan", "steps": 7}, {"model": "acgan", "name": "b", "minutes": 2}]
+    assert doc["generators"][0]["steps"] == 5  # the input is not changed
+    for bad, msg in (("generators.2.steps=1", "out of range"), ("generators.x.steps=1", "not an index"),
+                     ("seeds.a=1", "not a section")):
+        with pytest.raises(ConfigError, match=msg):
+            apply_overrides(doc, [bad])

@@ -37,3 +37,17 @@ def test_downstream_with_generator_trained_on_the_split(tmp_path):
     seen = set(train_ids.get("train", train_ids.get("train_ids", [])))
     assert seen and not seen & set(rep["test_ids"])
     assert rep["arm_training_sets"]["real+synthetic"]["synthetic"] > 0
+    # the synthetic images are generated once per seed, saved, listed, and seed 0's are the ones evaluated
+    assert sorted(rep["synthetic_sets"]["pools"]) == ["seed0/none", "seed1/none"]
+    for k, pool in rep["synthetic_sets"]["pools"].items():
+        assert (out / "synthetic" / pool["file"]).is_file()
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["n_synthetic"] == rep["synthetic_sets"]["pools"]["seed0/none"]["n"] == \
+        rep["arm_training_sets"]["real+synthetic"]["synthetic"]
+    assert rep["evaluated_synthetic_set"]["statement"].startswith("fidelity, privacy and seed 0's utility")
+    assert ev["fidelity"]["overall"]["fd"] >= 0 and ev["privacy"]["pixels"]["n_synthetic"] == ev["n_synthetic"]
+    r = runner.invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    html = (out / "report.html").read_text()
+    assert '<section id="fidelity">' in html and '<section id="privacy">' in html
+    assert "measured on the same" in html

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import CheckpointError, ConfigError
+from medbalance.experiments.downstream import class_targets
 from medbalance.experiments.feature_downstream import (
     FeatureAugmentConfig,
     FeatureClassifier,
     FeatureClassifierConfig,
     arm_feature_set,
-    feature_targets,
     run_feature_augment,
     train_feature_classifier,
 )
@@ -185,7 +185,7 @@ def test_arm_training_set_compositions():
     x = torch.randn(36, 4, 4, 4, generator=g)
     y = torch.cat([torch.zeros(30, dtype=torch.long), torch.ones(6, dtype=torch.long)])
     names = ["a", "b"]
-    assert feature_targets(y, names, "auto") == {"a": 30, "b": 30}
+    assert class_targets(y, names, "auto") == {"a": 30, "b": 30}
     xr, yr, sr, opts, _ = arm_feature_set("real", x, y, names, "auto", 0)
     assert torch.equal(xr, x) and torch.equal(yr, y) and not sr.any() and opts == {}
     _, _, _, opts, _ = arm_feature_set("class-weight", x, y, names, "auto", 0)

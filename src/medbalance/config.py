@@ -103,14 +103,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         keys = [k for k in key.strip().split(".") if k]
         if not keys:
             raise ConfigError(f"override {item!r} has an empty key")
-        node = out
+        node: Any = out
         for k in keys[:-1]:
+            if isinstance(node, list):  # a list item by index: generators.0.steps=500
+                node = node[_list_index(node, k, item)]
+                continue
             nxt = node.get(k)
             if nxt is None:
                 nxt = {}
                 node[k] = nxt
-            if not isinstance(nxt, dict):
+            if not isinstance(nxt, (dict, list)):
                 raise ConfigError(f"override {item!r}: {k!r} is not a section")
             node = nxt
-        node[keys[-1]] = parse_override_value(raw)
+        if isinstance(node, list):
+            node[_list_index(node, keys[-1], item)] = parse_override_value(raw)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {keys[-2]!r} is not a section")
+        else:
+            node[keys[-1]] = parse_override_value(raw)
     return out
+
+
+def _list_index(node: list, key: str, item: str) -> int:
+    try:
+        i = int(key)
+    except ValueError:
+        raise ConfigError(f"override {item!r}: {key!r} is not an index of a list of {len(node)}") from None
+    if not -len(node) <= i < len(node):
+        raise ConfigError(f"override {item!r}: index {i} is out of range (the list has {len(node)} items)")
+    return i

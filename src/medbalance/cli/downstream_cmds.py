@@ -147,29 +147,12 @@ def downstream_cmd(
 
 
 def _print_summary(report: dict) -> None:
-    from rich.table import Table
+    from medbalance.utils.tables import ci_table
 
     summ = report["summary"]
-    arms = [a for a in summ if not a.startswith("_")]
-    metrics = [m for m in summ["real"] if not m.startswith("_")]
-    keep = [m for m in metrics if m in ("balanced_accuracy", "macro_f1", "auroc", "dice_foreground")
+    keep = [m for m in summ["real"] if m in ("balanced_accuracy", "macro_f1", "auroc", "dice_foreground")
             or m.startswith(("recall/", "dice/", "balanced_accuracy@", "dice_foreground@"))]
-    t = Table(title=f"downstream {report['task']} ({len(report['config']['seeds'])} seeds, mean [95% CI])")
-    t.add_column("metric")
-    for a in arms:
-        t.add_column(a)
-    for m in keep:
-        row = [m]
-        for a in arms:
-            e = summ[a].get(m)
-            if e is None:
-                row.append("")
-                continue
-            cell = f"{e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
-            if "vs_real_seeds" in e:
-                cell += f" p={e['vs_real_seeds']['p']:.3g}"
-            row.append(cell)
-        t.add_row(*row)
-    console.print(t)
+    console.print(ci_table(summ, keep, f"downstream {report['task']} ({len(report['config']['seeds'])} seeds, "
+                           "mean [95% CI])", p=True))
     for w in report.get("warnings", []):
         console.print(f"[yellow]warning[/yellow]: {w}")

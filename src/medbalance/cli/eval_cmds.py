@@ -8,7 +8,6 @@ Privacy splits (``--train-split`` / ``--holdout-split``) are each given as eithe
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Optional
@@ -29,17 +28,14 @@ def mark_synthetic_from_csv(ds, path: Path, id_column: str = "id"):
     """Set ``ds.synthetic`` from a manifest's ``synthetic`` column when the loader did not."""
     import torch
 
-    from medbalance.data.manifest import parse_synthetic_flag
+    from medbalance.data.manifest import parse_synthetic_flag, read_manifest_rows
 
     if ds.synthetic is not None or path.suffix.lower() not in (".csv", ".tsv"):
         return ds
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f, delimiter=delim)
-        if reader.fieldnames is None or "synthetic" not in reader.fieldnames:
-            return ds  # no column: every row is synthetic
-        rows = list(reader)
-    if id_column in (reader.fieldnames or []):
+    header, rows = read_manifest_rows(path)
+    if "synthetic" not in header:
+        return ds  # no column: every row is synthetic
+    if id_column in header:
         flag = {r[id_column]: parse_synthetic_flag(r["synthetic"]) for r in rows if r.get(id_column)}
         missing = [i for i in ds.ids if i not in flag]
         if missing:

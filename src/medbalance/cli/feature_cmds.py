@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -35,7 +34,10 @@ def feature_augment_cmd(
     seeds: int = seeds_option(5, "classifier seeds 0..N-1"),
     strategy: str = typer.Option("auto", "--strategy", help="sampling strategy of the synthetic features"),
     preset: str = typer.Option("cpu", "--preset", help="cpu | paper"),
-    arms: str = typer.Option("real,oversample,real+synthetic", "--arms", help="comma-separated: real, oversample, class-weight, real+synthetic"),
+    arms: str = typer.Option(
+        "real,oversample,real+synthetic", "--arms",
+        help="comma-separated: real, oversample, class-weight, real+synthetic, real+synthetic@R, real+synthetic@Rx, "
+        "+class-weight on a synthetic arm (as for downstream)"),
     split_seed: int = typer.Option(0, "--split-seed"),
     fractions: str = typer.Option("0.6,0.2,0.2", "--fractions", help="train,val,test fractions"),
     no_filter: bool = typer.Option(False, "--no-filter", help="keep every generated feature (no D class filter)"),
@@ -74,30 +76,13 @@ def feature_augment_cmd(
     typer.echo(str(out / "feature_downstream.json"))
 
 
-def _cell(e: dict | None) -> str:
-    if e is None:
-        return ""
-    s = f"{e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
-    if "vs_real_seeds" in e:
-        p = e["vs_real_seeds"].get("p")
-        if p is not None and not (isinstance(p, float) and math.isnan(p)):
-            s += f" p={p:.3g}"
-    return s
-
-
 def print_feature_report(report: dict) -> None:
-    from rich.table import Table
+    from medbalance.utils.tables import ci_table
 
-    summ = report["summary"]
-    arms = [a for a in summ if not a.startswith("_")]
     metrics = ["balanced_accuracy", "macro_f1", "auroc"] + [f"recall/{c}" for c in report["class_names"]]
-    t = Table(title=f"feature classifier ({len(report['config']['seeds'])} seeds, mean [95% CI], Wilcoxon vs real)")
-    t.add_column("metric (recall = per-class accuracy)")
-    for a in arms:
-        t.add_column(a)
-    for m in metrics:
-        t.add_row(m, *[_cell(summ[a].get(m)) for a in arms])
-    console.print(t)
+    console.print(ci_table(report["summary"], metrics, f"feature classifier ({len(report['config']['seeds'])} seeds, "
+                           "mean [95% CI], Wilcoxon vs real)", metric_header="metric (recall = per-class accuracy)",
+                           p=True))
     fa = report["feature_augment"]
     seg = fa["segmentor"]
     ac = fa["acgan"]

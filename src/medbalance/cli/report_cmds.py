@@ -15,10 +15,22 @@ from medbalance.utils.progress import console
 
 @app.command("report")
 def report_cmd(
-    folder: Path = typer.Argument(..., help="experiment folder: a demo folder, a generator run, a downstream folder"),
+    folder: Path = typer.Argument(
+        ..., help="results folder: demo, downstream, feature-augment or benchmark output, a generator run, an "
+        "evaluation (evaluation.json) or a rebalanced export; searched two levels deep"),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: FOLDER/report.html)"),
 ) -> None:
-    """Write one self-contained HTML report (images embedded, opens offline) and report.json with its numbers."""
+    """Write one self-contained HTML report (images embedded, opens offline) and report.json with its numbers.
+
+    Searched in FOLDER and up to two levels below:
+
+    demo.json (medbalance demo)
+    downstream.json (medbalance downstream)
+    feature_downstream.json (medbalance feature-augment)
+    benchmark.json (medbalance benchmark)
+    evaluation.json (medbalance evaluate --json)
+    a generator run folder (medbalance train)
+    a rebalanced export: manifest.csv + synthesis.json (medbalance rebalance / generate)"""
     from medbalance.report import build_report
 
     if out is not None and out.suffix.lower() not in (".html", ".htm"):

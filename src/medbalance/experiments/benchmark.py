@@ -54,6 +54,10 @@ from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
 from medbalance.utils.progress import console, make_progress
 
 BASELINE_ARMS = ("real", "oversample", "class-weight", "augment")
+# grid axes: a finished benchmark can be extended along these (finished cells stay valid)
+GRID_AXES = ("generators", "baselines", "arms", "seeds", "split_seeds", "generator_seeds", "primary_metrics", "alpha",
+             "budget_minutes", "fidelity")
+BUDGET_AXES = ("seeds", "arms", "generators")  # what --budget may shrink
 FEATURE_MODEL = "feature-acgan"  # the feature-level method (Mehra et al.), run as its own pipeline
 VERDICTS = ("helps", "no evidence", "hurts")
 
@@ -148,7 +152,7 @@ class BenchmarkConfig(BaseConfig):
             split_seed=split_seed, fractions=self.fractions, subsample=dict(self.subsample), strategy=self.strategy,
             mask_source=self.mask_source, mask_pool=self.mask_pool, allow_val_overlap=False,
             near_duplicates=self.near_duplicates, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            arch=self.arch, device=self.device, precision=self.precision,
+            arch=self.arch, device=self.device, precision=self.precision, fidelity=False,
         )
 
 
@@ -460,30 +464,28 @@ class Benchmark:
     def _run_all(self) -> dict[str, Any]:
         saved = self.out / "benchmark.yaml"
         asked = json.loads(json.dumps(self.cfg.model_dump(mode="json")))
+        doc: dict[str, Any] | None = dict(asked)
         if saved.is_file():
             from medbalance.config import read_yaml
 
             old = read_yaml(saved)
             planned = old.pop("planned", None)  # what --budget changed (seeds, arms, generators)
-            if planned is not None:
-                for k in ("seeds", "arms", "generators"):
-                    old[k] = planned["asked"][k]
-            if old != asked:
-                raise ConfigError("this folder holds a benchmark with another configuration; resume it with the "
-                                  "same settings (its benchmark.yaml) or choose another output folder", path=saved)
-            if planned is not None:
-                self.cfg = self.cfg.model_copy(update={k: getattr(BenchmarkConfig.from_dict(
-                    {**asked, **{k2: planned["used"][k2] for k2 in ("seeds", "arms", "generators")}}), k)
-                    for k in ("seeds", "arms", "generators")})
-                self.budget_notes = planned["notes"]
-        else:
-            doc = dict(asked)
-            if self.cfg.budget_minutes is not None:
-                self.cfg, self.budget_notes = self._plan_budget()
-                used = json.loads(json.dumps(self.cfg.model_dump(mode="json")))
-                doc["planned"] = {"asked": {k: asked[k] for k in ("seeds", "arms", "generators")},
-                                  "used": {k: used[k] for k in ("seeds", "arms", "generators")},
-                                  "notes": self.budget_notes}
+            old_asked = {**old, **(planned["asked"] if planned else {})}
+            if old_asked == asked:  # a plain resume
+                doc = None
+                if planned is not None:
+                    used = BenchmarkConfig.from_dict({**asked, **planned["used"]})
+                    self.cfg = self.cfg.model_copy(update={k: getattr(used, k) for k in planned["used"]})
+                    self.budget_notes = planned["notes"]
+            else:
+                self._check_extension(old_asked, asked, saved)
+                console.print("extending the benchmark: cells already finished are kept, new ones are added")
+        elif self.cfg.budget_minutes is not None:
+            self.cfg, self.budget_notes = self._plan_budget()
+            used = json.loads(json.dumps(self.cfg.model_dump(mode="json")))
+            doc["planned"] = {"asked": {k: asked[k] for k in BUDGET_AXES}, "used": {k: used[k] for k in BUDGET_AXES},
+                              "notes": self.budget_notes}
+        if doc is not None:
             import yaml
 
             atomic_write_text(saved, yaml.safe_dump(doc, sort_keys=False))
@@ -552,6 +554,20 @@ class Benchmark:
         for n in notes:
             console.print(f"[dim]budget: {n}[/dim]")
         return cfg, notes
+
+    @staticmethod
+    def _check_extension(old: dict[str, Any], new: dict[str, Any], saved: Path) -> None:
+        """A benchmark folder can be extended (more generators, arms, baselines, seeds, splits) but every setting a
+        finished cell depends on must stay the same, and so must each generator kept under the same name."""
+        diff = sorted(k for k in set(old) | set(new) if k not in GRID_AXES and old.get(k) != new.get(k))
+        old_g = {g.get("name") or g["model"]: g for g in old.get("generators") or []}
+        changed = [n for n, g in ((g.get("name") or g["model"], g) for g in new.get("generators") or [])
+                   if n in old_g and old_g[n] != g]
+        if diff or changed:
+            what = ", ".join(diff + [f"generator {n}" for n in changed])
+            raise ConfigError(f"this folder holds a benchmark with another configuration ({what} differ); resume it "
+                              "with the same settings (its benchmark.yaml), extend it only with more generators, arms, "
+                              "baselines or seeds, or choose another output folder", path=saved)
 
     # ---------------------------------------------------------------- results
     def collect(self, seconds: float | None = None) -> dict[str, Any]:

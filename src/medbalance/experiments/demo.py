@@ -93,6 +93,7 @@ def demo_configs(settings: DemoSettings) -> dict[str, Any]:
         task="classification", arms=["real", "oversample", "real+synthetic"], seeds=list(range(r["seeds"])),
         split_seed=settings.seed, fractions=(0.6, 0.2, 0.2), strategy="auto", mask_source=MASK_SOURCE,
         allow_val_overlap=False, epochs=r["epochs"], batch_size=32, device=settings.device,
+        fidelity=False,  # the demo's own evaluate stage measures these same images (seed 0's pool)
     )
     return {"settings": r, "data": data, "generator": run, "downstream": downstream}
 
@@ -277,21 +278,11 @@ def run_demo(settings: DemoSettings, build_report: Callable[[Path], Path] | None
 
 def _print_summary(report: dict[str, Any], verdicts: list[dict[str, Any]], seconds: dict[str, float],
                    report_seconds: float) -> None:
-    from rich.table import Table
+    from medbalance.utils.tables import ci_table
 
-    summ = report["summary"]
-    arms = [a for a in summ if not a.startswith("_")]
-    t = Table(title=f"downstream classification, real test set ({len(report['config']['seeds'])} seeds, mean [95% CI])")
-    t.add_column("metric")
-    for a in arms:
-        t.add_column(a)
-    for m in ["balanced_accuracy", "macro_f1"] + [f"recall/{c}" for c in report["class_names"]]:
-        row = [m]
-        for a in arms:
-            e = summ[a].get(m)
-            row.append("" if e is None else f"{e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]")
-        t.add_row(*row)
-    console.print(t)
+    metrics = ["balanced_accuracy", "macro_f1"] + [f"recall/{c}" for c in report["class_names"]]
+    console.print(ci_table(report["summary"], metrics, "downstream classification, real test set "
+                           f"({len(report['config']['seeds'])} seeds, mean [95% CI])"))
     for v in verdicts:
         if v["arm"].startswith("real+synthetic"):
             colour = {"better": "green", "worse": "red"}.get(v.get("direction"), "white")

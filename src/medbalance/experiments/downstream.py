@@ -70,6 +70,8 @@ class DownstreamConfig(BaseConfig):
     arch: Optional[str] = None
     device: str = "auto"
     precision: str = "auto"
+    fidelity: bool = Field(True, description="also measure fidelity, diversity and privacy (pixel features; held-out "
+                           "= validation split) of the first seed's synthetic images, the ones its arms train on")
 
 
 @dataclass(frozen=True)
@@ -174,26 +176,30 @@ def make_split(data: ImageDataset, cfg: DownstreamConfig) -> Split:
 
 def leakage_guard(run: Any, split: Split, allow_val_overlap: bool = True) -> list[str]:
     """Refuse when the generator saw any test id; return warnings (validation overlap)."""
-    seen = set(getattr(run, "train_ids", None) or [])
+    return check_seen_ids(getattr(run, "train_ids", None), split, allow_val_overlap, path=getattr(run, "run_dir", None))
+
+
+def check_seen_ids(seen_ids: Any, split: Split, allow_val_overlap: bool = True, *, model: str = "generator",
+                   unit: str = "samples", path: Any = None) -> list[str]:
+    """The leakage check of any model trained on real data (the generator, the feature method's segmentor): refuse
+    when it records no training ids or saw a test id; validation overlap is a warning (an error unless
+    ``allow_val_overlap``)."""
+    seen = set(seen_ids or [])
     if not seen:
-        raise DataError(
-            "the generator run records no training ids, so leakage cannot be ruled out; retrain it with medbalance"
-        )
+        raise DataError(f"the {model} records no training ids, so leakage cannot be ruled out; retrain it with "
+                        "medbalance", path=path)
     bad = sorted(seen & set(split.test.ids))
     if bad:
         raise DataError(
-            f"leakage: the generator was trained on {len(bad)} of the {len(split.test)} test samples "
-            f"(e.g. {', '.join(bad[:3])}); train it on the experiment's training split only",
-            path=getattr(run, "run_dir", None),
-        )
-    warns = []
+            f"leakage: the {model} was trained on {len(bad)} of the {len(split.test)} test {unit} "
+            f"(e.g. {', '.join(bad[:3])}); train it on the experiment's training split only", path=path)
     val_bad = seen & set(split.val.ids)
-    if val_bad:
-        msg = f"the generator saw {len(val_bad)} validation samples (model selection may be optimistic)"
-        if not allow_val_overlap:
-            raise DataError("leakage: " + msg)
-        warns.append(msg)
-    return warns
+    if not val_bad:
+        return []
+    msg = f"the {model} saw {len(val_bad)} validation {unit} (model selection may be optimistic)"
+    if not allow_val_overlap:
+        raise DataError("leakage: " + msg, path=path)
+    return [msg]
 
 
 def synthetic_leakage_guard(source: SyntheticSource, split: Split, allow_val_overlap: bool = True) -> list[str]:
@@ -233,39 +239,57 @@ def align_synthetic_classes(syn: ImageDataset, class_names: list[str], path: Any
     return out
 
 
-def oversample_dataset(train: ImageDataset, target: dict[str, int], seed: int) -> ImageDataset:
-    """Random duplication of real samples up to ``target`` total per class."""
+def oversample_indices(labels: Any, target: dict[int, int], seed: int) -> np.ndarray:
+    """Indices of real samples to duplicate (random, with replacement) so that class ``k`` reaches ``target[k]``
+    samples in total; classes are drawn in ``target``'s order from one ``default_rng(seed)``. Empty when no class
+    needs more (or a class has no sample to duplicate)."""
     rng = np.random.default_rng(seed)
-    labels = train.labels.numpy()
+    labels = np.asarray(labels)
     extra = []
-    for cls, total in target.items():
-        k = train.class_names.index(cls)
-        idx = np.nonzero(labels == k)[0]
+    for k, total in target.items():
+        idx = np.flatnonzero(labels == k)
         need = int(total) - len(idx)
         if need > 0 and len(idx):
             extra.append(rng.choice(idx, size=need, replace=True))
-    if not extra:
+    return np.concatenate(extra) if extra else np.zeros(0, dtype=np.int64)
+
+
+def oversample_dataset(train: ImageDataset, target: dict[str, int], seed: int) -> ImageDataset:
+    """Random duplication of real samples up to ``target`` total per class (:func:`oversample_indices`)."""
+    extra = oversample_indices(train.labels.numpy(), {train.class_names.index(c): n for c, n in target.items()}, seed)
+    if not len(extra):
         return train
-    dup = train.subset(np.concatenate(extra))
+    dup = train.subset(extra)
     dup.ids = [f"{i}#dup{j}" for j, i in enumerate(dup.ids)]
     return train.concat(dup)
 
 
-def balanced_targets(train: ImageDataset, strategy: Any) -> dict[str, int]:
+def class_targets(labels: Any, class_names: list[str], strategy: Any) -> dict[str, int]:
+    """Per-class totals after balancing ``labels`` (class indices): the real count plus what
+    :func:`~medbalance.synthesis.strategy.plan_sampling` adds for ``strategy`` (imbalanced-learn semantics)."""
     from medbalance.synthesis.strategy import plan_sampling
 
-    names = [train.class_names[i] for i in train.labels.tolist()]
-    plan = plan_sampling(names, strategy)
-    counts = train.class_counts()
-    return {c: counts[c] + int(plan.get(c, 0)) for c in train.class_names}
+    labels = np.asarray(labels, dtype=np.int64)
+    plan = plan_sampling([class_names[i] for i in labels.tolist()], strategy)
+    counts = np.bincount(labels, minlength=len(class_names))
+    return {c: int(counts[k]) + int(plan.get(c, 0)) for k, c in enumerate(class_names)}
+
+
+def balanced_targets(train: ImageDataset, strategy: Any) -> dict[str, int]:
+    """:func:`class_targets` of a training set."""
+    return class_targets(train.labels.numpy(), train.class_names, strategy)
 
 
 # ---------------------------------------------------------------------------------------------- experiment
 def arm_synthetic_counts(spec: ArmSpec, train: ImageDataset, targets: dict[str, int]) -> dict[str, int]:
     """How many synthetic images of each class the arm ``spec`` adds (or, synthetic-only, trains on)."""
-    counts = train.class_counts()
+    return synthetic_counts(spec, train.class_counts(), targets)
+
+
+def synthetic_counts(spec: ArmSpec, counts: dict[str, int], targets: dict[str, int]) -> dict[str, int]:
+    """:func:`arm_synthetic_counts` from the real per-class ``counts`` (image and feature arms alike)."""
     if spec.base in ("synthetic-only", PRETRAIN_ARM):
-        return {c: int(targets[c]) for c in train.class_names}
+        return {c: int(targets[c]) for c in counts}
     if spec.ratio_kind == "all":
         return {c: int(round(spec.ratio * n)) for c, n in counts.items()}
     extra = {c: max(int(targets[c]) - n, 0) for c, n in counts.items()}
@@ -591,6 +615,11 @@ def run_downstream(
                 compositions.setdefault(arm, comp)
                 results[arm].append(m)
                 bar.advance(task)
+    evaluation = None
+    if cfg.fidelity and source is not None:
+        evaluation = evaluate_synthetic(source, split, cfg)
+        if evaluation is not None:
+            atomic_write_json(out_dir / "evaluation.json", evaluation)
     if source is not None and source.missing:
         warnings.append(f"the synthetic set has no images of class(es) {', '.join(sorted(source.missing))}: "
                         "those classes got no synthetic images")
@@ -607,6 +636,7 @@ def run_downstream(
         "warnings": warnings,
         "synthetic_provenance": _provenance_summary(source),
         "synthetic_sets": synthetic_sets_summary(source),
+        "evaluated_synthetic_set": None if evaluation is None else evaluation["synthetic_set"],
         "duplicates": split_duplicate_summary(split),
         "seconds": round(time.perf_counter() - t_start, 1),
         "notes": [
@@ -616,6 +646,35 @@ def run_downstream(
     }
     atomic_write_json(out_dir / "downstream.json", report)
     return report
+
+
+def evaluate_synthetic(source: SyntheticSource, split: Split, cfg: DownstreamConfig) -> dict[str, Any] | None:
+    """Fidelity, diversity, image statistics and privacy of the synthetic images the first seed's arms used (its
+    unfiltered pool; a fixed synthetic set: the whole set), against the real training split, with the validation
+    split as held-out real images for privacy. None when no synthetic image was used."""
+    from medbalance.evaluation.evaluate import evaluate_datasets
+
+    seed = cfg.seeds[0]
+    if source.run is not None:
+        key = (seed, "none") if (seed, "none") in source.pools else next((k for k in sorted(source.pools)
+                                                                             if k[0] == seed), None)
+        if key is None:
+            return None
+        syn, what = source.pools[key], f"pool seed{key[0]}/{key[1]} ({source.pool_files.get(f'seed{key[0]}/{key[1]}')})"
+    elif source.dataset is not None:
+        syn, what = source.dataset, f"the synthetic set {source.path}"
+    else:
+        return None
+    if len(syn) < 2:
+        return None
+    ev = evaluate_datasets(real=split.train, synthetic=syn, extractor="pixels", extractor_options={"size": 16},
+                           per_class=True, privacy_train=split.train, privacy_holdout=split.val, use_cache=False,
+                           seed=seed, ms_ssim_pairs=100)
+    ev["privacy_holdout"] = "validation split (never seen by the generator)"
+    ev["synthetic_set"] = {"what": what, "n": len(syn), "seed": seed,
+                           "statement": f"fidelity, privacy and seed {seed}'s utility measured on the same {len(syn)} "
+                                        f"synthetic images: {what}"}
+    return ev
 
 
 def synthetic_sets_summary(source: SyntheticSource | None) -> dict[str, Any] | None:

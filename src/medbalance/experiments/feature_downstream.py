@@ -10,10 +10,12 @@ Pipeline (:func:`run_feature_augment`, CLI ``medbalance feature-augment``):
 3. the U-Net bottleneck of every slice into a memory-mapped store (:mod:`medbalance.synthesis.features`);
 4. a class-conditional ACGAN on the training-split features (:mod:`medbalance.models.feature_acgan`);
 5. a feature classifier (2 x [conv, BN, ReLU, max-pool], 2 FC with dropout 0.5) per arm and seed, selected on
-   real validation features, tested on real test features. Arms: ``real``, ``oversample`` (duplicate real
-   features to the balanced counts), ``class-weight``, ``real+synthetic`` (real + ACGAN features per class
-   following ``strategy``, imbalanced-learn semantics, kept only when D's class head agrees -- the paper's
-   filter). Features are standardised per channel with the real training statistics (all arms alike).
+   real validation features, tested on real test features. Arms use the image experiments' grammar, class
+   targets, oversampling and synthetic counts (:mod:`medbalance.experiments.downstream`): ``real``,
+   ``oversample`` (duplicate real features to the balanced counts), ``class-weight``, ``real+synthetic`` (real +
+   ACGAN features per class following ``strategy``, imbalanced-learn semantics, kept only when D's class head
+   agrees -- the paper's filter), ``real+synthetic@R`` / ``@Rx`` and ``+class-weight`` as for images. Features
+   are standardised per channel with the real training statistics (all arms alike).
 
 ``feature_downstream.json`` has the shape of ``downstream.json`` (``config``, ``task``, ``class_names``,
 ``split``, ``split_class_counts``, ``test_ids``, ``arm_training_sets``, ``results``, ``summary`` from
@@ -39,16 +41,23 @@ from medbalance.config import BaseConfig
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
 from medbalance.experiments.downstream import (
+    ArmSpec,
     DownstreamConfig,
+    check_arms,
+    check_seen_ids,
+    class_targets,
     make_split,
+    oversample_indices,
+    parse_arm,
     summarize_arms,
+    synthetic_counts,
 )
 from medbalance.training.metrics import classification_metrics
 from medbalance.utils.io import atomic_write_json
 from medbalance.utils.progress import make_progress
 from medbalance.utils.seed import seed_everything
 
-FEATURE_ARMS = ("real", "oversample", "class-weight", "real+synthetic")
+FEATURE_ARMS = ("real", "oversample", "class-weight", "real+synthetic")  # the arm bases features support
 FEATURE_EVAL_BATCH = 512  # feature maps are small: large no-grad batches
 
 PAPER_REFERENCE = {
@@ -116,12 +125,23 @@ class FeatureAugmentConfig(BaseConfig):
     progress: bool = True
 
 
+def feature_arm(arm: str) -> ArmSpec:
+    """:func:`~medbalance.experiments.downstream.parse_arm` restricted to the bases of :data:`FEATURE_ARMS`
+    (the D class filter is ``filter_generated``, not ``|filter=``)."""
+    try:
+        spec = parse_arm(arm)
+    except ConfigError:
+        spec = None
+    if spec is None or spec.base not in FEATURE_ARMS or spec.filter:
+        raise ConfigError(f"unknown feature arm {arm!r}; allowed: {', '.join(FEATURE_ARMS)}, real+synthetic@R, "
+                          "real+synthetic@Rx, with optional +class-weight")
+    return spec
+
+
 def check_feature_arms(arms: list[str]) -> None:
-    bad = [a for a in arms if a not in FEATURE_ARMS]
-    if bad:
-        raise ConfigError(f"unknown feature arm(s) {bad}; allowed: {', '.join(FEATURE_ARMS)}")
-    if "real" not in arms:
-        raise ConfigError("the arms must include 'real' (every other arm is compared with it)")
+    for a in arms:
+        feature_arm(a)
+    check_arms(arms)
 
 
 def segmentor_config(cfg: FeatureAugmentConfig):
@@ -208,58 +228,48 @@ def train_feature_classifier(
 
 
 # ---------------------------------------------------------------------------------------------- arms
-def feature_targets(y_train: torch.Tensor, class_names: list[str], strategy: Any) -> dict[str, int]:
-    """Per-class totals after balancing (``plan_sampling`` on class names, imbalanced-learn semantics)."""
-    from medbalance.synthesis.strategy import plan_sampling
-
-    names = [class_names[i] for i in y_train.tolist()]
-    plan = plan_sampling(names, strategy)
-    counts = np.bincount(y_train.numpy(), minlength=len(class_names))
-    return {c: int(counts[k]) + int(plan.get(c, 0)) for k, c in enumerate(class_names)}
-
-
 def arm_feature_set(
     arm: str, x: torch.Tensor, y: torch.Tensor, class_names: list[str], strategy: Any, seed: int,
     acgan: Any = None, filter_generated: bool = True, max_factor: float = 20.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], dict[str, Any]]:
-    """(features, labels, synthetic flags, training options, generation stats) of one arm (raw feature units)."""
+    """(features, labels, synthetic flags, training options, generation stats) of one arm (raw feature units).
+
+    Class targets, oversampling and synthetic counts are the image arms' (:func:`class_targets`,
+    :func:`oversample_indices`, :func:`synthetic_counts`)."""
     from medbalance.models.feature_acgan import generate_filtered
 
-    K = len(class_names)
-    counts = np.bincount(y.numpy(), minlength=K)
-    targets = feature_targets(y, class_names, strategy)
-    need = {k: targets[c] - int(counts[k]) for k, c in enumerate(class_names)}
+    spec = feature_arm(arm)
+    labels = y.numpy()
     none = torch.zeros(x.shape[0], dtype=torch.bool)
-    if arm == "real":
-        return x, y, none, {}, {}
-    if arm == "class-weight":
-        return x, y, none, {"class_weights": True}, {}
-    if arm == "oversample":
-        rng = np.random.default_rng(seed)
-        yn = y.numpy()
-        extra = [rng.choice(np.flatnonzero(yn == k), size=n, replace=True) for k, n in need.items() if n > 0]
-        if not extra:
-            return x, y, none, {}, {}
-        idx = torch.from_numpy(np.concatenate([np.arange(x.shape[0]), *extra]))
-        return x[idx], y[idx], torch.zeros(idx.shape[0], dtype=torch.bool), {}, {}
-    if arm == "real+synthetic":
-        if acgan is None:
-            raise ConfigError("arm 'real+synthetic' needs a trained feature ACGAN")
-        plan = {k: n for k, n in need.items() if n > 0}
-        if filter_generated:
-            xs, ys, stats = generate_filtered(acgan.generate, acgan.classify, plan, seed=seed, max_factor=max_factor)
-        else:
-            g = torch.Generator().manual_seed(seed)
-            ys = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in plan.items()]) if plan else torch.zeros(0, dtype=torch.long)
-            xs = acgan.generate(ys, g)
-            stats = {k: {"requested": n, "generated": n, "kept": n, "acceptance": float("nan"), "shortfall": 0}
-                     for k, n in plan.items()}
-        named = {class_names[k]: v for k, v in stats.items()}
-        if xs.shape[0] == 0:
-            return x, y, none, {}, named
-        flags = torch.cat([none, torch.ones(xs.shape[0], dtype=torch.bool)])
-        return torch.cat([x, xs.to(x.dtype)]), torch.cat([y, ys]), flags, {}, named
-    raise ConfigError(f"unknown feature arm {arm!r}; allowed: {', '.join(FEATURE_ARMS)}")
+    opts = {"class_weights": True} if spec.base == "class-weight" or spec.class_weight else {}
+    if spec.base in ("real", "class-weight"):
+        return x, y, none, opts, {}
+    targets = class_targets(labels, class_names, strategy)
+    if spec.base == "oversample":
+        extra = oversample_indices(labels, dict(enumerate(targets.values())), seed)
+        if not len(extra):
+            return x, y, none, opts, {}
+        idx = torch.from_numpy(np.concatenate([np.arange(x.shape[0]), extra]))
+        return x[idx], y[idx], torch.zeros(idx.shape[0], dtype=torch.bool), opts, {}
+    # real+synthetic
+    if acgan is None:
+        raise ConfigError(f"arm {arm!r} needs a trained feature ACGAN")
+    counts = dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist()))
+    n_syn = synthetic_counts(spec, counts, targets)
+    plan = {k: n_syn[c] for k, c in enumerate(class_names) if n_syn[c] > 0}
+    if filter_generated:
+        xs, ys, stats = generate_filtered(acgan.generate, acgan.classify, plan, seed=seed, max_factor=max_factor)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        ys = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in plan.items()]) if plan else torch.zeros(0, dtype=torch.long)
+        xs = acgan.generate(ys, g)
+        stats = {k: {"requested": n, "generated": n, "kept": n, "acceptance": float("nan"), "shortfall": 0}
+                 for k, n in plan.items()}
+    named = {class_names[k]: v for k, v in stats.items()}
+    if xs.shape[0] == 0:
+        return x, y, none, opts, named
+    flags = torch.cat([none, torch.ones(xs.shape[0], dtype=torch.bool)])
+    return torch.cat([x, xs.to(x.dtype)]), torch.cat([y, ys]), flags, opts, named
 
 
 def run_feature_downstream(
@@ -333,18 +343,6 @@ def whole_lesion(ds: ImageDataset) -> ImageDataset:
     return replace(ds, masks=(ds.masks > 0).long(), mask_values=[0, 1], meta=dict(ds.meta))
 
 
-def _segmentor_leakage(meta: dict[str, Any], split, path: Path) -> list[str]:
-    seen = set(meta.get("train_ids") or [])
-    if not seen:
-        raise DataError("the segmentor records no training ids, so leakage cannot be ruled out; retrain it", path=path)
-    bad = sorted(seen & set(split.test.ids))
-    if bad:
-        raise DataError(f"leakage: the segmentor was trained on {len(bad)} of the {len(split.test)} test slices "
-                        f"(e.g. {', '.join(bad[:3])}); train it on the experiment's training split only", path=path)
-    v = seen & set(split.val.ids)
-    return [f"the segmentor saw {len(v)} validation slices (model selection may be optimistic)"] if v else []
-
-
 def run_feature_augment(
     data: ImageDataset, cfg: FeatureAugmentConfig, out_dir: str | Path, segmentor: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -405,7 +403,7 @@ def _run_feature_augment(data: ImageDataset, cfg: FeatureAugmentConfig, out_dir:
             raise DataError(f"the segmentor was trained on {meta.get('in_channels')} x {meta.get('spatial_shape')} "
                             f"images, the data are {data.channels} x {list(data.spatial_shape)} (set --image-size)",
                             path=segmentor)
-        warnings += _segmentor_leakage(meta, split, Path(segmentor))
+        warnings += check_seen_ids(meta.get("train_ids"), split, model="segmentor", unit="slices", path=Path(segmentor))
         seg_info.update(source=str(segmentor), trained_here=False)
     else:
         tr, va = whole_lesion(split.train), whole_lesion(split.val)
@@ -499,7 +497,8 @@ __all__ = [
     "FeatureClassifierConfig",
     "PAPER_REFERENCE",
     "arm_feature_set",
-    "feature_targets",
+    "check_feature_arms",
+    "feature_arm",
     "run_feature_augment",
     "run_feature_downstream",
     "train_feature_classifier",

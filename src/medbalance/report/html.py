@@ -210,10 +210,10 @@ def data_method_section(res: Results, page: Page) -> None:
             warnings.append(f"the requested synthetic counts were not reached: {res.synthesis['report']['shortfall']}")
     if evaluation:
         warnings += [f"evaluation: {w}" for w in evaluation.get("warnings", [])]
-    same = (demo or {}).get("same_synthetic_set")
+    same = (demo or {}).get("same_synthetic_set") or (res.get("downstream") or {}).get("evaluated_synthetic_set")
     if same:
         dm["same_synthetic_set"] = same
-        kv.append(("synthetic images measured", (same["statement"] if same.get("same") else
+        kv.append(("synthetic images measured", (same["statement"] if same.get("same", True) else
                                                  "NOT the same synthetic images for fidelity/privacy and utility: "
                                                  + same["statement"])))
     if demo:

@@ -8,8 +8,9 @@ colour classes (``good`` green, ``bad`` red, ``neutral`` grey) always come with 
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from medbalance.utils.tables import finite, fmt_ci, fmt_num
 
 ALPHA = 0.05
 
@@ -25,22 +26,6 @@ WORD_CLASS = {"better": "good", "worse": "bad", "no evidence": "neutral",
               "helps": "good", "hurts": "bad"}
 
 
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def fmt_num(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, (bool, int)):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "n/a"
-        return f"{v:.{digits}f}" if abs(v) >= 10 ** (-digits) or v == 0 else f"{v:.2g}"
-    return str(v)
-
-
 def fmt_p(p: Any) -> str:
     if not finite(p):
         return "n/a"
@@ -48,13 +33,6 @@ def fmt_p(p: Any) -> str:
     if p < 0.001:
         return "p < 0.001"
     return f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
-
-
-def fmt_ci(e: Any, digits: int = 3) -> str:
-    """``mean [low, high]`` of a summary dict; ``n/a`` for what is missing."""
-    if not isinstance(e, dict):
-        return "n/a"
-    return f"{fmt_num(e.get('mean'), digits)} [{fmt_num(e.get('ci_low'), digits)}, {fmt_num(e.get('ci_high'), digits)}]"
 
 
 def compare(mean: Any, baseline_mean: Any, p_values: list[Any]) -> str:

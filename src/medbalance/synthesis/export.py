@@ -56,7 +56,7 @@ def read_provenance(manifest: str | Path) -> dict[str, Any] | None:
     ``provenance.json`` beside the manifest; their digest must equal the manifest's ``train_ids_sha256``
     column on every synthetic row (else :class:`DataError`: the provenance does not belong to these images).
     """
-    from medbalance.data.manifest import parse_synthetic_flag
+    from medbalance.data.manifest import parse_synthetic_flag, read_manifest_rows
     from medbalance.errors import DataError
     from medbalance.utils.io import ids_digest
 
@@ -66,8 +66,7 @@ def read_provenance(manifest: str | Path) -> dict[str, Any] | None:
     prov_path = manifest.parent / PROVENANCE_FILE
     if not manifest.is_file():
         return None
-    with open(manifest, newline="") as f:
-        rows = list(csv.DictReader(f))
+    _, rows = read_manifest_rows(manifest)
     digests = {(r.get("train_ids_sha256") or "") for r in rows if parse_synthetic_flag(r.get("synthetic"))}
     if not prov_path.is_file() or not digests or digests == {""}:
         return None
