@@ -52,6 +52,7 @@ from medbalance.experiments.downstream import (
 )
 from medbalance.utils.io import atomic_write_json, atomic_write_text, read_json
 from medbalance.utils.progress import console, make_progress
+from medbalance.utils.tables import finite, fmt_ci, fmt_num
 
 BASELINE_ARMS = ("real", "oversample", "class-weight", "augment")
 # grid axes: a finished benchmark can be extended along these (finished cells stay valid)
@@ -761,12 +762,12 @@ def _holm_verdicts(rows: list[dict[str, Any]], primary: list[str], alpha: float)
 
 
 # ---------------------------------------------------------------------------------------------- markdown
-def _fmt(x: Any, nd: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+def _diff(v: dict[str, Any]) -> str:
+    """``+0.012 [-0.030, +0.050] vs BASELINE, p=…`` of a paired comparison (``n/a`` without pairs)."""
+    if not finite(v.get("diff")):
         return "n/a"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
-    return str(x)
+    return (f"{v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] vs {v['baseline']}, "
+            f"p={fmt_num(v.get('p_holm'))}")
 
 
 def leaderboard_markdown(rep: dict[str, Any]) -> str:
@@ -781,7 +782,7 @@ def leaderboard_markdown(rep: dict[str, Any]) -> str:
         for m in prim:
             e = ms.get(m)
             star = " (best)" if rep["best_baseline"].get(m) == a else ""
-            cells.append("n/a" if e is None else f"{_fmt(e['mean'])} [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]{star}")
+            cells.append(fmt_ci(e) + star)
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines += ["", "| generator | arm | " + " | ".join(f"{m} | Δ vs best baseline [CI], p_Holm" for m in prim)
               + " | verdict |", "|---|---|" + "---|---|" * len(prim) + "---|"]
@@ -789,9 +790,7 @@ def leaderboard_markdown(rep: dict[str, Any]) -> str:
         cells = []
         for m in prim:
             e, v = r["metrics"].get(m), r["vs_best_baseline"][m]
-            cells.append("n/a" if e is None else f"{_fmt(e['mean'])} [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]")
-            cells.append(f"{v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] vs {v['baseline']}, "
-                         f"p={_fmt(v['p_holm'])}" if not math.isnan(v["diff"]) else "n/a")
+            cells += [fmt_ci(e), _diff(v)]
         lines.append(f"| {r['generator']} | {r['arm']} | " + " | ".join(cells) + f" | **{r['verdict']}** |")
     gens = rep.get("generators") or {}
     if any(g.get("fidelity") or g.get("privacy") for g in gens.values()):
@@ -799,10 +798,10 @@ def leaderboard_markdown(rep: dict[str, Any]) -> str:
                   "NN dist. syn->train (real held-out) |", "|---|---|---|---|---|---|---|---|---|"]
         for name, g in gens.items():
             f, d, p = g.get("fidelity") or {}, g.get("diversity") or {}, g.get("privacy") or {}
-            lines.append(f"| {name} | {_fmt(g.get('steps'))} | {_fmt(g.get('train_seconds'), 0)} | {_fmt(f.get('fd'))} | "
-                         f"{_fmt(f.get('kid'), 4)} | {_fmt(f.get('precision'))} | {_fmt(f.get('recall'))} | "
-                         f"{_fmt(d.get('ms_ssim'))} ({_fmt(d.get('ms_ssim_real'))}) | "
-                         f"{_fmt(p.get('nn_distance_median'))} ({_fmt(p.get('real_nn_distance_median'))}) |")
+            lines.append(f"| {name} | {fmt_num(g.get('steps'))} | {fmt_num(g.get('train_seconds'), 0)} | "
+                         f"{fmt_num(f.get('fd'))} | {fmt_num(f.get('kid'), 4)} | {fmt_num(f.get('precision'))} | "
+                         f"{fmt_num(f.get('recall'))} | {fmt_num(d.get('ms_ssim'))} ({fmt_num(d.get('ms_ssim_real'))}) | "
+                         f"{fmt_num(p.get('nn_distance_median'))} ({fmt_num(p.get('real_nn_distance_median'))}) |")
     return "\n".join(lines) + "\n"
 
 

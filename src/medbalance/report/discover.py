@@ -1,23 +1,8 @@
 """What a results folder contains, read through the toolkit's own loaders.
 
-:func:`discover` looks at the folder and up to two levels below for what medbalance writes:
-
-==================== ==========================================================================
-key                  marker
-==================== ==========================================================================
-``demo``             ``demo.json`` (``medbalance demo``)
-``downstream``       ``downstream.json`` (``medbalance downstream``)
-``feature``          ``feature_downstream.json`` (``medbalance feature-augment``)
-``benchmark``        ``benchmark.json`` (``medbalance benchmark``)
-``evaluation``       ``evaluation.json`` (``medbalance evaluate --json``)
-``run``              a generator run folder: ``config.yaml`` + ``losses.csv`` or ``checkpoints/``
-``export``           a rebalanced export: ``manifest.csv`` + ``synthesis.json`` or ``model_card.json``
-==================== ==========================================================================
-
-:func:`load_results` reads them: JSON with :func:`medbalance.utils.io.read_json`, the run config with
-:func:`medbalance.training.config.read_saved_run_config`, the losses with
-:func:`medbalance.training.logging.read_losses_csv`, the export manifest with
-:func:`medbalance.data.manifest.read_manifest_rows` (``synthetic`` column: :func:`parse_synthetic_flag`).
+:func:`discover` looks in the folder and up to two levels below for the files of :data:`JSON_MARKERS`, a generator
+run folder (``config.yaml`` + ``losses.csv`` or ``checkpoints/``) and a rebalanced export (``manifest.csv`` +
+``synthesis.json`` or ``model_card.json``); :func:`load_results` reads them.
 """
 
 from __future__ import annotations
@@ -30,13 +15,8 @@ from medbalance.data.manifest import parse_synthetic_flag, read_manifest_rows
 from medbalance.errors import DataError
 from medbalance.utils.io import read_json
 
-JSON_MARKERS = {
-    "demo": "demo.json",
-    "downstream": "downstream.json",
-    "feature": "feature_downstream.json",
-    "benchmark": "benchmark.json",
-    "evaluation": "evaluation.json",
-}
+JSON_MARKERS = {"demo": "demo.json", "downstream": "downstream.json", "feature": "feature_downstream.json",
+                "benchmark": "benchmark.json", "evaluation": "evaluation.json"}
 
 
 def is_run_dir(p: Path) -> bool:
@@ -54,16 +34,14 @@ def _subdirs(p: Path) -> list[Path]:
 def discover(root: Path) -> dict[str, Path]:
     """Paths of what the report uses under ``root`` (itself and up to two levels below; first match wins)."""
     level1 = _subdirs(root)
-    folders = [root, *level1, *(d for c in level1 for d in _subdirs(c))]
     found: dict[str, Path] = {}
-    for d in folders:
+    for d in [root, *level1, *(d for c in level1 for d in _subdirs(c))]:
         for key, name in JSON_MARKERS.items():
             if key not in found and (d / name).is_file():
                 found[key] = d / name
-        if "run" not in found and is_run_dir(d):
-            found["run"] = d
-        if "export" not in found and is_export_dir(d):
-            found["export"] = d
+        for key, is_kind in (("run", is_run_dir), ("export", is_export_dir)):
+            if key not in found and is_kind(d):
+                found[key] = d
     return found
 
 
@@ -110,14 +88,8 @@ class Results:
         return self.json.get(key)
 
 
-def read_export(folder: Path) -> ExportManifest:
-    path = folder / "manifest.csv"
-    _, rows = read_manifest_rows(path)
-    try:
-        flags = [parse_synthetic_flag(r.get("synthetic")) for r in rows]
-    except DataError as e:
-        raise DataError(e.problem, path=path) from None
-    return ExportManifest(folder=folder, rows=rows, synthetic=flags)
+def _json_if_file(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None
 
 
 def load_results(root: Path) -> Results:
@@ -140,8 +112,7 @@ def load_results(root: Path) -> Results:
 
         res.run_dir = run_dir
         res.run_config = read_saved_run_config(run_dir / "config.yaml").model_dump(mode="json")
-        if (run_dir / "train_ids.json").is_file():
-            res.train_ids = read_json(run_dir / "train_ids.json")
+        res.train_ids = _json_if_file(run_dir / "train_ids.json")
         if (run_dir / "losses.csv").is_file():
             try:
                 res.losses = read_losses_csv(run_dir / "losses.csv")
@@ -149,11 +120,13 @@ def load_results(root: Path) -> Results:
                 raise DataError(f"cannot read losses ({e})", path=run_dir / "losses.csv") from None
     export = found.get("export")
     if export is not None:
-        res.export = read_export(export)
-        if (export / "synthesis.json").is_file():
-            res.synthesis = read_json(export / "synthesis.json")
-        if (export / "model_card.json").is_file():
-            res.model_card = read_json(export / "model_card.json")
+        _, rows = read_manifest_rows(export / "manifest.csv")
+        try:
+            flags = [parse_synthetic_flag(r.get("synthetic")) for r in rows]
+        except DataError as e:
+            raise DataError(e.problem, path=export / "manifest.csv") from None
+        res.export = ExportManifest(folder=export, rows=rows, synthetic=flags)
+        res.synthesis, res.model_card = _json_if_file(export / "synthesis.json"), _json_if_file(export / "model_card.json")
     return res
 
 

@@ -1,7 +1,5 @@
-"""The report's figures as PNG bytes: class distribution, losses, per-class metric bars, sample grids.
-
-Images are read with :mod:`medbalance.data.imageio` and drawn with :mod:`medbalance.utils.imaging`.
-"""
+"""The report's figures as PNG bytes: class distribution, losses, per-class metric bars, sample grids (images read
+with :mod:`medbalance.data.imageio`, drawn with :mod:`medbalance.utils.imaging`)."""
 
 from __future__ import annotations
 
@@ -11,15 +9,8 @@ from typing import Any
 import numpy as np
 
 from medbalance.report.discover import ExportManifest
-from medbalance.utils.imaging import (
-    MASK_COLOUR_NAMES,
-    array_to_display,
-    figure_png,
-    mask_outlines,
-    paint_outlines,
-    png_bytes,
-    tile_row,
-)
+from medbalance.utils.imaging import (MASK_COLOUR_NAMES, array_to_display, figure_png, mask_outlines, paint_outlines,
+                                     png_bytes, tile_row)
 
 GRID_COLUMNS = 5  # images per class and kind in the sample grids
 ANATOMY_AREA = 0.2  # labels covering more of the image than this (on average) are anatomy: not outlined
@@ -35,6 +26,17 @@ def _figure(size: tuple[float, float]):
     return fig, fig.add_subplot(111)
 
 
+def _bar_png(fig, ax, names: list[str], ylabel: str, ymax: float, legend: dict[str, Any], title: str, **kw) -> bytes:
+    ax.set_xticks(np.arange(len(names)))
+    ax.set_xticklabels(names, fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, ymax)
+    ax.legend(fontsize=8, frameon=False, **legend)
+    ax.set_title(title, fontsize=10, **kw)
+    ax.spines[["top", "right"]].set_visible(False)
+    return figure_png(fig, dpi=100)
+
+
 def class_distribution_png(before: dict[str, int], after: dict[str, int] | None) -> bytes:
     names = list(before)
     x = np.arange(len(names))
@@ -48,14 +50,8 @@ def class_distribution_png(before: dict[str, int], after: dict[str, int] | None)
         ax.bar(x + w / 2, real_part, w, color="#9cb8d6", label="after: real")
         b3 = ax.bar(x + w / 2, syn_part, w, bottom=real_part, color="#e08a3c", label="after: synthetic")
         ax.bar_label(b3, labels=[str(after.get(n, 0)) for n in names], fontsize=8)
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, fontsize=9)
-    ax.set_ylabel("images")
-    ax.set_ylim(0, 1.12 * max([*before.values(), *(after or {}).values(), 1]))
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("training-set class distribution", fontsize=10, pad=12)
-    ax.spines[["top", "right"]].set_visible(False)
-    return figure_png(fig, dpi=100)
+    return _bar_png(fig, ax, names, "images", 1.12 * max([*before.values(), *(after or {}).values(), 1]),
+                    {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)}, "training-set class distribution", pad=12)
 
 
 def losses_png(rows: list[dict[str, float]]) -> bytes:
@@ -95,14 +91,9 @@ def per_class_png(downstream: dict[str, Any], metric_prefix: str, label: str) ->
         hi = [max(0.0, float(e["ci_high"]) - m) if e else 0.0 for m, e in zip(means, entries)]
         ax.bar(x - 0.4 + w * (i + 0.5), means, w, yerr=[lo, hi], capsize=3, label=arm,
                color=ARM_COLOURS.get(arm) or EXTRA_COLOURS[i % len(EXTRA_COLOURS)], error_kw={"lw": 1})
-    ax.set_xticks(x)
-    ax.set_xticklabels(classes, fontsize=9)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(f"{label} (mean over seeds)")
-    ax.legend(fontsize=8, frameon=False, ncol=min(len(arms), 4), loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    ax.set_title(f"per-class {label} on the real test set, error bars: 95 % bootstrap CI over seeds", fontsize=10)
-    ax.spines[["top", "right"]].set_visible(False)
-    return figure_png(fig, dpi=100)
+    return _bar_png(fig, ax, classes, f"{label} (mean over seeds)", 1.05,
+                    {"ncol": min(len(arms), 4), "loc": "upper center", "bbox_to_anchor": (0.5, -0.12)},
+                    f"per-class {label} on the real test set, error bars: 95 % bootstrap CI over seeds")
 
 
 # ------------------------------------------------------------------------------------------- sample grids
@@ -110,28 +101,14 @@ def _is_volume(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
-def _read_display(path: Path) -> np.ndarray | None:
-    """(H, W, 3) uint8 of one exported image, or None for volumes (not shown)."""
+def _read_display(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 of one exported (non-volume) image."""
     from medbalance.data.imageio import read_image
 
-    if _is_volume(path):
-        return None
     if path.suffix.lower() == ".npy":  # float exports: (C, H, W) float32 in source units (see synthesis.export)
         return array_to_display(np.load(path, allow_pickle=False), "float")
     li = read_image(path)
     return array_to_display(li.array, li.kind)
-
-
-def _pick(export: ExportManifest) -> tuple[list[str], dict[tuple[str, str], list[dict[str, str]]]]:
-    """Classes in first-seen order and rows per (class, kind)."""
-    by: dict[tuple[str, str], list[dict[str, str]]] = {}
-    classes: list[str] = []
-    for r, syn in zip(export.rows, export.synthetic):
-        c = r.get("label", "")
-        if c not in classes:
-            classes.append(c)
-        by.setdefault((c, "synthetic" if syn else "real"), []).append(r)
-    return classes, by
 
 
 def sample_grids(export: ExportManifest, per_class: int = GRID_COLUMNS) -> tuple[list[dict[str, Any]], list[str]]:
@@ -143,15 +120,18 @@ def sample_grids(export: ExportManifest, per_class: int = GRID_COLUMNS) -> tuple
 
     from medbalance.data.imageio import read_mask
 
-    classes, by = _pick(export)
+    by: dict[tuple[str, str], list[dict[str, str]]] = {}  # rows per (class, kind), classes in first-seen order
+    for r, syn in zip(export.rows, export.synthetic):
+        by.setdefault((r.get("label", ""), "synthetic" if syn else "real"), []).append(r)
+    classes = list(dict.fromkeys(c for c, _ in by))
     picked: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray | None]]] = {}
     for key, rs in by.items():
         idx = np.unique(np.linspace(0, len(rs) - 1, num=min(per_class, len(rs))).round().astype(int))
         items = []
         for r in (rs[int(i)] for i in idx):
-            img = _read_display(export.folder / r["image"])
-            if img is None:
+            if _is_volume(export.folder / r["image"]):
                 continue
+            img = _read_display(export.folder / r["image"])
             mp = export.folder / r["mask"] if r.get("mask") else None
             m = read_mask(mp).astype(np.int64) if mp is not None and mp.is_file() and not _is_volume(mp) else None
             items.append((img, m))
@@ -178,9 +158,7 @@ def sample_grids(export: ExportManifest, per_class: int = GRID_COLUMNS) -> tuple
                     im = paint_outlines(torch.from_numpy(im)[None], outl)[0].numpy()
                 tiles.append(im)
             canvas = tile_row(tiles)
-            entry[kind] = png_bytes(canvas)
-            entry[f"{kind}_width"] = canvas.shape[1]
-            entry[f"n_{kind}"] = len(by.get((c, kind), []))
+            entry.update({kind: png_bytes(canvas), f"{kind}_width": canvas.shape[1], f"n_{kind}": len(by[(c, kind)])})
         out.append(entry)
     if drawn:
         names = ", ".join(f"value {v} ({MASK_COLOUR_NAMES[k % len(MASK_COLOUR_NAMES)]})" for k, v in enumerate(drawn))

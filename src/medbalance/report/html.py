@@ -1,18 +1,11 @@
 """HTML assembly: :func:`build_report` and one function per report section.
 
-``build_report(root)`` reads what medbalance wrote under ``root`` (:mod:`medbalance.report.discover`) and writes
-
-- ``report.html``: one file, images embedded as base64 PNG, inline CSS, no external resources (opens
-  offline, can be mailed or attached to a paper's supplement);
-- ``report.json``: every number the HTML shows, for checking and for other tools.
-
-Sections (each only when its data exists; the ``id`` of each ``<section>`` is stable): ``data-method``,
-``leaderboard``, ``verdicts``, ``class-distribution``, ``sample-grids``, ``training-curves``, ``fidelity``,
-``privacy``, ``downstream``, ``per-class-recall``, ``feature-downstream``.
-
-Colours always come with words: in the downstream tables a row is green and says "better" when the arm is
-significantly better than real-only (p < 0.05), red and "worse" when significantly worse, neutral and
-"no evidence" otherwise (:mod:`medbalance.report.verdicts`).
+``build_report(root)`` writes ``report.html`` (one file: images embedded as base64 PNG, inline CSS, no external
+resources) and ``report.json`` (every number the HTML shows). Each section appears only when its data exists; the
+``id`` of each ``<section>`` is stable: ``data-method``, ``leaderboard``, ``verdicts``, ``class-distribution``,
+``sample-grids``, ``training-curves``, ``fidelity``, ``privacy``, ``downstream``, ``per-class-recall``,
+``feature-downstream``. Colours always come with words (:mod:`medbalance.report.verdicts`): green "better", red
+"worse", neutral "no evidence" against real-only.
 """
 
 from __future__ import annotations
@@ -25,63 +18,35 @@ from pathlib import Path
 from typing import Any
 
 from medbalance.report.discover import Results, load_results
-from medbalance.report.figures import (
-    class_distribution_png,
-    losses_png,
-    per_class_png,
-    sample_grids,
-)
-from medbalance.report.leaderboard import leaderboard_tables
-from medbalance.report.verdicts import (
-    ALPHA,
-    compare,
-    finite,
-    fmt_num,
-    make_verdicts,
-    word_class,
-)
+from medbalance.report.figures import class_distribution_png, losses_png, per_class_png, sample_grids
+from medbalance.report.leaderboard import FIDELITY_KEYS, leaderboard_tables
+from medbalance.report.verdicts import ALPHA, compare, make_verdicts, word_class
 from medbalance.utils.imaging import png_data_uri
 from medbalance.utils.io import atomic_write_json, atomic_write_text
+from medbalance.utils.tables import finite, fmt_num
 
 GRID_ZOOM = 1.7  # display zoom of the sample grids (small images)
 GRID_MAX_WIDTH = 520
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
-header{background:#1f3b5a;color:#fff;padding:18px 32px}
-header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;opacity:.85;font-size:13px}
-main{max-width:1180px;margin:0 auto;padding:12px 24px 40px}
+header{background:#1f3b5a;color:#fff;padding:18px 32px} header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;opacity:.85;font-size:13px} main{max-width:1180px;margin:0 auto;padding:12px 24px 40px}
 section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:14px 22px 18px;margin:16px 0;overflow-x:auto}
 h2{font-size:18px;margin:4px 0 10px;color:#1f3b5a;border-bottom:1px solid #e3e6ea;padding-bottom:6px}
 h3{font-size:14px;margin:14px 0 6px;color:#33435a}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
 th,td{border:1px solid #dde1e6;padding:3px 8px;text-align:right;white-space:nowrap}
-th{background:#eef1f5;text-align:center}
-td.l,th.l{text-align:left}
-tr.good td{background:#e3f4e6}
-tr.bad td{background:#fbe5e5}
-td.w{font-weight:600}
-tr.good td.w,li.good{color:#17692b}
-tr.bad td.w,li.bad{color:#a11d1d}
-tr.neutral td.w,li.neutral{color:#5b6470}
-tr td.w.good{color:#17692b}
-tr td.w.bad{color:#a11d1d}
-tr td.w.neutral{color:#5b6470}
-table.lb th{white-space:normal;max-width:160px}
-table.lb td,table.lb th{padding:3px 6px}
-li.good,li.bad{font-weight:600}
-img{max-width:100%;height:auto;display:block;margin:6px 0}
-img.px{image-rendering:pixelated}
-.grid{display:flex;flex-wrap:wrap;gap:18px}
-.grid figure{margin:0}
-figcaption{font-size:12px;color:#55606e}
-ul.verdicts li{margin:5px 0;line-height:1.4}
-.warn{color:#8a5a00;font-size:13px}
-.note{font-size:12px;color:#55606e}
+th{background:#eef1f5;text-align:center} td.l,th.l{text-align:left}
+tr.good td{background:#e3f4e6} tr.bad td{background:#fbe5e5} td.w{font-weight:600}
+tr.good td.w,li.good{color:#17692b} tr.bad td.w,li.bad{color:#a11d1d} tr.neutral td.w,li.neutral{color:#5b6470}
+tr td.w.good{color:#17692b} tr td.w.bad{color:#a11d1d} tr td.w.neutral{color:#5b6470}
+table.lb th{white-space:normal;max-width:160px} table.lb td,table.lb th{padding:3px 6px} li.good,li.bad{font-weight:600}
+img{max-width:100%;height:auto;display:block;margin:6px 0} img.px{image-rendering:pixelated}
+.grid{display:flex;flex-wrap:wrap;gap:18px} .grid figure{margin:0} figcaption{font-size:12px;color:#55606e}
+ul.verdicts li{margin:5px 0;line-height:1.4} .warn{color:#8a5a00;font-size:13px} .note{font-size:12px;color:#55606e}
 dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px;margin:4px 0}
-dl.kv dt{font-weight:600;color:#33435a}
-dl.kv dd{margin:0}
+dl.kv dt{font-weight:600;color:#33435a} dl.kv dd{margin:0}
 """
 
 
@@ -116,8 +81,8 @@ def table(header: list[str], rows: list[list[Any]], left: int = 1, row_classes: 
     return f"<table{tcls}><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{esc(sid)}"><h2>{esc(title)}</h2>{body}</section>'
+def h3(title: str) -> str:
+    return f"<h3>{esc(title)}</h3>"
 
 
 def kv_list(items: list[tuple[str, Any]]) -> str:
@@ -128,8 +93,12 @@ def note(text: str, cls: str = "note") -> str:
     return f'<p class="{cls}">{esc(text)}</p>'
 
 
-def counts_txt(d: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in d.items())
+def notes(texts: list[str]) -> str:
+    return "".join(note(t) for t in texts)
+
+
+def pairs_txt(d: dict[str, Any], sep: str = " ") -> str:
+    return ", ".join(f"{k}{sep}{v}" for k, v in d.items())
 
 
 @dataclass
@@ -140,43 +109,10 @@ class Page:
     sections: list[str] = field(default_factory=list)
 
     def add(self, sid: str, title: str, body: str) -> None:
-        self.sections.append(section(sid, title, body))
+        self.sections.append(f'<section id="{esc(sid)}"><h2>{esc(title)}</h2>{body}</section>')
 
 
 # ============================================================================================ sections
-def _downstream_kv(ds: dict[str, Any], dm: dict[str, Any]) -> list[tuple[str, Any]]:
-    kv = []
-    dm["split"], dm["split_class_counts"] = ds.get("split"), ds.get("split_class_counts")
-    for part, counts in (ds.get("split_class_counts") or {}).items():
-        kv.append((f"{part} split", f"{sum(counts.values())} images: {counts_txt(counts)}"))
-    cfg = ds.get("config") or {}
-    dm["seeds"], dm["arms"] = cfg.get("seeds"), cfg.get("arms")
-    kv.append(("downstream task", (f"{ds.get('task')}; arms {', '.join(cfg.get('arms') or [])}; "
-               f"{len(cfg.get('seeds') or [])} seeds {cfg.get('seeds')}; {cfg.get('epochs', 'preset')} epochs per "
-               "model; epoch selected on real validation data, tested on real test data only")))
-    dups = ds.get("duplicates")
-    if dups is not None:  # identical (and near-duplicate) images kept on one side of the split
-        kv.append(("duplicates grouped in the split", (f"{dups.get('groups', 0)} groups of identical images "
-                   f"({dups.get('images', 0)} images), {dups.get('near_duplicate_groups', 0)} near-duplicate "
-                   "groups; each group kept on one side")))
-    prov = ds.get("synthetic_provenance")
-    if prov is not None:
-        kv.append(("synthetic provenance", "verified: the generator's training ids include no test id"
-                   if prov.get("verified") else "UNVERIFIED (--allow-unverified-synthetic)"))
-    return kv
-
-
-def _generator_kv(gen_cfg: dict[str, Any], dm: dict[str, Any]) -> list[tuple[str, Any]]:
-    model, train_c = gen_cfg.get("model") or {}, gen_cfg.get("train") or {}
-    dm["generator"] = {"name": model.get("name"), "preset": model.get("preset"), "params": model.get("params"),
-                       "steps": train_c.get("steps"), "epochs": train_c.get("epochs"),
-                       "batch_size": train_c.get("batch_size")}
-    params = ", ".join(f"{k}={v}" for k, v in (model.get("params") or {}).items()) or "preset defaults"
-    length = f"{train_c.get('steps')} steps" if train_c.get("steps") is not None else f"{train_c.get('epochs')} epochs"
-    return [("generator", f"{model.get('name')} (preset {model.get('preset')}; {params})"),
-            ("generator training", f"{length}, batch {train_c.get('batch_size')}, seed {train_c.get('seed')}")]
-
-
 def data_method_section(res: Results, page: Page) -> None:
     kv: list[tuple[str, Any]] = []
     dm: dict[str, Any] = {}
@@ -184,28 +120,50 @@ def data_method_section(res: Results, page: Page) -> None:
     demo, evaluation, bench = res.get("demo"), res.get("evaluation"), res.get("benchmark")
     if demo:
         dm["dataset"] = demo.get("dataset")
-        kv.append(("dataset", (demo.get("dataset") or {}).get("description", "")))
-        kv.append(("all images per class", counts_txt((demo.get("dataset") or {}).get("class_counts") or {})))
-    if bench and not demo:
-        kv.append(("dataset", (f"{bench.get('dataset')} ({bench.get('task')}; rarest training class "
-                              f"{bench.get('minority')})")))
+        kv += [("dataset", (demo.get("dataset") or {}).get("description", "")),
+               ("all images per class", pairs_txt((demo.get("dataset") or {}).get("class_counts") or {}))]
+    elif bench:
+        kv.append(("dataset", f"{bench.get('dataset')} ({bench.get('task')}; rarest training class {bench.get('minority')})"))
     ds = res.get("downstream") or res.get("feature")
     if ds:
-        kv += _downstream_kv(ds, dm)
+        dm["split"], dm["split_class_counts"] = ds.get("split"), ds.get("split_class_counts")
+        kv += [(f"{part} split", f"{sum(counts.values())} images: {pairs_txt(counts)}")
+               for part, counts in (ds.get("split_class_counts") or {}).items()]
+        cfg = ds.get("config") or {}
+        dm["seeds"], dm["arms"] = cfg.get("seeds"), cfg.get("arms")
+        kv.append(("downstream task", (f"{ds.get('task')}; arms {', '.join(cfg.get('arms') or [])}; "
+                   f"{len(cfg.get('seeds') or [])} seeds {cfg.get('seeds')}; {cfg.get('epochs', 'preset')} epochs per "
+                   "model; epoch selected on real validation data, tested on real test data only")))
+        dups = ds.get("duplicates")
+        if dups is not None:  # identical (and near-duplicate) images kept on one side of the split
+            kv.append(("duplicates grouped in the split", (f"{dups.get('groups', 0)} groups of identical images "
+                       f"({dups.get('images', 0)} images), {dups.get('near_duplicate_groups', 0)} near-duplicate "
+                       "groups; each group kept on one side")))
+        prov = ds.get("synthetic_provenance")
+        if prov is not None:
+            kv.append(("synthetic provenance", "verified: the generator's training ids include no test id"
+                       if prov.get("verified") else "UNVERIFIED (--allow-unverified-synthetic)"))
     for key in ("downstream", "feature"):
         warnings += [(f"feature level: {w}" if key == "feature" else w) for w in (res.get(key) or {}).get("warnings") or []]
     gen_cfg = res.run_config or res.model_card
     if gen_cfg:
-        kv += _generator_kv(gen_cfg, dm)
+        model, train_c = gen_cfg.get("model") or {}, gen_cfg.get("train") or {}
+        dm["generator"] = {"name": model.get("name"), "preset": model.get("preset"), "params": model.get("params"),
+                           "steps": train_c.get("steps"), "epochs": train_c.get("epochs"),
+                           "batch_size": train_c.get("batch_size")}
+        length = f"{train_c.get('steps')} steps" if train_c.get("steps") is not None else f"{train_c.get('epochs')} epochs"
+        kv += [("generator", f"{model.get('name')} (preset {model.get('preset')}; "
+                             f"{pairs_txt(model.get('params') or {}, '=') or 'preset defaults'})"),
+               ("generator training", f"{length}, batch {train_c.get('batch_size')}, seed {train_c.get('seed')}")]
     if res.train_ids is not None:
         n_tr, n_ho = len(res.train_ids.get("train", [])), len(res.train_ids.get("heldout", []))
         dm["generator_train_images"], dm["generator_heldout_images"] = n_tr, n_ho
         kv.append(("generator trained on", f"{n_tr} images ({n_ho} held out)"))
     if res.synthesis:
         dm["synthesis_plan"] = res.synthesis.get("plan")
-        kv.append(("synthesis plan (new images per class)", counts_txt(res.synthesis.get("plan") or {})))
+        kv.append(("synthesis plan (new images per class)", pairs_txt(res.synthesis.get("plan") or {})))
         if res.synthesis.get("options"):
-            kv.append(("synthesis options", ", ".join(f"{k}={v}" for k, v in res.synthesis["options"].items())))
+            kv.append(("synthesis options", pairs_txt(res.synthesis["options"], "=")))
         if (res.synthesis.get("report") or {}).get("shortfall"):
             warnings.append(f"the requested synthetic counts were not reached: {res.synthesis['report']['shortfall']}")
     if evaluation:
@@ -223,7 +181,7 @@ def data_method_section(res: Results, page: Page) -> None:
     page.numbers["data_method"], page.numbers["warnings"] = dm, warnings
     body = kv_list(kv)
     if warnings:
-        body += "<h3>warnings</h3><ul>" + "".join(f'<li class="warn">{esc(w)}</li>' for w in warnings) + "</ul>"
+        body += h3("warnings") + "<ul>" + "".join(f'<li class="warn">{esc(w)}</li>' for w in warnings) + "</ul>"
     page.add("data-method", "Data & method", body)
 
 
@@ -234,17 +192,11 @@ def leaderboard_section(res: Results, page: Page) -> None:
     lb = leaderboard_tables(bench)
     page.numbers["leaderboard"] = lb["numbers"]
     header, rows, classes, cell_classes = lb["board"]
-    body = note(lb["intro"]) + note(lb["coverage"])
-    body += "<h3>baselines (mean [95 % CI])</h3>" + table(*lb["baselines"])
-    body += "<h3>generators x arms, best first</h3>" + table(header, rows, left=2, row_classes=classes,
-                                                             cell_classes=cell_classes, css_class="lb")
-    body += "".join(note(n) for n in lb["notes"]) + "<h3>generators</h3>" + table(*lb["generators"])
-    page.add("leaderboard", "Benchmark leaderboard", body)
-
-
-def _verdict_items(verdicts: list[dict[str, Any]]) -> str:
-    return "".join(f'<li class="{word_class(v["direction"])}">[{esc(v["direction"])}] {esc(v["text"])}</li>'
-                   for v in verdicts)
+    page.add("leaderboard", "Benchmark leaderboard", (
+        notes([lb["intro"], lb["coverage"]]) + h3("baselines (mean [95 % CI])") + table(*lb["baselines"])
+        + h3("generators x arms, best first")
+        + table(header, rows, left=2, row_classes=classes, cell_classes=cell_classes, css_class="lb")
+        + notes(lb["notes"]) + h3("generators") + table(*lb["generators"])))
 
 
 VERDICT_NOTE = ("Significant = two-sided Wilcoxon signed-rank p < 0.05 against the real-only arm; per-class results "
@@ -252,12 +204,17 @@ VERDICT_NOTE = ("Significant = two-sided Wilcoxon signed-rank p < 0.05 against t
                 "otherwise across seeds. No correction for multiple comparisons. Green: better, red: worse.")
 
 
+def verdict_list(verdicts: list[dict[str, Any]]) -> str:
+    items = "".join(f'<li class="{word_class(v["direction"])}">[{esc(v["direction"])}] {esc(v["text"])}</li>'
+                    for v in verdicts)
+    return f'<ul class="verdicts">{items}</ul>{note(VERDICT_NOTE)}'
+
+
 def verdicts_section(res: Results, page: Page) -> None:
     ds = res.get("downstream")
     if ds and ds.get("summary"):
-        verdicts = make_verdicts(ds)
-        page.numbers["verdicts"] = verdicts
-        page.add("verdicts", "Verdicts", f'<ul class="verdicts">{_verdict_items(verdicts)}</ul>{note(VERDICT_NOTE)}')
+        page.numbers["verdicts"] = verdicts = make_verdicts(ds)
+        page.add("verdicts", "Verdicts", verdict_list(verdicts))
 
 
 def class_distribution_section(res: Results, page: Page) -> None:
@@ -286,18 +243,17 @@ def class_distribution_section(res: Results, page: Page) -> None:
 def sample_grids_section(res: Results, page: Page) -> None:
     if res.export is None:
         return
-    grids, notes = sample_grids(res.export)
-    parts = []
-    for g in grids:
-        figs = []
-        for kind in (k for k in ("real", "synthetic") if k in g):
-            width = min(int(g[f"{kind}_width"] * GRID_ZOOM), GRID_MAX_WIDTH)
-            alt = f"{kind} {g['class']}"
-            figs.append(f"<figure>{img_tag(g[kind], alt, pixelated=True, width=width)}"
-                        f"<figcaption>{esc(kind)} ({g.get('n_' + kind, 0)} in the set)</figcaption></figure>")
-        parts.append(f"<h3>{esc(g['class'])}</h3><div class=\"grid\">{''.join(figs)}</div>")
+    grids, grid_notes = sample_grids(res.export)
+
+    def figure(g: dict[str, Any], kind: str) -> str:
+        width, alt = min(int(g[f"{kind}_width"] * GRID_ZOOM), GRID_MAX_WIDTH), f"{kind} {g['class']}"
+        return (f"<figure>{img_tag(g[kind], alt, pixelated=True, width=width)}"
+                f"<figcaption>{esc(kind)} ({g.get('n_' + kind, 0)} in the set)</figcaption></figure>")
+
+    parts = [h3(g["class"]) + f'<div class="grid">{"".join(figure(g, k) for k in ("real", "synthetic") if k in g)}</div>'
+             for g in grids]
     if parts:
-        page.add("sample-grids", "Real and synthetic samples per class", "".join(parts) + "".join(note(n) for n in notes))
+        page.add("sample-grids", "Real and synthetic samples per class", "".join(parts) + notes(grid_notes))
     page.numbers["sample_grids"] = {g["class"]: {"real_in_set": g.get("n_real", 0),
                                                  "synthetic_in_set": g.get("n_synthetic", 0)} for g in grids}
 
@@ -313,71 +269,46 @@ def training_section(res: Results, page: Page) -> None:
     samples_dir = res.run_dir / "samples"
     samples = sorted(samples_dir.glob("step_*.png")) if samples_dir.is_dir() else []
     if samples:
-        body += (f"<h3>generator samples at the last checkpoint ({esc(samples[-1].stem)}), one row per class "
-                 "(mask-conditioned models: the real images the masks come from, over the fakes made from those "
-                 "masks), fixed inputs</h3>")
+        body += h3(f"generator samples at the last checkpoint ({samples[-1].stem}), one row per class (mask-conditioned "
+                   "models: the real images the masks come from, over the fakes made from those masks), fixed inputs")
         body += img_tag(samples[-1].read_bytes(), "generator samples", pixelated=True, width=640)
     page.add("training-curves", "Generator training", body)
 
 
-FIDELITY_KEYS = ["fd", "kid", "precision", "recall", "density", "coverage"]
-
-
-def fidelity_section(res: Results, page: Page) -> None:
+def evaluation_sections(res: Results, page: Page) -> None:
+    """``fidelity`` (fidelity, diversity, image statistics) and ``privacy`` from ``evaluation.json``."""
     from medbalance.evaluation.evaluate import summary_rows
 
     ev = res.get("evaluation")
     if not ev:
         return
-    rows = [r for r in summary_rows(ev) if not r[0].startswith("privacy")]
+    rows = summary_rows(ev)
     page.numbers["evaluation"] = {k: ev.get(k) for k in ("fidelity", "diversity", "image_stats", "extractor",
                                                          "n_real", "n_synthetic") if k in ev}
-    if not rows:
-        return
-    ext = ev.get("extractor") or {}
-    body = note(f"{ev.get('n_real')} real vs {ev.get('n_synthetic')} synthetic images; features: "
-                f"{ext.get('name', 'n/a')} ({ext.get('dim', '?')}-d). Lower FD/KID is better; precision ~ fidelity, "
-                "recall/coverage ~ diversity (0..1); MS-SSIM syn/real near 1 means as varied as the real data "
-                "(above 1: less varied).")
-    scopes: list[str] = []
-    cells: dict[tuple[str, str], str] = {}
-    other = []
-    for scope, metric, value in rows:
-        if metric in FIDELITY_KEYS:
-            scopes += [scope] if scope not in scopes else []
-            cells[(scope, metric)] = value
-        else:
-            other.append([scope, metric, value])
-    cols = [k for k in FIDELITY_KEYS if any((sc, k) in cells for sc in scopes)]
-    shown = [sc for sc in scopes if any(cells.get((sc, k), "n/a") != "n/a" for k in cols)]
-    if shown:
-        body += table(["scope", *cols], [[sc, *[cells.get((sc, k), "") for k in cols]] for sc in shown])
-    if len(shown) < len(scopes):
-        body += note("classes without synthetic images are left out.")
-    if other:
-        body += "<h3>diversity and image statistics</h3>" + table(["scope", "metric", "value"], other, left=2)
-    page.add("fidelity", "Fidelity, diversity and image statistics", body)
-
-
-def _montage(res: Results, mont: str) -> str:
-    base = res.found["evaluation"].parent
-    mp = Path(mont) if Path(mont).is_absolute() else base / mont
-    mp = mp if mp.is_file() else base / Path(mont).name
-    if mp.is_file():
-        return "<h3>closest synthetic / training pairs</h3>" + img_tag(mp.read_bytes(), "nearest pairs")
-    return note(f"privacy montage not found: {mont}", "warn")
-
-
-def privacy_section(res: Results, page: Page) -> None:
-    from medbalance.evaluation.evaluate import summary_rows
-
-    ev = res.get("evaluation")
-    if not ev or not ev.get("privacy"):
+    cells = {(sc, m): v for sc, m, v in rows if not sc.startswith("privacy") and m in FIDELITY_KEYS}
+    other = [[sc, m, v] for sc, m, v in rows if not sc.startswith("privacy") and m not in FIDELITY_KEYS]
+    if cells or other:
+        ext = ev.get("extractor") or {}
+        body = note(f"{ev.get('n_real')} real vs {ev.get('n_synthetic')} synthetic images; features: "
+                    f"{ext.get('name', 'n/a')} ({ext.get('dim', '?')}-d). Lower FD/KID is better; precision ~ fidelity, "
+                    "recall/coverage ~ diversity (0..1); MS-SSIM syn/real near 1 means as varied as the real data "
+                    "(above 1: less varied).")
+        scopes = list(dict.fromkeys(sc for sc, _ in cells))
+        cols = [k for k in FIDELITY_KEYS if any((sc, k) in cells for sc in scopes)]
+        shown = [sc for sc in scopes if any(cells.get((sc, k), "n/a") != "n/a" for k in cols)]
+        if shown:
+            body += table(["scope", *cols], [[sc, *[cells.get((sc, k), "") for k in cols]] for sc in shown])
+        if len(shown) < len(scopes):
+            body += note("classes without synthetic images are left out.")
+        if other:
+            body += h3("diversity and image statistics") + table(["scope", "metric", "value"], other, left=2)
+        page.add("fidelity", "Fidelity, diversity and image statistics", body)
+    if not ev.get("privacy"):
         return
     page.numbers["privacy"] = ev["privacy"]
     body = note("DCR share: fraction of synthetic images closer to a training image than to a held-out one (0.5 = no "
                 "memorisation). MIA AUC 0.5 = an attacker cannot tell training from held-out images.")
-    body += table(["space", "metric", "value"], [list(r) for r in summary_rows(ev) if r[0].startswith("privacy")], left=2)
+    body += table(["space", "metric", "value"], [list(r) for r in rows if r[0].startswith("privacy")], left=2)
     if res.export is not None and res.export.conditioned_on_real_masks:
         body += note("The synthetic images were generated from label maps of training cases (see parent_mask_id in "
                      "the manifest), so they reproduce those cases' anatomy: closeness to the training images is "
@@ -386,8 +317,13 @@ def privacy_section(res: Results, page: Page) -> None:
     if finite(dcr) and dcr > 0.6:
         body += note(f"DCR share {fmt_num(dcr, 2)}: that fraction of the synthetic images is closer to a training "
                      "image than to any held-out image; do not share them as anonymised data.", "warn")
-    if ev["privacy"].get("montage"):
-        body += _montage(res, ev["privacy"]["montage"])
+    mont = ev["privacy"].get("montage")
+    if mont:
+        base = res.found["evaluation"].parent
+        mp = Path(mont) if Path(mont).is_absolute() else base / mont
+        mp = mp if mp.is_file() else base / Path(mont).name
+        body += (h3("closest synthetic / training pairs") + img_tag(mp.read_bytes(), "nearest pairs") if mp.is_file()
+                 else note(f"privacy montage not found: {mont}", "warn"))
     page.add("privacy", "Privacy (memorisation)", body)
 
 
@@ -404,10 +340,8 @@ def downstream_table(ds: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     header = ["metric", "arm", "mean", "std", "95 % CI", "p vs real (seeds)", "p vs real (test cases)", "vs real"]
     rows, classes_row, numbers = [], [], {}
     for m in metrics:
-        for arm in arms:
-            e = summ[arm].get(m)
-            if not e:
-                continue
+        for arm in (a for a in arms if summ[a].get(m)):
+            e = summ[arm][m]
             p_seed = (e.get("vs_real_seeds") or {}).get("p")
             cls = m.split("/", 1)[1] if m.startswith(("recall/", "dice/")) else None
             case = (summ[arm].get("_cases") or {}).get(cls) if cls is not None and arm != "real" else None
@@ -433,9 +367,9 @@ def _downstream_body(ds: dict[str, Any], page: Page, key: str) -> str:
            f"signed-rank vs real, paired by seed (smallest attainable with this many seeds: {fmt_num(min_p)}) and "
            f"by test case. Green rows: significantly better than real-only (p < {ALPHA} in either test); red rows: "
            "significantly worse; the last column says which.")
-    comps = ds.get("arm_training_sets") or {}
-    comp_rows = [[a, c.get("n"), c.get("synthetic"), counts_txt(c.get("class_counts", {}))] for a, c in comps.items()]
-    return (note(txt) + tbl + "<h3>training set of each arm (seed 0)</h3>"
+    comp_rows = [[a, c.get("n"), c.get("synthetic"), pairs_txt(c.get("class_counts", {}))]
+                 for a, c in (ds.get("arm_training_sets") or {}).items()]
+    return (note(txt) + tbl + h3("training set of each arm (seed 0)")
             + table(["arm", "images", "synthetic", "per class"], comp_rows))
 
 
@@ -448,14 +382,19 @@ def downstream_section(res: Results, page: Page) -> None:
     page.add("downstream", f"Downstream {ds.get('task')} on real test data", body)
     seg = ds.get("task") != "classification"
     page.add("per-class-recall", "Per-class Dice per arm" if seg else "Per-class recall (sensitivity) per arm",
-             img_tag(per_class_png(ds, "dice", "Dice") if seg else per_class_png(ds, "recall", "recall"),
+             img_tag(per_class_png(ds, *(("dice", "Dice") if seg else ("recall", "recall"))),
                      "per-class Dice" if seg else "per-class recall"))
 
 
-def _feature_kv(fa: dict[str, Any]) -> list[tuple[str, Any]]:
+def feature_section(res: Results, page: Page) -> None:
+    ds = res.get("feature")
+    if not ds or not ds.get("summary"):
+        return
+
     def txt(v: Any) -> str:
         return ", ".join(f"{k} {txt(x)}" for k, x in v.items()) if isinstance(v, dict) else fmt_num(v)
 
+    fa = ds.get("feature_augment") or {}
     seg, ac = fa.get("segmentor") or {}, fa.get("acgan") or {}
     kv = [("features", f"U-Net bottleneck {fa.get('feature_shape')} of images {fa.get('image_shape')}"),
           ("segmentor", f"{seg.get('source', 'n/a')}; test whole-lesion Dice {txt(seg.get('test_dice_whole_lesion'))}")]
@@ -463,44 +402,23 @@ def _feature_kv(fa: dict[str, Any]) -> list[tuple[str, Any]]:
         kv.append(("ACGAN D class accuracy on generated features", txt(ac["d_class_accuracy_generated"])))
     if "timings_seconds" in fa:
         kv.append(("timings (s)", txt(fa["timings_seconds"])))
-    return kv
-
-
-def feature_section(res: Results, page: Page) -> None:
-    ds = res.get("feature")
-    if not ds or not ds.get("summary"):
-        return
-    body = kv_list(_feature_kv(ds.get("feature_augment") or {}))
-    body += "".join(note(n) for n in ds.get("notes") or [])
-    body += _downstream_body(ds, page, "feature_downstream")
-    verdicts = make_verdicts(ds)
-    page.numbers["feature_verdicts"] = verdicts
-    body += f'<h3>verdicts</h3><ul class="verdicts">{_verdict_items(verdicts)}</ul>{note(VERDICT_NOTE)}'
-    body += img_tag(per_class_png(ds, "recall", "recall"), "feature-level per-class recall")
+    body = kv_list(kv) + notes(ds.get("notes") or []) + _downstream_body(ds, page, "feature_downstream")
+    page.numbers["feature_verdicts"] = verdicts = make_verdicts(ds)
+    body += h3("verdicts") + verdict_list(verdicts) + img_tag(per_class_png(ds, "recall", "recall"),
+                                                             "feature-level per-class recall")
     page.add("feature-downstream", "Feature-level downstream classification (feature-augment) on real test data", body)
 
 
 SECTIONS: list[Callable[[Results, Page], None]] = [
     data_method_section, leaderboard_section, verdicts_section, class_distribution_section, sample_grids_section,
-    training_section, fidelity_section, privacy_section, downstream_section, feature_section,
+    training_section, evaluation_sections, downstream_section, feature_section,
 ]
-
-
-def render_page(page: Page, root: Path) -> str:
-    from medbalance import __version__
-
-    title = f"medbalance report: {root.resolve().name}"
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
-        f"<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1>"
-        f"<p>medbalance {esc(__version__)} · generated {esc(page.numbers['generated'])} · every number below comes "
-        f"from the files in {esc(root.resolve())}</p></header><main>{''.join(page.sections)}</main></body></html>\n"
-    )
 
 
 def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
     """Write ``report.html`` (self-contained) and ``report.json`` for the results under ``root``."""
+    from medbalance import __version__
+
     t0 = time.perf_counter()
     res = load_results(Path(root))
     out_html = Path(out_html) if out_html is not None else res.root / "report.html"
@@ -509,23 +427,16 @@ def build_report(root: str | Path, out_html: str | Path | None = None) -> Path:
         add_section(res, page)
     page.numbers["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
     page.numbers["sections"] = [s.split('"', 2)[1] for s in page.sections]
-    doc = render_page(page, res.root)
+    title = f"medbalance report: {res.root.resolve().name}"
+    doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+           f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+           f"<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1>"
+           f"<p>medbalance {esc(__version__)} · generated {esc(page.numbers['generated'])} · every number below comes "
+           f"from the files in {esc(res.root.resolve())}</p></header><main>{''.join(page.sections)}</main></body></html>\n")
     page.numbers["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out_html.with_suffix(".json"), page.numbers)
     atomic_write_text(out_html, doc)
     return out_html
 
 
-__all__ = [
-    "CSS",
-    "SECTIONS",
-    "Page",
-    "build_report",
-    "downstream_table",
-    "esc",
-    "img_tag",
-    "kv_list",
-    "note",
-    "section",
-    "table",
-]
+__all__ = ["CSS", "SECTIONS", "Page", "build_report", "downstream_table", "esc", "img_tag", "kv_list", "note", "table"]

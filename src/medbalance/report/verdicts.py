@@ -1,38 +1,29 @@
-"""Numbers into words and colours: number formatting, per-arm verdict sentences, better/worse labels.
+"""Numbers into words and colours: per-arm verdict sentences, better/worse labels.
 
-A change is called significant only when its two-sided p-value is below :data:`ALPHA`. Every metric the
-report compares (recall, precision, balanced accuracy, macro-F1, AUROC, Dice) is higher-is-better, so a
-significant change is "better" when the arm's mean is above the baseline's and "worse" when below; the
-colour classes (``good`` green, ``bad`` red, ``neutral`` grey) always come with those words.
+A change is significant only when its two-sided p-value is below :data:`ALPHA`. Every metric compared (recall,
+precision, balanced accuracy, macro-F1, AUROC, Dice) is higher-is-better, so a significant change is "better" when
+the arm's mean is above the baseline's and "worse" when below; the colour classes (``good`` green, ``bad`` red,
+``neutral`` grey) always come with those words.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from medbalance.utils.tables import finite, fmt_ci, fmt_num
+from medbalance.utils.tables import finite, fmt_num
 
 ALPHA = 0.05
-
-ARM_PHRASES = {
-    "oversample": "random oversampling",
-    "class-weight": "class-weighted training",
-    "augment": "classic augmentation",
-    "synthetic-only": "training on synthetic images only",
-}
-
+ARM_PHRASES = {"oversample": "random oversampling", "class-weight": "class-weighted training",
+               "augment": "classic augmentation", "synthetic-only": "training on synthetic images only"}
 # word -> CSS class; the benchmark's verdicts ("helps" / "hurts") share the colours
-WORD_CLASS = {"better": "good", "worse": "bad", "no evidence": "neutral",
-              "helps": "good", "hurts": "bad"}
+WORD_CLASS = {"better": "good", "worse": "bad", "no evidence": "neutral", "helps": "good", "hurts": "bad"}
 
 
 def fmt_p(p: Any) -> str:
     if not finite(p):
         return "n/a"
     p = float(p)
-    if p < 0.001:
-        return "p < 0.001"
-    return f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
 
 
 def compare(mean: Any, baseline_mean: Any, p_values: list[Any]) -> str:
@@ -49,17 +40,15 @@ def word_class(word: Any) -> str:
 
 
 def _arm_subject(arm: str, cls: str | None, added: int | None) -> str:
-    if arm == "synthetic-only":
-        return ARM_PHRASES[arm]
-    if arm.startswith("real+synthetic"):
-        ratio = arm.partition("@")[2]
-        how = f" ({ratio} x the real count per class)" if ratio else ""
-        if cls is not None and added is not None:
-            if added > 0:
-                return f"adding {added} synthetic {cls} images{how}"
-            return f"adding synthetic images of the other classes{how} (none of {cls})"
+    if not arm.startswith("real+synthetic"):
+        return ARM_PHRASES.get(arm, f"arm {arm!r}")
+    ratio = arm.partition("@")[2]
+    how = f" ({ratio} x the real count per class)" if ratio else ""
+    if cls is None or added is None:
         return f"adding synthetic images{how}"
-    return ARM_PHRASES.get(arm, f"arm {arm!r}")
+    if added > 0:
+        return f"adding {added} synthetic {cls} images{how}"
+    return f"adding synthetic images of the other classes{how} (none of {cls})"
 
 
 def _test_of(e: dict[str, Any], case: Any, min_p_seeds: Any) -> tuple[str, float | None, int | None, Any]:
@@ -73,30 +62,27 @@ def _test_of(e: dict[str, Any], case: Any, min_p_seeds: Any) -> tuple[str, float
     return "seeds", None, None, None
 
 
-def _verdict_text(subject: str, label: str, a_mean: float, b_mean: float, e: dict[str, Any], test: str, p: float | None,
-                  n_pairs: int | None, impossible: bool, min_p: Any, seeds_n: int | None) -> str:
+def _verdict_text(v: dict[str, Any], e: dict[str, Any], subject: str, label: str, seeds_n: int | None) -> str:
+    a, b, p, n_pairs = fmt_num(v["mean"], 2), fmt_num(v["baseline_mean"], 2), v["p"], v["n_pairs"]
     ci = f"95 % CI {fmt_num(e['ci_low'], 2)}–{fmt_num(e['ci_high'], 2)}"
-    test_txt = (f"Wilcoxon signed-rank across {n_pairs} test cases (mean over seeds)" if test == "cases"
-                else f"Wilcoxon signed-rank across {n_pairs} seeds")
-    if p is not None and p < ALPHA:
-        verb = "raised" if a_mean > b_mean else "lowered"
-        text = f"{subject} {verb} {label} from {fmt_num(b_mean, 2)} to {fmt_num(a_mean, 2)} ({ci}), {fmt_p(p)} ({test_txt})."
+    test = (f"Wilcoxon signed-rank across {n_pairs} test cases (mean over seeds)" if v["test"] == "cases"
+            else f"Wilcoxon signed-rank across {n_pairs} seeds")
+    if v["significant"]:
+        verb = "raised" if v["mean"] > v["baseline_mean"] else "lowered"
+        text = f"{subject} {verb} {label} from {b} to {a} ({ci}), {fmt_p(p)} ({test})."
     else:
-        text = (f"{subject}: no significant change in {label} ({fmt_num(b_mean, 2)} with real data only vs "
-                f"{fmt_num(a_mean, 2)}, {ci}; {fmt_p(p)}, {test_txt}).")
-        if impossible:
+        text = f"{subject}: no significant change in {label} ({b} with real data only vs {a}, {ci}; {fmt_p(p)}, {test})."
+        if v["significance_impossible"]:
             text += (f" With {n_pairs if n_pairs else seeds_n} seeds the smallest attainable p-value is "
-                     f"{fmt_num(float(min_p), 3)}, so a significant result across seeds is impossible; run more seeds.")
+                     f"{fmt_num(v['min_attainable_p'], 3)}, so a significant result across seeds is impossible; "
+                     "run more seeds.")
     return text[0].upper() + text[1:]
 
 
 def make_verdicts(downstream: dict[str, Any]) -> list[dict[str, Any]]:
-    """Plain-language verdicts (with the numbers behind them) for every non-``real`` arm of a downstream summary.
-
-    Classification: one per class (recall) and one for balanced accuracy; segmentation: one per class (Dice)
-    and one for foreground Dice. Per-class results use the across-test-case test when the summary has it
-    (``_cases``), otherwise the across-seed test. ``direction`` is better / worse / no evidence.
-    """
+    """Plain-language verdicts (with the numbers behind them) for every non-``real`` arm of a downstream summary:
+    one per class (recall; segmentation: Dice) and one overall (balanced accuracy; foreground Dice). Per-class
+    results use the across-test-case test when the summary has it (``_cases``), else the across-seed test."""
     summary = downstream.get("summary") or {}
     if "real" not in summary:
         return []
@@ -122,18 +108,15 @@ def make_verdicts(downstream: dict[str, Any]) -> list[dict[str, Any]]:
             test, p, n_pairs, min_p = _test_of(e, cases.get(cls) if cls is not None else None,
                                                summary.get("_min_attainable_p_seeds"))
             a_mean, b_mean = float(e["mean"]), float(b["mean"])
-            impossible = test == "seeds" and finite(min_p) and float(min_p) >= ALPHA
+            v = {"arm": arm, "class": cls, "metric": metric, "baseline_mean": b_mean, "mean": a_mean,
+                 "ci_low": float(e["ci_low"]), "ci_high": float(e["ci_high"]), "p": p, "test": test,
+                 "n_pairs": n_pairs, "min_attainable_p": None if min_p is None else float(min_p),
+                 "significant": bool(p is not None and p < ALPHA),
+                 "significance_impossible": bool(test == "seeds" and finite(min_p) and float(min_p) >= ALPHA),
+                 "direction": compare(a_mean, b_mean, [p]), "synthetic_added": added}
             label = f"{cls} {what}" if cls is not None else overall_key.replace("_", " ")
-            out.append({
-                "arm": arm, "class": cls, "metric": metric, "baseline_mean": b_mean, "mean": a_mean,
-                "ci_low": float(e["ci_low"]), "ci_high": float(e["ci_high"]), "p": p, "test": test,
-                "n_pairs": n_pairs, "min_attainable_p": None if min_p is None else float(min_p),
-                "significant": bool(p is not None and p < ALPHA), "significance_impossible": bool(impossible),
-                "direction": compare(a_mean, b_mean, [p]), "synthetic_added": added,
-                "text": _verdict_text(_arm_subject(arm, cls, added), label, a_mean, b_mean, e, test, p, n_pairs,
-                                      impossible, min_p, seeds_n),
-            })
+            out.append({**v, "text": _verdict_text(v, e, _arm_subject(arm, cls, added), label, seeds_n)})
     return out
 
 
-__all__ = ["ALPHA", "ARM_PHRASES", "compare", "finite", "fmt_ci", "fmt_num", "fmt_p", "make_verdicts", "word_class"]
+__all__ = ["ALPHA", "ARM_PHRASES", "compare", "fmt_p", "make_verdicts", "word_class"]
