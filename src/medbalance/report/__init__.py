@@ -1,11 +1,5 @@
-"""The HTML report of an experiment folder: :func:`build_report`.
-
-- :mod:`~medbalance.report.discover`: what a folder contains, read through the toolkit's loaders;
-- :mod:`~medbalance.report.verdicts`: numbers into words and colours;
-- :mod:`~medbalance.report.figures`: matplotlib figures and image grids (PNG bytes);
-- :mod:`~medbalance.report.leaderboard`: the benchmark leaderboard's tables;
-- :mod:`~medbalance.report.html`: HTML assembly, one function per section, :func:`build_report`.
-"""
+"""The HTML report of an experiment folder (:func:`build_report`): ``discover`` (what a folder holds), ``verdicts``
+(numbers into words and colours), ``figures`` (PNG figures), ``leaderboard`` (benchmark tables), ``html`` (sections)."""
 
 from medbalance.report.discover import Results, discover, load_results
 from medbalance.report.html import build_report, downstream_table

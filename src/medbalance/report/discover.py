@@ -59,8 +59,7 @@ class ExportManifest:
         after: dict[str, int] = {}
         for r, syn in zip(self.rows, self.synthetic):
             c = r.get("label", "")
-            real[c] = real.get(c, 0) + (not syn)
-            after[c] = after.get(c, 0) + 1
+            real[c], after[c] = real.get(c, 0) + (not syn), after.get(c, 0) + 1
         return real, after
 
     @property
@@ -98,12 +97,8 @@ def load_results(root: Path) -> Results:
         raise DataError("report: folder not found", path=root)
     found = discover(root)
     if not found:
-        raise DataError(
-            "no medbalance results found here (looked for demo.json, downstream.json, feature_downstream.json, "
-            "benchmark.json, evaluation.json, a generator run folder, a rebalanced export with manifest.csv + "
-            "synthesis.json)",
-            path=root,
-        )
+        raise DataError(f"no medbalance results found here (looked for {', '.join(JSON_MARKERS.values())}, a generator "
+                        "run folder, a rebalanced export with manifest.csv + synthesis.json)", path=root)
     res = Results(root=root, found=found, json={k: read_json(found[k]) for k in JSON_MARKERS if k in found})
     run_dir = found.get("run")
     if run_dir is not None:

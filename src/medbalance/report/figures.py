@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 
 from medbalance.report.discover import ExportManifest
-from medbalance.utils.imaging import (MASK_COLOUR_NAMES, array_to_display, figure_png, mask_outlines, paint_outlines,
-                                     png_bytes, tile_row)
+from medbalance.utils import imaging
 
 GRID_COLUMNS = 5  # images per class and kind in the sample grids
 ANATOMY_AREA = 0.2  # labels covering more of the image than this (on average) are anatomy: not outlined
@@ -34,7 +33,7 @@ def _bar_png(fig, ax, names: list[str], ylabel: str, ymax: float, legend: dict[s
     ax.legend(fontsize=8, frameon=False, **legend)
     ax.set_title(title, fontsize=10, **kw)
     ax.spines[["top", "right"]].set_visible(False)
-    return figure_png(fig, dpi=100)
+    return imaging.figure_png(fig, dpi=100)
 
 
 def class_distribution_png(before: dict[str, int], after: dict[str, int] | None) -> bytes:
@@ -73,7 +72,7 @@ def losses_png(rows: list[dict[str, float]]) -> bytes:
         ax.legend(fontsize=7, frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    return figure_png(fig, dpi=100)
+    return imaging.figure_png(fig, dpi=100)
 
 
 def per_class_png(downstream: dict[str, Any], metric_prefix: str, label: str) -> bytes:
@@ -106,9 +105,9 @@ def _read_display(path: Path) -> np.ndarray:
     from medbalance.data.imageio import read_image
 
     if path.suffix.lower() == ".npy":  # float exports: (C, H, W) float32 in source units (see synthesis.export)
-        return array_to_display(np.load(path, allow_pickle=False), "float")
+        return imaging.array_to_display(np.load(path, allow_pickle=False), "float")
     li = read_image(path)
-    return array_to_display(li.array, li.kind)
+    return imaging.array_to_display(li.array, li.kind)
 
 
 def sample_grids(export: ExportManifest, per_class: int = GRID_COLUMNS) -> tuple[list[dict[str, Any]], list[str]]:
@@ -154,14 +153,16 @@ def sample_grids(export: ExportManifest, per_class: int = GRID_COLUMNS) -> tuple
             tiles = []
             for im, m in items:
                 if m is not None and m.shape == im.shape[:2] and drawn:
-                    outl = mask_outlines(torch.from_numpy(lut[m])[None])
-                    im = paint_outlines(torch.from_numpy(im)[None], outl)[0].numpy()
+                    outl = imaging.mask_outlines(torch.from_numpy(lut[m])[None])
+                    im = imaging.paint_outlines(torch.from_numpy(im)[None], outl)[0].numpy()
                 tiles.append(im)
-            canvas = tile_row(tiles)
-            entry.update({kind: png_bytes(canvas), f"{kind}_width": canvas.shape[1], f"n_{kind}": len(by[(c, kind)])})
+            canvas = imaging.tile_row(tiles)
+            entry.update({kind: imaging.png_bytes(canvas), f"{kind}_width": canvas.shape[1],
+                          f"n_{kind}": len(by[(c, kind)])})
         out.append(entry)
     if drawn:
-        names = ", ".join(f"value {v} ({MASK_COLOUR_NAMES[k % len(MASK_COLOUR_NAMES)]})" for k, v in enumerate(drawn))
+        colours = imaging.MASK_COLOUR_NAMES
+        names = ", ".join(f"value {v} ({colours[k % len(colours)]})" for k, v in enumerate(drawn))
         txt = f"outlines: label-map regions {names}"
         if anatomy:
             txt += f"; large anatomy label(s) {sorted(anatomy)} not outlined"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medbalance.report import figures
 from medbalance.report.discover import Results, load_results
-from medbalance.report.figures import class_distribution_png, losses_png, per_class_png, sample_grids
 from medbalance.report.leaderboard import FIDELITY_KEYS, leaderboard_tables
 from medbalance.report.verdicts import ALPHA, compare, make_verdicts, word_class
 from medbalance.utils.imaging import png_data_uri
@@ -152,8 +152,8 @@ def data_method_section(res: Results, page: Page) -> None:
                            "steps": train_c.get("steps"), "epochs": train_c.get("epochs"),
                            "batch_size": train_c.get("batch_size")}
         length = f"{train_c.get('steps')} steps" if train_c.get("steps") is not None else f"{train_c.get('epochs')} epochs"
-        kv += [("generator", f"{model.get('name')} (preset {model.get('preset')}; "
-                             f"{pairs_txt(model.get('params') or {}, '=') or 'preset defaults'})"),
+        kv += [("generator", (f"{model.get('name')} (preset {model.get('preset')}; "
+                              f"{pairs_txt(model.get('params') or {}, '=') or 'preset defaults'})")),
                ("generator training", f"{length}, batch {train_c.get('batch_size')}, seed {train_c.get('seed')}")]
     if res.train_ids is not None:
         n_tr, n_ho = len(res.train_ids.get("train", [])), len(res.train_ids.get("heldout", []))
@@ -237,13 +237,13 @@ def class_distribution_section(res: Results, page: Page) -> None:
     rows = [[c, before[c], (after or {}).get(c, before[c]), (after or {}).get(c, before[c]) - before[c]] for c in before]
     tbl = table(["class", "before (real)", "after (real + synthetic)", "synthetic added"], rows)
     page.add("class-distribution", "Class distribution before and after rebalancing",
-             img_tag(class_distribution_png(before, after), "class distribution") + tbl)
+             img_tag(figures.class_distribution_png(before, after), "class distribution") + tbl)
 
 
 def sample_grids_section(res: Results, page: Page) -> None:
     if res.export is None:
         return
-    grids, grid_notes = sample_grids(res.export)
+    grids, grid_notes = figures.sample_grids(res.export)
 
     def figure(g: dict[str, Any], kind: str) -> str:
         width, alt = min(int(g[f"{kind}_width"] * GRID_ZOOM), GRID_MAX_WIDTH), f"{kind} {g['class']}"
@@ -263,7 +263,7 @@ def training_section(res: Results, page: Page) -> None:
         return
     last = res.losses[-1]
     page.numbers["training"] = {"steps_logged": len(res.losses), "last": last}
-    body = img_tag(losses_png(res.losses), "training losses")
+    body = img_tag(figures.losses_png(res.losses), "training losses")
     body += table(["loss", f"last logged value (step {last['step']})"],
                   [[k, fmt_num(v, 4)] for k, v in last.items() if k != "step"])
     samples_dir = res.run_dir / "samples"
@@ -382,7 +382,7 @@ def downstream_section(res: Results, page: Page) -> None:
     page.add("downstream", f"Downstream {ds.get('task')} on real test data", body)
     seg = ds.get("task") != "classification"
     page.add("per-class-recall", "Per-class Dice per arm" if seg else "Per-class recall (sensitivity) per arm",
-             img_tag(per_class_png(ds, *(("dice", "Dice") if seg else ("recall", "recall"))),
+             img_tag(figures.per_class_png(ds, *(("dice", "Dice") if seg else ("recall", "recall"))),
                      "per-class Dice" if seg else "per-class recall"))
 
 
@@ -404,7 +404,7 @@ def feature_section(res: Results, page: Page) -> None:
         kv.append(("timings (s)", txt(fa["timings_seconds"])))
     body = kv_list(kv) + notes(ds.get("notes") or []) + _downstream_body(ds, page, "feature_downstream")
     page.numbers["feature_verdicts"] = verdicts = make_verdicts(ds)
-    body += h3("verdicts") + verdict_list(verdicts) + img_tag(per_class_png(ds, "recall", "recall"),
+    body += h3("verdicts") + verdict_list(verdicts) + img_tag(figures.per_class_png(ds, "recall", "recall"),
                                                              "feature-level per-class recall")
     page.add("feature-downstream", "Feature-level downstream classification (feature-augment) on real test data", body)
 
