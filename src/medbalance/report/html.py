@@ -1,11 +1,8 @@
-"""HTML assembly: :func:`build_report` and one function per report section.
+"""HTML assembly: :func:`build_report` writes ``report.html`` (one file: images embedded as base64 PNG, inline CSS,
+no external resources) and ``report.json`` (every number the HTML shows), one function per section (:data:`SECTIONS`).
 
-``build_report(root)`` writes ``report.html`` (one file: images embedded as base64 PNG, inline CSS, no external
-resources) and ``report.json`` (every number the HTML shows). Each section appears only when its data exists; the
-``id`` of each ``<section>`` is stable: ``data-method``, ``leaderboard``, ``verdicts``, ``class-distribution``,
-``sample-grids``, ``training-curves``, ``fidelity``, ``privacy``, ``downstream``, ``per-class-recall``,
-``feature-downstream``. Colours always come with words (:mod:`medbalance.report.verdicts`): green "better", red
-"worse", neutral "no evidence" against real-only.
+Each section appears only when its data exists; its ``<section id>`` is stable. Colours always come with words
+(:mod:`medbalance.report.verdicts`): green "better", red "worse", neutral "no evidence" against real-only.
 """
 
 from __future__ import annotations
@@ -34,17 +31,16 @@ header{background:#1f3b5a;color:#fff;padding:18px 32px} header h1{margin:0;font-
 header p{margin:4px 0 0;opacity:.85;font-size:13px} main{max-width:1180px;margin:0 auto;padding:12px 24px 40px}
 section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:14px 22px 18px;margin:16px 0;overflow-x:auto}
 h2{font-size:18px;margin:4px 0 10px;color:#1f3b5a;border-bottom:1px solid #e3e6ea;padding-bottom:6px}
-h3{font-size:14px;margin:14px 0 6px;color:#33435a}
-table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
+h3{font-size:14px;margin:14px 0 6px;color:#33435a} table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
 th,td{border:1px solid #dde1e6;padding:3px 8px;text-align:right;white-space:nowrap}
-th{background:#eef1f5;text-align:center} td.l,th.l{text-align:left}
-tr.good td{background:#e3f4e6} tr.bad td{background:#fbe5e5} td.w{font-weight:600}
+th{background:#eef1f5;text-align:center} td.l,th.l{text-align:left} td.w,li.good,li.bad{font-weight:600}
+tr.good td{background:#e3f4e6} tr.bad td{background:#fbe5e5}
 tr.good td.w,li.good{color:#17692b} tr.bad td.w,li.bad{color:#a11d1d} tr.neutral td.w,li.neutral{color:#5b6470}
 tr td.w.good{color:#17692b} tr td.w.bad{color:#a11d1d} tr td.w.neutral{color:#5b6470}
-table.lb th{white-space:normal;max-width:160px} table.lb td,table.lb th{padding:3px 6px} li.good,li.bad{font-weight:600}
+table.lb th{white-space:normal;max-width:160px} table.lb td,table.lb th{padding:3px 6px}
 img{max-width:100%;height:auto;display:block;margin:6px 0} img.px{image-rendering:pixelated}
-.grid{display:flex;flex-wrap:wrap;gap:18px} .grid figure{margin:0} figcaption{font-size:12px;color:#55606e}
-ul.verdicts li{margin:5px 0;line-height:1.4} .warn{color:#8a5a00;font-size:13px} .note{font-size:12px;color:#55606e}
+.grid{display:flex;flex-wrap:wrap;gap:18px} .grid figure{margin:0} ul.verdicts li{margin:5px 0;line-height:1.4}
+.warn{color:#8a5a00;font-size:13px} figcaption,.note{font-size:12px;color:#55606e}
 dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px;margin:4px 0}
 dl.kv dt{font-weight:600;color:#33435a} dl.kv dd{margin:0}
 """
@@ -352,10 +348,8 @@ def downstream_table(ds: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                          "—" if arm == "real" else fmt_num(p_seed), "—" if p_case is None else fmt_num(p_case),
                          word or "—"])
             classes_row.append(word_class(word) if word else "")
-            numbers.setdefault(m, {})[arm] = {
-                "mean": e["mean"], "std": e["std"], "ci_low": e["ci_low"], "ci_high": e["ci_high"], "n": e.get("n"),
-                "p_vs_real_seeds": p_seed, "p_vs_real_cases": p_case, "vs_real": word,
-            }
+            numbers.setdefault(m, {})[arm] = {**{k: e[k] for k in ("mean", "std", "ci_low", "ci_high")}, "n": e.get("n"),
+                                              "p_vs_real_seeds": p_seed, "p_vs_real_cases": p_case, "vs_real": word}
     return table(header, rows, left=2, row_classes=classes_row, word_column=len(header) - 1), numbers
 
 

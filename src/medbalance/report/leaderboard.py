@@ -48,15 +48,6 @@ def _pair(a: Any, b: Any) -> str:
     return "n/a" if a is None and b is None else f"{fmt_num(a)} / {fmt_num(b)}"
 
 
-def generator_cells(gen: Any) -> list[Any]:
-    """The fidelity / diversity / privacy cells shown beside each leaderboard row."""
-    fid, div, priv = _get(gen, "fidelity"), _get(gen, "diversity"), _get(gen, "privacy")
-    fid_txt = "n/a" if fid is None else " / ".join(fmt_num(_get(fid, k)) for k in ("fd", "precision", "recall"))
-    priv_txt = "n/a" if priv is None else (_pair(_get(priv, "nn_distance_median"), _get(priv, "real_nn_distance_median")),
-                                            f"{fmt_num(_get(priv, 'near_copies'))} near copies")
-    return [fid_txt, _pair(_get(div, "ms_ssim"), _get(div, "ms_ssim_real")), priv_txt]
-
-
 def leaderboard_rows(bench: dict[str, Any], metrics: list[str]) -> tuple[list[list[Any]], list[str], list[dict[int, str]]]:
     """Rows (a tuple cell is shown as lines), row classes (overall verdict) and per-cell classes (metric verdicts)."""
     gens, best = _dict(bench.get("generators")), _dict(bench.get("best_baseline"))
@@ -72,7 +63,13 @@ def leaderboard_rows(bench: dict[str, Any], metrics: list[str]) -> tuple[list[li
             verdict = _get(c, "verdict") or "n/a"
             cells += [(fmt_ci(_get(r, "metrics", m)), _diff(c)), (verdict, f"p {fmt_num(_get(c, 'p_holm'))}", *vs)]
             marks[len(cells) - 1] = "w " + word_class(verdict)
-        rows.append(cells + generator_cells(gens.get(r.get("generator"))))
+        g = gens.get(r.get("generator"))  # the generator's fidelity / diversity / privacy beside the row
+        fid, div, priv = _get(g, "fidelity"), _get(g, "diversity"), _get(g, "privacy")
+        cells.append("n/a" if fid is None else " / ".join(fmt_num(_get(fid, k)) for k in ("fd", "precision", "recall")))
+        cells.append(_pair(_get(div, "ms_ssim"), _get(div, "ms_ssim_real")))
+        cells.append("n/a" if priv is None else (_pair(_get(priv, "nn_distance_median"), _get(priv, "real_nn_distance_median")),
+                                                 f"{fmt_num(_get(priv, 'near_copies'))} near copies"))
+        rows.append(cells)
         classes.append(word_class(r.get("verdict") or "no evidence"))
         cell_classes.append(marks)
     return rows, classes, cell_classes
