@@ -106,6 +106,12 @@ def test_resume_after_interruption(tmp_path, finished, monkeypatch):
     done = sorted(p.relative_to(out).as_posix() for p in (out / "cells").rglob("*.json"))
     assert len(done) == 7
     mtimes = {p: (out / p).stat().st_mtime_ns for p in done}
+    # --summarize reports the finished cells without running any
+    r = runner.invoke(app, ["benchmark", "phantom", str(out), "--summarize"])
+    assert r.exit_code == 0, r.output
+    part = json.loads((out / "benchmark.json").read_text())
+    assert part["partial"] is True and part["cells"]["done"] == 7 and "Partial: 7 of" in r.output
+    assert len(calls) == 7
     monkeypatch.setattr(B.Benchmark, "run_cell", real_run_cell)
     resumed = []
     monkeypatch.setattr(B.Benchmark, "run_cell", lambda self, cell: resumed.append(cell.key) or real_run_cell(self, cell))

@@ -70,11 +70,25 @@ def benchmark_cmd(
     epochs: Optional[int] = typer.Option(None, min=1, help="task-network epochs per arm (default 15)"),
     budget: Optional[float] = typer.Option(None, "--budget", min=0.1, help="minutes: plan the grid to fit"),
     quick: bool = typer.Option(False, "--quick", help="the same grid with a tenth of the compute (2 seeds, ...)"),
+    summarize: bool = typer.Option(False, "--summarize", help="only write benchmark.json / leaderboard.md from the "
+                                   "cells finished so far (runs nothing; safe while the benchmark runs)"),
     device: Optional[str] = device_option(None),
     data_opts: DataOptions = DataOptions(),
 ) -> None:
     """Train each generator on the training split, run every arm for every seed, compare with the best baseline."""
-    from medbalance.experiments.benchmark import BenchmarkConfig, leaderboard_markdown, quick_profile, run_benchmark
+    from medbalance.experiments.benchmark import (
+        Benchmark,
+        BenchmarkConfig,
+        leaderboard_markdown,
+        quick_profile,
+        run_benchmark,
+    )
+
+    if summarize:  # the folder's own benchmark.yaml decides the grid; DATA is only used to read the dataset
+        rep = Benchmark(BenchmarkConfig(), out).summarize()
+        console.print(leaderboard_markdown(rep))
+        typer.echo(str(out / "benchmark.json"))
+        return
 
     doc = read_config(config, sets)
     check_sections(doc, tuple(BenchmarkConfig.model_fields), config)

@@ -462,6 +462,27 @@ class Benchmark:
         with folder_lock(self.out):
             return self._run_all()
 
+    def summarize(self) -> dict[str, Any]:
+        """benchmark.json and leaderboard.md from the cells finished so far, running nothing (works while the
+        benchmark runs in another process); rows of unfinished generators are left out, ``cells`` says how many
+        are done."""
+        saved = self.out / "benchmark.yaml"
+        if not saved.is_file():
+            raise ConfigError("no benchmark here (benchmark.yaml is missing)", path=self.out)
+        from medbalance.config import read_yaml
+
+        doc = read_yaml(saved)
+        planned = doc.pop("planned", None)
+        if planned is not None:
+            doc.update(planned["used"])
+            self.budget_notes = planned["notes"]
+        self.cfg = BenchmarkConfig.from_dict(doc, source=saved)
+        report = self.collect()
+        report["partial"] = report["cells"]["done"] < report["cells"]["total"]
+        atomic_write_json(self.out / "benchmark.json", report)
+        atomic_write_text(self.out / "leaderboard.md", leaderboard_markdown(report))
+        return report
+
     def _run_all(self) -> dict[str, Any]:
         saved = self.out / "benchmark.yaml"
         asked = json.loads(json.dumps(self.cfg.model_dump(mode="json")))
@@ -773,9 +794,12 @@ def _diff(v: dict[str, Any]) -> str:
 def leaderboard_markdown(rep: dict[str, Any]) -> str:
     """The leaderboard as markdown tables (docs/results.md, OUT/leaderboard.md)."""
     prim = rep["primary_metrics"]
-    lines = [f"Task: {rep['task']}; minority (rarest training class): {rep['minority']}; "
-             f"{rep['n_replicates']} paired replicates; intervals cover: {'; '.join(rep['variance_sources'])}. "
-             f"Test: {rep['tests']['method']}, alpha {rep['tests']['alpha']}.", ""]
+    lines = [f"**Partial: {rep['cells']['done']} of {rep['cells']['total']} cells finished.** "
+             if rep.get("partial") else ""]
+    lines[0] += (f"Task: {rep['task']}; minority (rarest training class): {rep['minority']}; "
+                 f"{rep['n_replicates']} paired replicates; intervals cover: {'; '.join(rep['variance_sources'])}. "
+                 f"Test: {rep['tests']['method']}, alpha {rep['tests']['alpha']}.")
+    lines.append("")
     lines += ["| baseline | " + " | ".join(prim) + " |", "|---|" + "---|" * len(prim)]
     for a, ms in rep["baselines"].items():
         cells = []
