@@ -289,3 +289,22 @@ def test_budget_plans_the_grid_and_resume_keeps_the_plan(tmp_path):
     assert rep["cells"]["done"] == rep["cells"]["total"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0 and f"resuming: {rep['cells']['total']} of {rep['cells']['total']}" in r.output, r.output
+
+
+def test_feature_level_method_is_its_own_row(tmp_path):
+    """feature-acgan runs the feature-level experiment on the benchmark's split and is compared with its own
+    feature-level baselines (real and oversampled features), not with the image-level ones."""
+    doc = {**TINY, "generators": [{"model": "feature-acgan", "epochs": 1,
+                                   "overrides": ["segmentor.epochs=1", "classifier.epochs=1"]}],
+           "baselines": ["real"], "arms": ["real+synthetic"]}
+    out = tmp_path / "out"
+    rep = B.run_benchmark(B.BenchmarkConfig.from_dict(doc), out)
+    rows = [r for r in rep["leaderboard"] if r["kind"] == "feature"]
+    assert [r["arm"] for r in rows] == ["real+synthetic"]
+    assert set(rep["baselines"]) == {"real", "feature:real", "feature:oversample"}
+    for m in rep["primary_metrics"]:
+        assert rows[0]["vs_best_baseline"][m]["baseline"] in ("feature:real", "feature:oversample")
+        assert rows[0]["vs_real"][m]["baseline"] == "feature:real" and rows[0]["metrics"][m]["n"] == 2
+    fd = json.loads((out / "generators" / "s0" / "feature-acgan-g0" / "feature_downstream.json").read_text())
+    split = B.Benchmark(B.BenchmarkConfig.from_dict(doc), out).split(0)
+    assert sorted(fd["test_ids"]) == sorted(split.test.ids)  # the same split as the image-level arms

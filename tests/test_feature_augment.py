@@ -300,3 +300,18 @@ def test_cli_feature_augment(tmp_path):
     assert bad.exit_code == 2 and "unknown feature arm" in bad.output
     bad = CliRunner().invoke(app, ["feature-augment", str(csv), str(tmp_path / "o3"), "--subsample", "zzz=0.1"])
     assert bad.exit_code == 2 and "unknown class" in bad.output
+
+
+def test_whole_lesion_treats_anatomy_as_background():
+    """The segmentor's 'whole lesion' target excludes anatomy labels (e.g. the phantom's intracranial space)."""
+    import torch
+
+    from medbalance.data.dataset import ImageDataset
+    from medbalance.experiments.feature_downstream import whole_lesion
+
+    masks = torch.tensor([[[0, 1, 2], [3, 1, 0], [0, 0, 0]]])  # indices into mask_values [0, 1, 2, 4]
+    ds = ImageDataset(images=torch.zeros(1, 1, 3, 3), labels=torch.tensor([0]), class_names=["a"], ids=["x"],
+                      masks=masks, mask_values=[0, 1, 2, 4], meta={"anatomy_values": [1]})
+    out = whole_lesion(ds)
+    assert out.masks.tolist() == [[[0, 0, 1], [1, 0, 0], [0, 0, 0]]] and out.mask_values == [0, 1]
+    assert "anatomy_values" not in out.meta

@@ -74,7 +74,8 @@ class GeneratorSpec(BaseConfig):
     minutes: float | None = Field(None, gt=0, description="training budget in minutes (converted to steps by a "
                                   "short timed calibration on this machine, recorded)")
     overrides: list[str] = Field(default_factory=list, description="run-config key=value overrides, e.g. "
-                                 "model.params.conditional=true or data.anatomy_label=1")
+                                 "model.params.conditional=true or data.anatomy_label=1 (feature-acgan: its own "
+                                 "keys, e.g. segmentor.epochs=4)")
     run: str | None = Field(None, description="use this trained run folder instead of training (leakage-checked)")
     segmentor_epochs: int = Field(8, ge=1, description="Red-GAN: epochs of the segmentor trained on the split")
 
@@ -443,12 +444,12 @@ class Benchmark:
         from medbalance.experiments.feature_downstream import FeatureAugmentConfig, run_feature_augment
 
         g = cell.gen
-        fcfg = FeatureAugmentConfig(
-            preset=g.preset if g.preset in ("cpu", "paper") else "cpu", seeds=list(range(self.cfg.seeds)),
-            split_seed=cell.split, fractions=self.cfg.fractions, subsample=dict(self.cfg.subsample),
-            strategy=self.cfg.strategy, device=self.cfg.device, progress=False,
-            **({"acgan": {"epochs": g.epochs}} if g.epochs is not None else {}),
-        )
+        base = {"preset": g.preset, "seeds": list(range(self.cfg.seeds)), "split_seed": cell.split,
+                "fractions": list(self.cfg.fractions), "subsample": dict(self.cfg.subsample),
+                "strategy": self.cfg.strategy, "device": self.cfg.device, "progress": False,
+                **({"acgan": {"epochs": g.epochs}} if g.epochs is not None else {})}
+        # overrides of a feature-level row are FeatureAugmentConfig keys, e.g. segmentor.epochs=4
+        fcfg = FeatureAugmentConfig.from_dict(apply_overrides(base, g.overrides), source=f"generator {g.label}")
         folder = self._gen_dir(cell)
         t0 = time.perf_counter()
         rep = run_feature_augment(self.data, fcfg, folder)

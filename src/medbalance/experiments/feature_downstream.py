@@ -336,11 +336,17 @@ def run_feature_downstream(
 
 # ---------------------------------------------------------------------------------------------- pipeline
 def whole_lesion(ds: ImageDataset) -> ImageDataset:
-    """Masks -> binary whole lesion (label value > 0), mask_values [0, 1] (the paper's 'all' task)."""
+    """Masks -> binary whole lesion (every lesion label; anatomy labels count as background), mask_values [0, 1]
+    (the paper's 'all' task)."""
     if ds.masks is None:
         raise DataError("feature augmentation trains its segmentor on lesion masks, but the dataset has none "
                         "(give a trained segmentor with --segmentor)", path=ds.meta.get("path"))
-    return replace(ds, masks=(ds.masks > 0).long(), mask_values=[0, 1], meta=dict(ds.meta))
+    from medbalance.data.anatomy import lesion_indices
+
+    lesion = torch.tensor(lesion_indices(ds.mask_values or [], ds.meta.get("anatomy_values")), dtype=torch.long)
+    # anatomy labels (e.g. the phantom's intracranial space, Red-GAN's brain label) are background here
+    meta = {k: v for k, v in ds.meta.items() if k != "anatomy_values"}
+    return replace(ds, masks=torch.isin(ds.masks, lesion).long(), mask_values=[0, 1], meta=meta)
 
 
 def run_feature_augment(
