@@ -72,7 +72,8 @@ class GeneratorSpec(BaseConfig):
     steps: int | None = Field(None, ge=1, description="training budget in optimiser steps")
     epochs: int | None = Field(None, ge=1, description="training budget in epochs of the training split")
     minutes: float | None = Field(None, gt=0, description="training budget in minutes (converted to steps by a "
-                                  "short timed calibration on this machine, recorded)")
+                                  "short timed calibration on this machine, recorded; on a machine shared with other "
+                                  "jobs the calibration is slowed too and gives fewer steps: prefer steps there)")
     overrides: list[str] = Field(default_factory=list, description="run-config key=value overrides, e.g. "
                                  "model.params.conditional=true or data.anatomy_label=1 (feature-acgan: its own "
                                  "keys, e.g. segmentor.epochs=4)")
