@@ -790,7 +790,7 @@ def _diff(v: dict[str, Any]) -> str:
     if not finite(v.get("diff")):
         return "n/a"
     return (f"{v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] vs {v['baseline']}, "
-            f"p={fmt_num(v.get('p_holm'))}")
+            f"p={fmt_num(v.get('p_holm'))} ({v.get('verdict', 'n/a')})")
 
 
 def leaderboard_markdown(rep: dict[str, Any]) -> str:
@@ -810,8 +810,8 @@ def leaderboard_markdown(rep: dict[str, Any]) -> str:
             star = " (best)" if rep["best_baseline"].get(m) == a else ""
             cells.append(fmt_ci(e) + star)
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    lines += ["", "| generator | arm | " + " | ".join(f"{m} | Δ vs best baseline [CI], p_Holm" for m in prim)
-              + " | verdict |", "|---|---|" + "---|---|" * len(prim) + "---|"]
+    lines += ["", "| generator | arm | " + " | ".join(f"{m} | Δ vs best baseline [CI], p_Holm (verdict)" for m in prim)
+              + f" | verdict ({prim[0]}) |", "|---|---|" + "---|---|" * len(prim) + "---|"]
     for r in rep["leaderboard"]:
         cells = []
         for m in prim:
