@@ -43,6 +43,7 @@ from medbalance.experiments.downstream import (
     Split,
     SyntheticSource,
     check_arms,
+    evaluate_synthetic,
     leakage_guard,
     make_split,
     metric_table,
@@ -318,7 +319,6 @@ class Benchmark:
         return self.out / "generators" / f"s{cell.split}" / cell.gkey
 
     def _train(self, cell: Cell) -> dict[str, Any]:
-        from medbalance.training.config import RunConfig
         from medbalance.training.engine import train
 
         g, split = cell.gen, self.split(cell.split)
@@ -343,9 +343,7 @@ class Benchmark:
                 extra["calibration"] = {"minutes": g.minutes, "seconds_per_step": sps, "steps": steps}
                 atomic_write_json(cal_path, extra["calibration"])
             train_sec["steps"] = int(extra["calibration"]["steps"])
-        raw = {"out_dir": str(gdir), "data": self.cfg.data.model_dump(mode="json"),
-               "model": {"name": g.model, "preset": g.preset}, "train": train_sec}
-        rcfg = RunConfig.from_dict(apply_overrides(raw, overrides), source=f"generator {g.label}")
+        rcfg = self._run_config(g, gdir, train_sec, overrides)
         total = rcfg.train.steps
         if total is not None:
             rcfg.train.checkpoint_every = max(1, min(rcfg.train.checkpoint_every or total, max(1, total // 5)))
@@ -357,20 +355,25 @@ class Benchmark:
         return {"steps": rcfg.train.steps, "epochs": rcfg.train.epochs, "seconds": round(time.perf_counter() - t0, 1),
                 "images_per_s": round(float(res.images_per_s), 2), "run_dir": str(gdir), "resumed": resume, **extra}
 
+    def _run_config(self, g: GeneratorSpec, out_dir: Path, train_sec: dict[str, Any], overrides: list[str]) -> Any:
+        """The RunConfig of generator ``g`` on the benchmark's data (its ``overrides`` applied last)."""
+        from medbalance.training.config import RunConfig
+
+        raw = {"out_dir": str(out_dir), "data": self.cfg.data.model_dump(mode="json"),
+               "model": {"name": g.model, "preset": g.preset}, "train": train_sec}
+        return RunConfig.from_dict(apply_overrides(raw, overrides), source=f"generator {g.label}")
+
     def _calibrate(self, g: GeneratorSpec, cell: Cell, overrides: list[str]) -> tuple[int, float]:
         """Seconds per step of this generator here: 3 warm-up + 10 timed steps in a scratch folder."""
-        from medbalance.training.config import RunConfig
         from medbalance.training.engine import train
 
         tmp = self.out / "generators" / f"s{cell.split}" / f".calibrate-{cell.gkey}"
         shutil.rmtree(tmp, ignore_errors=True)
         times = []
         for steps in (3, 13):
-            raw = {"out_dir": str(tmp / str(steps)), "data": self.cfg.data.model_dump(mode="json"),
-                   "model": {"name": g.model, "preset": g.preset},
-                   "train": {"steps": steps, "seed": cell.gseed, "device": self.cfg.device, "tensorboard": False,
-                             "checkpoint_every": steps, "sample_every": steps}}
-            rcfg = RunConfig.from_dict(apply_overrides(raw, overrides), source=f"generator {g.label}")
+            rcfg = self._run_config(g, tmp / str(steps), {"steps": steps, "seed": cell.gseed, "device": self.cfg.device,
+                                                          "tensorboard": False, "checkpoint_every": steps,
+                                                          "sample_every": steps}, overrides)
             t0 = time.perf_counter()
             train(rcfg, dataset=self.split(cell.split).train)
             times.append(time.perf_counter() - t0)
@@ -413,24 +416,20 @@ class Benchmark:
         return self._sources[key]
 
     def _fidelity(self, cell: Cell) -> dict[str, Any]:
-        """Fidelity, diversity and privacy of the images the arms of classifier seed 0 use (the unfiltered pool)."""
-        from medbalance.evaluation.evaluate import evaluate_datasets
-
+        """Fidelity, diversity and privacy of the images the arms of classifier seed 0 use (its pool), through the
+        downstream experiment's :func:`evaluate_synthetic`."""
         split = self.split(cell.split)
         src = self._source(cell)
         need = pool_needs(self.cfg.arms, split.train, self.cfg.strategy)
-        want = need.get(None) or next(iter(need.values()), None)
+        flt = None if None in need else next(iter(need), None)
+        want = need.get(flt)
         if not want or not sum(want.values()):
             return {"skipped": "no synthetic images to evaluate"}
-        flt = None if None in need else next(iter(need))
-        pool = src.pool(split, want, 0, self.cfg.mask_source, flt)
-        opts: dict[str, Any] = {"size": 16}
-        if self.cfg.fidelity_extractor == "domain":
-            opts = {"weights": str(self._domain_encoder(cell.split))}
-        ev = evaluate_datasets(real=split.train, synthetic=pool, extractor=self.cfg.fidelity_extractor,
-                               extractor_options=opts, privacy_train=split.train, privacy_holdout=split.val,
-                               use_cache=False, seed=0, ms_ssim_pairs=100, kid_subset_size=min(1000, len(pool)))
-        return {"pool": f"seed0/{flt or 'none'}", "n": len(pool), "evaluation": ev}
+        src.pool(split, want, 0, self.cfg.mask_source, flt)
+        opts = ({"weights": str(self._domain_encoder(cell.split))} if self.cfg.fidelity_extractor == "domain"
+                else None)
+        ev = evaluate_synthetic(src, split, self.cfg.downstream(cell.split), self.cfg.fidelity_extractor, opts)
+        return {"pool": f"seed0/{flt or 'none'}", "n": ev["n_synthetic"], "evaluation": ev}
 
     def _domain_encoder(self, s: int) -> Path:
         from medbalance.training.task import train_domain_encoder

@@ -648,7 +648,8 @@ def run_downstream(
     return report
 
 
-def evaluate_synthetic(source: SyntheticSource, split: Split, cfg: DownstreamConfig) -> dict[str, Any] | None:
+def evaluate_synthetic(source: SyntheticSource, split: Split, cfg: DownstreamConfig, extractor: str = "pixels",
+                       extractor_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Fidelity, diversity, image statistics and privacy of the synthetic images the first seed's arms used (its
     unfiltered pool; a fixed synthetic set: the whole set), against the real training split, with the validation
     split as held-out real images for privacy. None when no synthetic image was used."""
@@ -667,9 +668,10 @@ def evaluate_synthetic(source: SyntheticSource, split: Split, cfg: DownstreamCon
         return None
     if len(syn) < 2:
         return None
-    ev = evaluate_datasets(real=split.train, synthetic=syn, extractor="pixels", extractor_options={"size": 16},
+    ev = evaluate_datasets(real=split.train, synthetic=syn, extractor=extractor,
+                           extractor_options={"size": 16} if extractor_options is None else extractor_options,
                            per_class=True, privacy_train=split.train, privacy_holdout=split.val, use_cache=False,
-                           seed=seed, ms_ssim_pairs=100)
+                           seed=seed, ms_ssim_pairs=100, kid_subset_size=min(1000, len(syn)))
     ev["privacy_holdout"] = "validation split (never seen by the generator)"
     ev["synthetic_set"] = {"what": what, "n": len(syn), "seed": seed,
                            "statement": f"fidelity, privacy and seed {seed}'s utility measured on the same {len(syn)} "
