@@ -309,3 +309,28 @@ def test_feature_level_method_is_its_own_row(tmp_path):
     fd = json.loads((out / "generators" / "s0" / "feature-acgan-g0" / "feature_downstream.json").read_text())
     split = B.Benchmark(B.BenchmarkConfig.from_dict(doc), out).split(0)
     assert sorted(fd["test_ids"]) == sorted(split.test.ids)  # the same split as the image-level arms
+
+
+def test_a_generator_can_run_its_own_arms(tmp_path, finished, monkeypatch):
+    """An extra row restricted to one arm: only its cells run, its pool is sized by its arms, old rows are kept."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    ran = []
+    real_run_cell = B.Benchmark.run_cell
+    monkeypatch.setattr(B.Benchmark, "run_cell", lambda self, cell: ran.append(cell.key) or real_run_cell(self, cell))
+    extra = {"model": "dcgan", "name": "dcgan-b", "steps": 2, "arms": ["real+synthetic@1x+class-weight"],
+             "overrides": ["model.params.conditional=true"]}
+    cfg = B.BenchmarkConfig.from_dict({**TINY, "generators": [*TINY["generators"], extra]})
+    assert cfg.arms_of(cfg.generators[2]) == ["real+synthetic@1x+class-weight"]
+    assert cfg.arms_of(cfg.generators[0]) == TINY["arms"]
+    rep = B.run_benchmark(cfg, out)
+    assert all(k.startswith("s0/dcgan-b-g0/") for k in ran)
+    assert sorted(k for k in ran if "/arm/" in k) == [f"s0/dcgan-b-g0/arm/real_syntheticat1x_class-weight/seed{k}"
+                                                      for k in (0, 1)]
+    rows = {(r["generator"], r["arm"]) for r in rep["leaderboard"]}
+    assert ("dcgan-b", "real+synthetic@1x+class-weight") in rows and ("dcgan-b", "real+synthetic") not in rows
+    assert ("dcgan", "real+synthetic") in rows
+    with pytest.raises(ConfigError, match="baseline"):
+        B.BenchmarkConfig.from_dict({**TINY, "generators": [{**extra, "arms": ["oversample"]}]})

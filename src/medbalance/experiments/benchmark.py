@@ -80,6 +80,8 @@ class GeneratorSpec(BaseConfig):
                                  "keys, e.g. segmentor.epochs=4)")
     run: str | None = Field(None, description="use this trained run folder instead of training (leakage-checked)")
     segmentor_epochs: int = Field(8, ge=1, description="Red-GAN: epochs of the segmentor trained on the split")
+    arms: list[str] | None = Field(None, description="this generator's synthetic arms (default: the grid's `arms`), "
+                                   "e.g. only the best arm for a cheaper extra row")
 
     @model_validator(mode="after")
     def _one_budget(self) -> GeneratorSpec:
@@ -138,7 +140,7 @@ class BenchmarkConfig(BaseConfig):
                 raise ConfigError(f"unknown baseline arm {a!r}; allowed: {', '.join(BASELINE_ARMS)}")
         if "real" not in self.baselines:
             raise ConfigError("the baselines must include 'real'")
-        for a in self.arms:
+        for a in [*self.arms, *(a for g in self.generators for a in (g.arms or []))]:
             if not parse_arm(a).synthetic:
                 raise ConfigError(f"arm {a!r} is a baseline: list it under baselines")
         names = [g.label for g in self.generators]
@@ -150,9 +152,15 @@ class BenchmarkConfig(BaseConfig):
                 raise ConfigError(f"generator name {n!r}: use letters, digits, '-', '_', '.'")
         return self
 
-    def downstream(self, split_seed: int) -> DownstreamConfig:
+    def arms_of(self, g: GeneratorSpec) -> list[str]:
+        """The synthetic arms run for generator ``g``: its own list, or the grid's."""
+        return list(g.arms) if g.arms is not None else list(self.arms)
+
+    def downstream(self, split_seed: int, gen: GeneratorSpec | None = None) -> DownstreamConfig:
+        """The downstream settings of one split (and generator: its arms size the synthetic pools)."""
+        arms = self.arms_of(gen) if gen is not None else self.arms
         return DownstreamConfig(
-            task=self.task, arms=list(self.baselines) + list(self.arms), seeds=list(range(self.seeds)),
+            task=self.task, arms=list(self.baselines) + arms, seeds=list(range(self.seeds)),
             split_seed=split_seed, fractions=self.fractions, subsample=dict(self.subsample), strategy=self.strategy,
             mask_source=self.mask_source, mask_pool=self.mask_pool, allow_val_overlap=False,
             near_duplicates=self.near_duplicates, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -226,7 +234,7 @@ def plan_cells(cfg: BenchmarkConfig) -> list[Cell]:
                 if cfg.fidelity:
                     cells.append(Cell("fidelity", s, gen=g, gseed=gs))
                 for seed in range(cfg.seeds):
-                    cells += [Cell("arm", s, a, seed, g, gs) for a in cfg.arms]
+                    cells += [Cell("arm", s, a, seed, g, gs) for a in cfg.arms_of(g)]
     return cells
 
 
@@ -311,7 +319,7 @@ class Benchmark:
             return self._feature(cell)
         split = self.split(cell.split)
         source = self._source(cell) if cell.gen is not None else None
-        m, comp = train_arm(cell.arm, split, self.cfg.downstream(cell.split), cell.seed, source, self.data)
+        m, comp = train_arm(cell.arm, split, self.cfg.downstream(cell.split, cell.gen), cell.seed, source, self.data)
         m["composition"] = comp
         return m
 
@@ -420,7 +428,7 @@ class Benchmark:
         downstream experiment's :func:`evaluate_synthetic`."""
         split = self.split(cell.split)
         src = self._source(cell)
-        need = pool_needs(self.cfg.arms, split.train, self.cfg.strategy)
+        need = pool_needs(self.cfg.arms_of(cell.gen), split.train, self.cfg.strategy)
         flt = None if None in need else next(iter(need), None)
         want = need.get(flt)
         if not want or not sum(want.values()):
@@ -428,7 +436,7 @@ class Benchmark:
         src.pool(split, want, 0, self.cfg.mask_source, flt)
         opts = ({"weights": str(self._domain_encoder(cell.split))} if self.cfg.fidelity_extractor == "domain"
                 else None)
-        ev = evaluate_synthetic(src, split, self.cfg.downstream(cell.split), self.cfg.fidelity_extractor, opts)
+        ev = evaluate_synthetic(src, split, self.cfg.downstream(cell.split, cell.gen), self.cfg.fidelity_extractor, opts)
         return {"pool": f"seed0/{flt or 'none'}", "n": ev["n_synthetic"], "evaluation": ev}
 
     def _domain_encoder(self, s: int) -> Path:
@@ -512,7 +520,7 @@ class Benchmark:
             import yaml
 
             atomic_write_text(saved, yaml.safe_dump(doc, sort_keys=False))
-        check_arms(list(self.cfg.baselines) + list(self.cfg.arms))
+        check_arms([*self.cfg.baselines, *self.cfg.arms, *(a for g in self.cfg.generators for a in g.arms or [])])
         if self.cfg.task == "segmentation" and self.data.masks is None:
             raise DataError("segmentation needs label maps, the dataset has none", path=self.data.meta.get("path"))
         for s in self.cfg.split_seeds:  # leakage of given runs is refused before any work
@@ -583,9 +591,12 @@ class Benchmark:
         """A benchmark folder can be extended (more generators, arms, baselines, seeds, splits) but every setting a
         finished cell depends on must stay the same, and so must each generator kept under the same name."""
         diff = sorted(k for k in set(old) | set(new) if k not in GRID_AXES and old.get(k) != new.get(k))
-        old_g = {g.get("name") or g["model"]: g for g in old.get("generators") or []}
-        changed = [n for n, g in ((g.get("name") or g["model"], g) for g in new.get("generators") or [])
-                   if n in old_g and old_g[n] != g]
+        def gens(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:  # unset keys (None) compare equal to absent ones
+            return {g.get("name") or g["model"]: {k: v for k, v in g.items() if v is not None}
+                    for g in cfg.get("generators") or []}
+
+        old_g, new_g = gens(old), gens(new)
+        changed = [n for n, g in new_g.items() if n in old_g and old_g[n] != g]
         if diff or changed:
             what = ", ".join(diff + [f"generator {n}" for n in changed])
             raise ConfigError(f"this folder holds a benchmark with another configuration ({what} differ); resume it "
@@ -635,7 +646,7 @@ class Benchmark:
                 rows += self._feature_rows(g, done, reps, primary, table, baselines, generators)
                 continue
             generators[g.label] = self._generator_info(g, done)
-            for arm in cfg.arms:
+            for arm in cfg.arms_of(g):
                 mvals = {m: values(g.label, arm, m, list(cfg.generator_seeds)) for m in table}
                 if all(math.isnan(x) for x in mvals[primary[0]]):
                     continue
