@@ -44,7 +44,8 @@ def test_downstream_with_generator_trained_on_the_split(tmp_path):
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["n_synthetic"] == rep["synthetic_sets"]["pools"]["seed0/none"]["n"] == \
         rep["arm_training_sets"]["real+synthetic"]["synthetic"]
-    assert rep["evaluated_synthetic_set"]["statement"].startswith("fidelity, privacy and seed 0's utility")
+    statement = rep["evaluated_synthetic_set"]["statement"]
+    assert statement.startswith("fidelity, privacy and the utility of seed 0 were measured on the same")
     assert ev["fidelity"]["overall"]["fd"] >= 0 and ev["privacy"]["pixels"]["n_synthetic"] == ev["n_synthetic"]
     r = runner.invoke(app, ["report", str(out)])
     assert r.exit_code == 0, r.output

@@ -12,14 +12,7 @@ import torch.nn.functional as F
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import CheckpointError, ConfigError
 from medbalance.experiments.downstream import class_targets
-from medbalance.experiments.feature_downstream import (
-    FeatureAugmentConfig,
-    FeatureClassifier,
-    FeatureClassifierConfig,
-    arm_feature_set,
-    run_feature_augment,
-    train_feature_classifier,
-)
+from medbalance.experiments.feature_downstream import FeatureAugmentConfig, arm_feature_set, run_feature_augment
 from medbalance.models.feature_acgan import (
     FeatureACGAN,
     FeatureACGANConfig,
@@ -27,7 +20,7 @@ from medbalance.models.feature_acgan import (
     generated_class_accuracy,
 )
 from medbalance.models.losses import class_loss
-from medbalance.models.tasknets import SegmentationUNet
+from medbalance.models.tasknets import FeatureClassifier, FeatureClassifierConfig, SegmentationUNet
 from medbalance.synthesis.features import (
     bottleneck_module,
     bottleneck_shape,
@@ -35,6 +28,7 @@ from medbalance.synthesis.features import (
     extract_to_store,
     open_feature_store,
 )
+from medbalance.training.task import train_feature_acgan, train_feature_classifier
 
 
 def tiny_dataset(n: int = 24, size: int = 16, channels: int = 1, minority: int = 6, seed: int = 0) -> ImageDataset:
@@ -140,7 +134,7 @@ def test_feature_acgan_learns_classes_and_roundtrips(tmp_path):
     feats = torch.randn(64, 4, 4, 4, generator=g) * 0.3
     feats[:, 0] += torch.where(y == 1, 2.0, -2.0).view(-1, 1, 1)
     acgan = FeatureACGAN((4, 4, 4), ["a", "b"], FeatureACGANConfig(z_dim=8, ngf=8, ndf=8, epochs=6, progress=False, device="cpu"))
-    hist = acgan.fit(feats, y)
+    hist = train_feature_acgan(acgan, feats, y)
     assert len(hist) == 6 and all(np.isfinite(h["loss_d"]) for h in hist)
     acc_real = float((acgan.classify(feats).argmax(1) == y).float().mean())
     assert acc_real > 0.9
@@ -306,8 +300,8 @@ def test_whole_lesion_treats_anatomy_as_background():
     """The segmentor's 'whole lesion' target excludes anatomy labels (e.g. the phantom's intracranial space)."""
     import torch
 
+    from medbalance.data.anatomy import whole_lesion
     from medbalance.data.dataset import ImageDataset
-    from medbalance.experiments.feature_downstream import whole_lesion
 
     masks = torch.tensor([[[0, 1, 2], [3, 1, 0], [0, 0, 0]]])  # indices into mask_values [0, 1, 2, 4]
     ds = ImageDataset(images=torch.zeros(1, 1, 3, 3), labels=torch.tensor([0]), class_names=["a"], ids=["x"],

@@ -14,20 +14,18 @@ from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
 from medbalance.experiments.downstream import (
     DownstreamConfig,
+    Split,
+    arm_training_set,
     balanced_targets,
+    check_arms,
     check_seen_ids,
     class_targets,
     make_split,
-    oversample_dataset,
     oversample_indices,
     parse_arm,
     synthetic_counts,
 )
-from medbalance.experiments.feature_downstream import (
-    arm_feature_set,
-    check_feature_arms,
-    feature_arm,
-)
+from medbalance.experiments.feature_downstream import arm_feature_set, feature_arm
 from medbalance.utils.tables import ci_table, fmt_ci
 
 
@@ -64,7 +62,9 @@ def test_oversample_indices_reach_targets_within_class_and_are_seeded():
 def test_image_and_feature_oversampling_draw_the_same_samples():
     ds = _ds()
     targets = balanced_targets(ds, "auto")
-    over = oversample_dataset(ds, targets, seed=3)
+    cfg = DownstreamConfig(arms=["real", "oversample"])
+    over, opts = arm_training_set("oversample", Split(ds, ds, ds), cfg, 3, None)
+    assert opts == {}
     extra = oversample_indices(ds.labels.numpy(), {k: targets[c] for k, c in enumerate(ds.class_names)}, seed=3)
     assert len(over) == len(ds) + len(extra) and over.class_counts() == targets
     assert over.ids[len(ds):] == [f"s{i}#dup{j}" for j, i in enumerate(extra)]
@@ -85,12 +85,12 @@ def test_synthetic_counts_follow_the_arm_grammar():
 # ------------------------------------------------------------------------------------------- feature arm grammar
 def test_feature_arms_use_the_image_grammar_restricted_to_their_bases():
     assert feature_arm("real+synthetic@1x+class-weight").class_weight
-    check_feature_arms(["real", "oversample", "real+synthetic@0.5"])
+    check_arms(["real", "oversample", "real+synthetic@0.5"], feature_arm)
     for bad in ("augment", "synthetic-only", "real+synthetic|filter=discriminator", "nope"):
         with pytest.raises(ConfigError, match="unknown feature arm"):
             feature_arm(bad)
     with pytest.raises(ConfigError, match="must include 'real'"):
-        check_feature_arms(["oversample"])
+        check_arms(["oversample"], feature_arm)
     x, y = torch.randn(12, 2, 2, 2), torch.tensor([0] * 9 + [1] * 3)
     _, _, _, opts, _ = arm_feature_set("real+synthetic@1x+class-weight", x, y, ["a", "b"], "auto", 0,
                                        acgan=_ConstantACGAN())

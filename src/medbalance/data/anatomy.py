@@ -17,6 +17,7 @@ source image's layout than a single label (relevant when the synthetic set is me
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -96,3 +97,15 @@ def add_anatomy_label(ds: ImageDataset, value: int, threshold: float = -0.8, lev
     from dataclasses import replace
 
     return replace(ds, masks=masks, mask_values=new_values, meta=meta)
+
+
+def whole_lesion(ds: ImageDataset) -> ImageDataset:
+    """Masks -> binary whole lesion (every lesion label; anatomy labels count as background), mask_values [0, 1]
+    (the paper's 'all' task)."""
+    if ds.masks is None:
+        raise DataError("feature augmentation trains its segmentor on lesion masks, but the dataset has none "
+                        "(give a trained segmentor with --segmentor)", path=ds.meta.get("path"))
+    lesion = torch.tensor(lesion_indices(ds.mask_values or [], ds.meta.get("anatomy_values")), dtype=torch.long)
+    # anatomy labels (e.g. the phantom's intracranial space, Red-GAN's brain label) are background here
+    meta = {k: v for k, v in ds.meta.items() if k != "anatomy_values"}
+    return replace(ds, masks=torch.isin(ds.masks, lesion).long(), mask_values=[0, 1], meta=meta)

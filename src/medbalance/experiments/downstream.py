@@ -2,18 +2,14 @@
 
 One experiment = one real train/validation/test split (seeded, stratified, patient-grouped), the same for
 every arm and every seed; per seed, every arm trains a task network from the same initialisation seed, selects
-its epoch on real validation data and is tested on real test data only.
+its epoch on real validation data and is tested on real test data only. The feature-level experiment
+(:mod:`medbalance.experiments.feature_downstream`) runs its arms through the same helpers.
 
-Arms (each selectable):
-
-- ``real``: the real training split (baseline);
-- ``oversample``: random duplication of real images to the same per-class counts as the balanced arm;
-- ``class-weight``: real data, inverse-frequency class weights in the loss;
-- ``augment``: real data with classic augmentation (flips, rotations, small affine);
-- ``real+synthetic``: real + synthetic images bringing the classes to balance (``strategy``, imbalanced-learn
-  semantics); ``real+synthetic@R``: real + R x real synthetic images per class (Red-GAN's 50/100/200 %);
-- ``synthetic-only``: only synthetic images, as many per class as the balanced arm has (Shin et al.'s
-  anonymisation use).
+Arms (grammar: :class:`ArmSpec`; what each changes: :func:`arm_plan`): ``real`` (baseline); ``oversample`` (real
+images duplicated to the balanced counts); ``class-weight`` (inverse-frequency loss weights); ``augment`` (flips,
+rotations, small affine); ``real+synthetic`` (synthetic images up to balance, ``strategy`` in imbalanced-learn
+semantics; ``@R``: R x real per class, Red-GAN's 50/100/200 %); ``synthetic-only`` (as many synthetic images per
+class as the balanced arm has, Shin et al.'s anonymisation use); ``synthetic-pretrain+finetune``.
 
 **Leakage guard**: the generator's run records which sample ids it was trained on; the experiment refuses to
 run when any test id (or, with ``allow_val_overlap=False``, validation id) was seen by the generator.
@@ -22,10 +18,11 @@ run when any test id (or, with ``allow_val_overlap=False``, validation id) was s
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -43,16 +40,24 @@ PRETRAIN_ARM = "synthetic-pretrain+finetune"  # Shin et al.: train on synthetic 
 BASE_ARMS = ("real", "oversample", "class-weight", "augment", "real+synthetic", "synthetic-only", PRETRAIN_ARM)
 
 
-class DownstreamConfig(BaseConfig):
-    task: Literal["classification", "segmentation"] = "classification"
-    arms: list[str] = Field(default_factory=lambda: ["real", "oversample", "class-weight", "real+synthetic"])
+class ExperimentConfig(BaseConfig):
+    """What the image and feature experiments share: the split (:func:`make_split`), seeds, balancing strategy."""
+
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     split_seed: int = 0
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     subsample: dict[str, float] = Field(
         default_factory=dict, description="class -> fraction of its *training* images kept (e.g. meningioma: 0.1)"
     )
-    strategy: Any = Field("auto", description="sampling strategy of the balanced synthetic arm")
+    near_duplicates: bool = Field(False, description="also keep near-duplicates (equal perceptual hash) on one side "
+                                  "of the split (identical images always are)")
+    strategy: Any = Field("auto", description="sampling strategy of the balanced synthetic arm (imbalanced-learn)")
+    device: str = "auto"
+
+
+class DownstreamConfig(ExperimentConfig):
+    task: Literal["classification", "segmentation"] = "classification"
+    arms: list[str] = Field(default_factory=lambda: ["real", "oversample", "class-weight", "real+synthetic"])
     mask_source: str = "real"
     mask_pool: Literal["auto", "same_class", "any"] = Field(
         "auto", description="label maps for the generator: of the requested class, or of any class; auto = any for "
@@ -62,13 +67,10 @@ class DownstreamConfig(BaseConfig):
         "label", description="what the generator arms rebalance: the class, or the condition column (site)"
     )
     allow_val_overlap: bool = Field(True, description="allow the generator to have seen validation ids (warned)")
-    near_duplicates: bool = Field(False, description="also keep near-duplicates (equal perceptual hash) on one side "
-                                  "of the split (identical images always are)")
     epochs: int = 15
     batch_size: int = 32
     lr: float = 1e-3
     arch: Optional[str] = None
-    device: str = "auto"
     precision: str = "auto"
     fidelity: bool = Field(True, description="also measure fidelity, diversity and privacy (pixel features; held-out "
                            "= validation split) of the first seed's synthetic images, the ones its arms train on")
@@ -101,48 +103,34 @@ class ArmSpec:
 ARM_FILTERS = ("discriminator", "memorization")
 
 
+_ARM_RE = re.compile(r"(?P<base>[a-z+-]+?)(?:@(?P<ratio>[0-9.]+)(?P<x>x?))?(?P<cw>\+class-weight)?"
+                     r"(?:\|filter=(?P<filter>\w+))?")
+
+
 def parse_arm(arm: str) -> ArmSpec:
-    rest = arm.strip()
-    flt = None
-    if "|" in rest:
-        rest, _, f = rest.partition("|")
-        if not f.startswith("filter=") or f[len("filter="):] not in ARM_FILTERS:
-            raise ConfigError(f"arm {arm!r}: expected ...|filter=NAME with NAME one of {', '.join(ARM_FILTERS)}")
-        flt = f[len("filter="):]
-    cw = False
-    if rest.endswith("+class-weight") and rest != "class-weight":
-        rest, cw = rest[: -len("+class-weight")], True
-    ratio = kind = None
-    if "@" in rest:
-        rest, _, r = rest.partition("@")
-        kind = "minority" if r.endswith("x") else "all"
-        try:
-            ratio = float(r[:-1] if kind == "minority" else r)
-        except ValueError:
-            raise ConfigError(f"arm {arm!r}: expected real+synthetic@RATIO (every class) or @RATIOx (the minority), "
-                              "e.g. real+synthetic@0.5 or real+synthetic@2x") from None
-        if ratio <= 0:
-            raise ConfigError(f"arm {arm!r}: the ratio must be positive")
-        if rest != "real+synthetic":
-            raise ConfigError(f"arm {arm!r}: a ratio applies to real+synthetic only")
-    if rest not in BASE_ARMS:
-        raise ConfigError(f"unknown arm {arm!r}; allowed: {', '.join(BASE_ARMS)}, real+synthetic@R, "
-                          "real+synthetic@Rx, with optional +class-weight and |filter=NAME")
-    spec = ArmSpec(arm, rest, ratio, kind, cw, flt)
-    if (cw or flt) and not spec.synthetic:
+    m = _ARM_RE.fullmatch(arm.strip())
+    try:
+        ratio = None if m is None or m["ratio"] is None else float(m["ratio"])
+    except ValueError:
+        m = None
+    if m is None or m["base"] not in BASE_ARMS:
+        raise ConfigError(f"unknown arm {arm!r}; allowed: {', '.join(BASE_ARMS)}, real+synthetic@R (R x every class), "
+                          "real+synthetic@Rx (R x the minority), with optional +class-weight and |filter=NAME")
+    kind = None if ratio is None else "minority" if m["x"] else "all"
+    spec = ArmSpec(arm, m["base"], ratio, kind, bool(m["cw"]), m["filter"])
+    if spec.filter is not None and spec.filter not in ARM_FILTERS:
+        raise ConfigError(f"arm {arm!r}: unknown filter {spec.filter!r}; allowed: {', '.join(ARM_FILTERS)}")
+    if ratio is not None and (ratio <= 0 or spec.base != "real+synthetic"):
+        raise ConfigError(f"arm {arm!r}: a ratio applies to real+synthetic only and must be positive")
+    if (spec.class_weight or spec.filter) and not spec.synthetic:
         raise ConfigError(f"arm {arm!r}: +class-weight and |filter= combine with a synthetic arm only")
     return spec
 
 
-def arm_ratio(arm: str) -> float | None:
-    """R of ``real+synthetic@R`` (every class), else None."""
-    spec = parse_arm(arm)
-    return spec.ratio if spec.ratio_kind == "all" else None
-
-
-def check_arms(arms: list[str]) -> None:
+def check_arms(arms: list[str], parse: Callable[[str], ArmSpec] = parse_arm) -> None:
+    """Every arm parses (with ``parse``: the feature experiment's restricted grammar) and ``real`` is one of them."""
     for a in arms:
-        parse_arm(a)
+        parse(a)
     if "real" not in arms:
         raise ConfigError("the arms must include 'real' (every other arm is compared with it)")
 
@@ -157,7 +145,7 @@ class Split:
     duplicates: dict[str, int] = field(default_factory=dict)  # identical-image groups kept on one side
 
 
-def make_split(data: ImageDataset, cfg: DownstreamConfig) -> Split:
+def make_split(data: ImageDataset, cfg: ExperimentConfig) -> Split:
     from medbalance.data.splits import stratified_split, subsample_class
 
     dup_stats: dict[str, int] = {}
@@ -169,8 +157,8 @@ def make_split(data: ImageDataset, cfg: DownstreamConfig) -> Split:
             raise ConfigError(f"--subsample: unknown class {cls!r}; classes are {', '.join(data.class_names)}")
         if not 0 < frac <= 1:
             raise ConfigError(f"--subsample {cls}={frac}: the fraction must be in (0, 1]")
-        train_idx = subsample_class(train_idx, data.labels.numpy(), data.class_names.index(cls), frac, seed=cfg.split_seed)
-    idx = {"train": train_idx.tolist(), "val": np.asarray(parts["val"]).tolist(), "test": np.asarray(parts["test"]).tolist()}
+        train_idx = subsample_class(train_idx, data.labels.numpy(), data.class_names.index(cls), frac, cfg.split_seed)
+    idx = {"train": train_idx.tolist(), **{k: np.asarray(parts[k]).tolist() for k in ("val", "test")}}
     return Split(data.subset(idx["train"]), data.subset(idx["val"]), data.subset(idx["test"]), idx, dup_stats)
 
 
@@ -200,26 +188,6 @@ def check_seen_ids(seen_ids: Any, split: Split, allow_val_overlap: bool = True, 
     if not allow_val_overlap:
         raise DataError("leakage: " + msg, path=path)
     return [msg]
-
-
-def synthetic_leakage_guard(source: SyntheticSource, split: Split, allow_val_overlap: bool = True) -> list[str]:
-    """:func:`leakage_guard` for a fixed synthetic set (``--synthetic MANIFEST``): its provenance (the generator's
-    training ids, ``provenance.json`` checked against the manifest's digest) must not contain a test id.
-    Without provenance: refused, unless ``source.allow_unverified`` (then a warning that the report shows)."""
-    prov = source.provenance
-    if prov is None:
-        msg = ("the synthetic set carries no training-ids provenance (provenance.json / train_ids_sha256), so "
-               "leakage into the test split cannot be ruled out")
-        if not source.allow_unverified:
-            raise DataError(msg + "; export it with medbalance rebalance/generate, or pass "
-                            "--allow-unverified-synthetic", path=source.path)
-        return ["UNVERIFIED synthetic set (--allow-unverified-synthetic): " + msg]
-
-    class _Seen:
-        train_ids = prov["train_ids"]
-        run_dir = source.path
-
-    return leakage_guard(_Seen(), split, allow_val_overlap)
 
 
 def align_synthetic_classes(syn: ImageDataset, class_names: list[str], path: Any = None) -> ImageDataset:
@@ -254,9 +222,8 @@ def oversample_indices(labels: Any, target: dict[int, int], seed: int) -> np.nda
     return np.concatenate(extra) if extra else np.zeros(0, dtype=np.int64)
 
 
-def oversample_dataset(train: ImageDataset, target: dict[str, int], seed: int) -> ImageDataset:
-    """Random duplication of real samples up to ``target`` total per class (:func:`oversample_indices`)."""
-    extra = oversample_indices(train.labels.numpy(), {train.class_names.index(c): n for c, n in target.items()}, seed)
+def with_duplicates(train: ImageDataset, extra: np.ndarray) -> ImageDataset:
+    """``train`` plus copies of its samples ``extra`` (ids ``ID#dupJ``): the ``oversample`` arm of images."""
     if not len(extra):
         return train
     dup = train.subset(extra)
@@ -298,6 +265,23 @@ def synthetic_counts(spec: ArmSpec, counts: dict[str, int], targets: dict[str, i
     return extra
 
 
+def arm_plan(spec: ArmSpec, labels: Any, class_names: list[str], strategy: Any, seed: int
+             ) -> tuple[dict[str, Any], np.ndarray, dict[str, int]]:
+    """What an arm does to a real training set with these ``labels`` (class indices), for images and features
+    alike: (task options, indices of real samples to duplicate, synthetic samples per class)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    opts = {"augment": True} if spec.base == "augment" else (
+        {"class_weights": True} if spec.base == "class-weight" or spec.class_weight else {})
+    none = np.zeros(0, dtype=np.int64)
+    if spec.base in ("real", "class-weight", "augment"):
+        return opts, none, {}
+    targets = class_targets(labels, class_names, strategy)
+    if spec.base == "oversample":
+        return opts, oversample_indices(labels, dict(enumerate(targets.values())), seed), {}
+    counts = dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist()))
+    return opts, none, synthetic_counts(spec, counts, targets)
+
+
 @dataclass
 class SyntheticSource:
     """Where synthetic training images come from: a trained generator run, or a fixed synthetic dataset.
@@ -319,8 +303,7 @@ class SyntheticSource:
     strategy: Any = "auto"
     cache_dir: Path | None = None
     pools: dict[tuple[int, str], ImageDataset] = field(default_factory=dict)
-    pool_files: dict[str, str] = field(default_factory=dict)  # "seed0/none" -> file (relative to cache_dir's parent)
-    filter_reports: dict[str, Any] = field(default_factory=dict)
+    pool_files: dict[str, str] = field(default_factory=dict)  # "seed0/none" -> file name in cache_dir
     sampler_info: dict[str, Any] = field(default_factory=dict)  # "seed0/none" -> (provenance rows, synthesis report)
 
     # ------------------------------------------------------------------ pools (generator runs)
@@ -333,9 +316,8 @@ class SyntheticSource:
             raise ConfigError(f"filter {name!r} needs one class-conditional run, not per-class runs")
         if name == "discriminator":
             return [DiscriminatorFilter(self.run.method)]
-        if name == "memorization":  # held-out = the validation split (never seen by the generator)
-            return [MemorizationGate(split.train.images, split.val.images)]
-        raise ConfigError(f"unknown filter {name!r}; allowed: {', '.join(ARM_FILTERS)}")
+        # memorization: held-out = the validation split (never seen by the generator)
+        return [MemorizationGate(split.train.images, split.val.images)]
 
     def _digest(self) -> str:
         runs = self.run.values() if isinstance(self.run, dict) else [self.run]
@@ -343,35 +325,32 @@ class SyntheticSource:
 
     def pool(self, split: Split, need: dict[str, int], seed: int, mask_source: str, filter_name: str | None
              ) -> ImageDataset:
-        key = (seed, filter_name or "none")
-        if key in self.pools:
-            return self.pools[key]
-        train = split.train
-        path = None if self.cache_dir is None else Path(self.cache_dir) / f"seed{seed}-{key[1]}.safetensors"
-        if path is not None and path.is_file():
-            ds = _load_pool(path, train, self._digest(), need)
-            if ds is not None:
-                self.pools[key] = ds
-                self.pool_files[f"seed{seed}/{key[1]}"] = path.name
-                return ds
+        """Seed ``seed``'s images of one filter (None: unfiltered), at least ``need[c]`` of each class ``c``: generated
+        once, or read from ``cache_dir`` when saved there by the same generator."""
         from medbalance.synthesis.oversampler import GenerativeOverSampler
 
-        counts = train.class_counts()
-        strat = {c: counts[c] + n for c, n in need.items() if n > 0}
-        if not strat:
-            ds = train.subset([])
-            ds.synthetic = torch.zeros(0, dtype=torch.bool)
-        else:
-            s = GenerativeOverSampler(self.run, sampling_strategy=strat, mask_source=mask_source, random_state=seed,
-                                      progress=False, mask_pool=self.mask_pool, target="label",
-                                      filters=self._filters(filter_name, split)).fit(train)
-            ds = s.sample()
-            self.sampler_info[f"seed{seed}/{key[1]}"] = (s.provenance_, s.report_)
-            if filter_name:
-                self.filter_reports[f"seed{seed}/{filter_name}"] = s.report_.to_dict()
+        key, train = (seed, filter_name or "none"), split.train
+        if key in self.pools:
+            return self.pools[key]
+        name = f"seed{seed}/{key[1]}"
+        path = None if self.cache_dir is None else Path(self.cache_dir) / f"seed{seed}-{key[1]}.safetensors"
+        ds = _load_pool(path, train, self._digest(), need) if path is not None and path.is_file() else None
+        if ds is None:
+            counts = train.class_counts()
+            strat = {c: counts[c] + n for c, n in need.items() if n > 0}
+            if strat:
+                s = GenerativeOverSampler(self.run, sampling_strategy=strat, mask_source=mask_source,
+                                          random_state=seed, progress=False, mask_pool=self.mask_pool, target="label",
+                                          filters=self._filters(filter_name, split)).fit(train)
+                ds = s.sample()
+                self.sampler_info[name] = (s.provenance_, s.report_)
+            else:
+                ds = train.subset([])
+                ds.synthetic = torch.zeros(0, dtype=torch.bool)
+            if path is not None:
+                _save_pool(path, ds, seed, key[1], self._digest())
         if path is not None:
-            _save_pool(path, ds, seed, key[1], self._digest())
-            self.pool_files[f"seed{seed}/{key[1]}"] = path.name
+            self.pool_files[name] = path.name
         self.pools[key] = ds
         return ds
 
@@ -389,44 +368,32 @@ class SyntheticSource:
             else:
                 kw.update(sampling_strategy=self.strategy)
             return GenerativeOverSampler(self.run, **kw).fit(train).sample()
-        if self.run is not None:
-            pool = self.pool(split, need or counts, seed, mask_source, spec.filter)
-            labels = pool.labels.numpy()
-            take = []
-            for c, n in counts.items():
-                idx = np.flatnonzero(labels == pool.class_names.index(c))
-                if n > len(idx):
-                    raise DataError(f"the synthetic pool of seed {seed} has {len(idx)} images of class {c!r}, "
-                                    f"{n} needed (a filter rejected too many)")
-                take.append(idx[:n])
-            return pool.subset(np.concatenate(take) if take else np.zeros(0, dtype=np.int64))
-        if self.dataset is None:
+        if self.run is not None:  # the first images of each class of this seed's pool
+            syn, rng = self.pool(split, need or counts, seed, mask_source, spec.filter), None
+        elif self.dataset is None:
             raise ConfigError("this arm needs synthetic data: give a generator run (--run) or a synthetic manifest")
-        if spec.filter:
+        elif spec.filter:
             raise ConfigError(f"arm {spec.name!r}: filters apply to a generator run, not to a fixed synthetic set")
-        syn = self.dataset
-        rng = np.random.default_rng(seed)
-        take = []
-        labels = syn.labels.numpy()
+        else:  # a random draw from the fixed set
+            syn, rng = self.dataset, np.random.default_rng(seed)
+        labels, take = syn.labels.numpy(), []
         for c, n in counts.items():
-            pool = np.nonzero(labels == syn.class_names.index(c))[0] if c in syn.class_names else np.zeros(0, int)
-            if len(pool) == 0 and n > 0:  # the set has no images of this class: it gets none
+            idx = np.flatnonzero(labels == syn.class_names.index(c)) if c in syn.class_names else np.zeros(0, int)
+            if rng is not None and len(idx) == 0 and n > 0:  # the set has no images of this class: it gets none
                 self.missing.add(c)
                 continue
-            if n > len(pool):
-                raise DataError(f"the synthetic set has {len(pool)} images of class {c!r}, {n} needed")
-            take.append(rng.choice(pool, size=n, replace=False))
+            if n > len(idx):  # a pool holds what every arm needs, unless its filter rejected too many
+                what = "set" if rng is not None else f"pool of seed {seed} (after its filter)"
+                raise DataError(f"the synthetic {what} has {len(idx)} images of class {c!r}, {n} needed")
+            take.append(idx[:n] if rng is None else rng.choice(idx, size=n, replace=False))
         return syn.subset(np.concatenate(take) if take else np.zeros(0, dtype=np.int64))
 
 
 def _save_pool(path: Path, ds: ImageDataset, seed: int, filter_name: str, digest: str) -> None:
     from medbalance.utils.io import save_safetensors
 
-    tensors = {"images": ds.images.contiguous(), "labels": ds.labels}
-    if ds.masks is not None:
-        tensors["masks"] = ds.masks
-    if ds.conditions is not None:
-        tensors["conditions"] = ds.conditions
+    tensors = {k: v for k, v in (("images", ds.images.contiguous()), ("labels", ds.labels), ("masks", ds.masks),
+                                 ("conditions", ds.conditions)) if v is not None}
     save_safetensors(path, tensors, {"seed": seed, "filter": filter_name, "generator_checkpoints": digest,
                                      "ids": list(ds.ids), "class_counts": ds.class_counts(),
                                      "class_names": list(ds.class_names)})
@@ -473,46 +440,34 @@ def arm_training_set(arm: str, split: Split, cfg: DownstreamConfig, seed: int, s
     pre-training set)."""
     spec = parse_arm(arm)
     train = split.train
-    opts: dict[str, Any] = {}
-    if spec.base == "real":
-        return train, opts
-    targets = balanced_targets(train, cfg.strategy)
-    if spec.base == "oversample":
-        return oversample_dataset(train, targets, seed), opts
-    if spec.base == "class-weight":
-        return train, {"class_weights": True}
-    if spec.base == "augment":
-        return train, {"augment": True}
+    opts, dup, counts = arm_plan(spec, train.labels.numpy(), train.class_names, cfg.strategy, seed)
+    if not spec.synthetic:
+        return with_duplicates(train, dup), opts
     if source is None:
         raise ConfigError(f"arm {arm!r} needs synthetic data: give a generator run (--run) or --synthetic MANIFEST")
-    if spec.class_weight:
-        opts["class_weights"] = True
-    counts = arm_synthetic_counts(spec, train, targets)
     need = pool_needs(cfg.arms, train, cfg.strategy).get(spec.filter) or counts
-    syn = source.take(split, spec, counts, seed, cfg.mask_source, need)
-    syn = _strip_masks_if_needed(syn, train)
+    syn = _without(source.take(split, spec, counts, seed, cfg.mask_source, need), masks=train.masks is None,
+                   conditions=train.conditions is None)
     if spec.base in ("synthetic-only", PRETRAIN_ARM):
         return syn, opts
     if syn.masks is None and train.masks is not None:  # a generator without label maps (classification only)
         if cfg.task == "segmentation":
             raise ConfigError(f"arm {arm!r}: the synthetic images have no label maps, segmentation needs them")
-        train = _without_masks(train)
+        train = _without(train, masks=True)
     return train.concat(syn), opts
 
 
-def _without_masks(ds: ImageDataset) -> ImageDataset:
+def _without(ds: ImageDataset, masks: bool = False, conditions: bool = False) -> ImageDataset:
+    """``ds`` without its label maps and / or conditions (a copy when it has any to drop)."""
+    masks, conditions = masks and ds.masks is not None, conditions and ds.conditions is not None
+    if not (masks or conditions):
+        return ds
     out = ds.subset(range(len(ds)))
-    out.masks, out.mask_values = None, None
+    if masks:
+        out.masks, out.mask_values = None, None
+    if conditions:
+        out.conditions, out.condition_names = None, None
     return out
-
-
-def _strip_masks_if_needed(syn: ImageDataset, like: ImageDataset) -> ImageDataset:
-    if like.masks is None and syn.masks is not None:
-        syn = syn.subset(range(len(syn)))
-        syn.masks, syn.mask_values = None, None
-    if like.conditions is None and syn.conditions is not None:
-        syn.conditions, syn.condition_names = None, None
-    return syn
 
 
 def _test_metrics(model: Any, test: ImageDataset, task: str, data: ImageDataset) -> dict[str, Any]:
@@ -534,16 +489,14 @@ def _test_metrics(model: Any, test: ImageDataset, task: str, data: ImageDataset)
         cond = test.conditions.numpy()
         for k, site in enumerate(test.condition_names):
             sel = np.flatnonzero(cond == k)
-            if not len(sel):
-                continue
-            if task == "classification":
+            if len(sel) and task == "classification":
                 sm = classification_metrics(y[sel], probs[sel], data.class_names)
-                m["per_site"][site] = {"n": int(len(sel)), "balanced_accuracy": sm["balanced_accuracy"],
+                m["per_site"][site] = {"n": len(sel), "balanced_accuracy": sm["balanced_accuracy"],
                                        "macro_f1": sm["macro_f1"],
                                        "recall": {c: v["recall"] for c, v in sm["per_class"].items()}}
-            else:
-                m["per_site"][site] = {"n": int(len(sel)),
-                                       "dice_foreground": float(np.mean(np.asarray(m["per_case_dice_foreground"])[sel]))}
+            elif len(sel):
+                dice = np.asarray(m["per_case_dice_foreground"])[sel]
+                m["per_site"][site] = {"n": len(sel), "dice_foreground": float(np.mean(dice))}
     return m
 
 
@@ -575,6 +528,67 @@ def train_arm(arm: str, split: Split, cfg: DownstreamConfig, seed: int, source: 
     return m, comp
 
 
+def prepare_source(source: SyntheticSource | None, split: Split, cfg: DownstreamConfig, out_dir: str | Path
+                   ) -> list[str]:
+    """Ready ``source`` for the experiment and run the leakage guard (returns its warnings). A run gets the config's
+    mask pool, target and strategy and caches its pools in ``out_dir/synthetic``. A fixed set (``--synthetic``) gets
+    the real classes; without provenance it is refused, unless ``source.allow_unverified`` (then a warning)."""
+    if source is not None and source.run is not None:
+        source.mask_pool, source.target, source.strategy = cfg.mask_pool, cfg.target, cfg.strategy
+        source.cache_dir = source.cache_dir or Path(out_dir) / "synthetic"
+        runs = source.run.values() if isinstance(source.run, dict) else [source.run]
+        return [w for r in runs for w in leakage_guard(r, split, cfg.allow_val_overlap)]
+    if source is None or source.dataset is None:
+        return []
+    msg = ("the synthetic set carries no training-ids provenance (provenance.json / train_ids_sha256), so "
+           "leakage into the test split cannot be ruled out")
+    if source.provenance is None and not source.allow_unverified:
+        raise DataError(msg + "; export it with medbalance rebalance/generate, or pass --allow-unverified-synthetic",
+                        path=source.path)
+    warnings = (["UNVERIFIED synthetic set (--allow-unverified-synthetic): " + msg] if source.provenance is None else
+                check_seen_ids(source.provenance["train_ids"], split, cfg.allow_val_overlap, path=source.path))
+    source.dataset = align_synthetic_classes(source.dataset, list(split.train.class_names), source.path)
+    return warnings
+
+
+def small_class_warnings(split: Split, unit: str = "images") -> list[str]:
+    return [f"class {c!r} has only {n} training {unit}" for c, n in split.train.class_counts().items() if n < 10]
+
+
+def run_arms(arms: list[str], seeds: list[int], train_one: Callable[[str, int], tuple[dict[str, Any], Any]],
+             label: str, progress: bool = True) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Every arm for every seed, seed by seed: ``train_one(arm, seed)`` -> (test metrics, training-set composition).
+    Returns the metrics per arm and each arm's composition (of the first seed)."""
+    results: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
+    compositions: dict[str, Any] = {}
+    with make_progress(enabled=progress) as bar:
+        task = bar.add_task(label, total=len(arms) * len(seeds))
+        for seed in seeds:
+            for arm in arms:
+                bar.update(task, description=f"{label} seed {seed} · {arm}")
+                m, comp = train_one(arm, seed)
+                compositions.setdefault(arm, comp)
+                results[arm].append(m)
+                bar.advance(task)
+    return results, compositions
+
+
+def experiment_report(config: dict[str, Any], split: Split, results: dict[str, list[dict[str, Any]]],
+                      compositions: dict[str, Any], test_labels: np.ndarray, warnings: list[str], t_start: float,
+                      notes: list[str], **extra: Any) -> dict[str, Any]:
+    """The JSON of an experiment (``downstream.json``, ``feature_downstream.json``): config, split, per-arm
+    training sets, results and :func:`summarize_arms`, warnings, ``extra`` sections, seconds since ``t_start``."""
+    class_names = list(split.train.class_names)
+    return {
+        "config": config, "task": config["task"], "class_names": class_names,
+        "split": {k: len(v) for k, v in split.indices.items()},
+        "split_class_counts": {k: getattr(split, k).class_counts() for k in ("train", "val", "test")},
+        "test_ids": list(split.test.ids), "arm_training_sets": compositions, "results": results,
+        "summary": summarize_arms(results, config["task"], class_names, test_labels),
+        "warnings": warnings, **extra, "seconds": round(time.perf_counter() - t_start, 1), "notes": notes,
+    }
+
+
 def run_downstream(
     data: ImageDataset, cfg: DownstreamConfig, out_dir: str | Path, source: SyntheticSource | None = None,
     split: Split | None = None,
@@ -589,70 +603,33 @@ def run_downstream(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split if split is not None else make_split(data, cfg)
-    warnings: list[str] = []
-    if source is not None and source.run is not None:
-        source.mask_pool, source.target, source.strategy = cfg.mask_pool, cfg.target, cfg.strategy
-        if source.cache_dir is None:
-            source.cache_dir = out_dir / "synthetic"
-        for r in (source.run.values() if isinstance(source.run, dict) else [source.run]):
-            warnings += leakage_guard(r, split, cfg.allow_val_overlap)
-    elif source is not None and source.dataset is not None:
-        warnings += synthetic_leakage_guard(source, split, cfg.allow_val_overlap)
-        source.dataset = align_synthetic_classes(source.dataset, list(data.class_names), source.path)
-    for c, n in split.train.class_counts().items():
-        if n < 10:
-            warnings.append(f"class {c!r} has only {n} training images")
-    results: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.arms}
-    compositions: dict[str, dict[str, Any]] = {}
+    warnings = prepare_source(source, split, cfg, out_dir) + small_class_warnings(split)
     t_start = time.perf_counter()
-    total = len(cfg.arms) * len(cfg.seeds)
-    with make_progress() as bar:
-        task = bar.add_task("downstream", total=total)
-        for seed in cfg.seeds:
-            for arm in cfg.arms:
-                bar.update(task, description=f"seed {seed} · {arm}")
-                m, comp = train_arm(arm, split, cfg, seed, source, data)
-                compositions.setdefault(arm, comp)
-                results[arm].append(m)
-                bar.advance(task)
-    evaluation = None
-    if cfg.fidelity and source is not None:
-        evaluation = evaluate_synthetic(source, split, cfg)
-        if evaluation is not None:
-            atomic_write_json(out_dir / "evaluation.json", evaluation)
+    results, compositions = run_arms(cfg.arms, cfg.seeds, lambda arm, seed: train_arm(arm, split, cfg, seed, source,
+                                                                                       data), "downstream")
+    evaluation = evaluate_synthetic(source, split, cfg) if cfg.fidelity and source is not None else None
+    if evaluation is not None:
+        atomic_write_json(out_dir / "evaluation.json", evaluation)
     if source is not None and source.missing:
         warnings.append(f"the synthetic set has no images of class(es) {', '.join(sorted(source.missing))}: "
                         "those classes got no synthetic images")
-    report = {
-        "config": cfg.model_dump(mode="json"),
-        "task": cfg.task,
-        "class_names": list(data.class_names),
-        "split": {k: len(v) for k, v in split.indices.items()},
-        "split_class_counts": {k: getattr(split, k).class_counts() for k in ("train", "val", "test")},
-        "test_ids": list(split.test.ids),
-        "arm_training_sets": compositions,
-        "results": results,
-        "summary": summarize_arms(results, cfg.task, data.class_names, split.test.labels.numpy()),
-        "warnings": warnings,
-        "synthetic_provenance": _provenance_summary(source),
-        "synthetic_sets": synthetic_sets_summary(source),
-        "evaluated_synthetic_set": None if evaluation is None else evaluation["synthetic_set"],
-        "duplicates": split_duplicate_summary(split),
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "notes": [
-            "model selection on real validation data only; test on real test data only",
-            "one split for every arm and seed; seeds change initialisation, data order and generation",
-        ],
-    }
+    report = experiment_report(
+        cfg.model_dump(mode="json"), split, results, compositions, split.test.labels.numpy(), warnings, t_start,
+        ["model selection on real validation data only; test on real test data only",
+         "one split for every arm and seed; seeds change initialisation, data order and generation"],
+        synthetic_provenance=_provenance_summary(source), synthetic_sets=synthetic_sets_summary(source),
+        evaluated_synthetic_set=None if evaluation is None else evaluation["synthetic_set"],
+        duplicates=dict(split.duplicates))
     atomic_write_json(out_dir / "downstream.json", report)
     return report
 
 
 def evaluate_synthetic(source: SyntheticSource, split: Split, cfg: DownstreamConfig, extractor: str = "pixels",
-                       extractor_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                       extractor_options: dict[str, Any] | None = None, **options: Any) -> dict[str, Any] | None:
     """Fidelity, diversity, image statistics and privacy of the synthetic images the first seed's arms used (its
     unfiltered pool; a fixed synthetic set: the whole set), against the real training split, with the validation
-    split as held-out real images for privacy. None when no synthetic image was used."""
+    split as held-out real images for privacy; ``options`` go to ``evaluate_datasets`` (``montage_path``,
+    ``ms_ssim_pairs``, ``seed``). None when no synthetic image was used."""
     from medbalance.evaluation.evaluate import evaluate_datasets
 
     seed = cfg.seeds[0]
@@ -671,11 +648,11 @@ def evaluate_synthetic(source: SyntheticSource, split: Split, cfg: DownstreamCon
     ev = evaluate_datasets(real=split.train, synthetic=syn, extractor=extractor,
                            extractor_options={"size": 16} if extractor_options is None else extractor_options,
                            per_class=True, privacy_train=split.train, privacy_holdout=split.val, use_cache=False,
-                           seed=seed, ms_ssim_pairs=100, kid_subset_size=min(1000, len(syn)))
+                           **{"seed": seed, "ms_ssim_pairs": 100, "kid_subset_size": min(1000, len(syn)), **options})
     ev["privacy_holdout"] = "validation split (never seen by the generator)"
     ev["synthetic_set"] = {"what": what, "n": len(syn), "seed": seed,
-                           "statement": f"fidelity, privacy and seed {seed}'s utility measured on the same {len(syn)} "
-                                        f"synthetic images: {what}"}
+                           "statement": f"fidelity, privacy and the utility of seed {seed} were measured on the same "
+                                        f"{len(syn)} synthetic images: {what}"}
     return ev
 
 
@@ -686,8 +663,9 @@ def synthetic_sets_summary(source: SyntheticSource | None) -> dict[str, Any] | N
     out = {}
     for (seed, flt), ds in sorted(source.pools.items()):
         key = f"seed{seed}/{flt}"
+        info = source.sampler_info.get(key) if flt != "none" else None
         out[key] = {"file": source.pool_files.get(key), "n": len(ds), "class_counts": ds.class_counts(),
-                    "filter_report": source.filter_reports.get(key)}
+                    "filter_report": None if info is None else info[1].to_dict()}
     return {"folder": None if source.cache_dir is None else str(source.cache_dir), "pools": out,
             "note": "each seed's images are generated once; every arm of that seed takes the first images of each "
                     "class from its pool"}
@@ -710,37 +688,25 @@ def _provenance_summary(source: SyntheticSource | None) -> dict[str, Any] | None
             "allow_unverified": bool(source.allow_unverified)}
 
 
-def split_duplicate_summary(split: Split) -> dict[str, Any]:
-    return dict(getattr(split, "duplicates", None) or {"groups": 0, "images": 0, "near_duplicate_groups": 0})
+def _path(*keys: str) -> Callable[[dict[str, Any]], Any]:
+    """``r[k1][k2]...`` of a result ``r``; nan where a level is missing."""
+    def get(r: Any) -> Any:
+        for k in keys:
+            r = r.get(k) if isinstance(r, dict) else None
+        return float("nan") if r is None else r
+    return get
 
 
 def metric_table(task: str, class_names: list[str]) -> dict[str, Any]:
     """metric name -> function(result dict) -> float."""
     if task == "classification":
-        table: dict[str, Any] = {
-            "balanced_accuracy": lambda r: r["balanced_accuracy"],
-            "macro_f1": lambda r: r["macro_f1"],
-            "auroc": lambda r: r["auroc"],
-        }
-        for c in class_names:
-            for k in ("recall", "precision", "f1", "specificity"):
-                table[f"{k}/{c}"] = (lambda c_, k_: (lambda r: r["per_class"][c_][k_]))(c, k)
+        table = {k: _path(k) for k in ("balanced_accuracy", "macro_f1", "auroc")}
+        table.update({f"{k}/{c}": _path("per_class", c, k) for c in class_names
+                      for k in ("recall", "precision", "f1", "specificity")})
         return table
-    table = {"dice_foreground": lambda r: r["dice_foreground"]}
-    for c in class_names:
-        table[f"dice/{c}"] = (lambda c_: (lambda r: r["dice_per_class"][c_]))(c)
-    table.update({f"brats/{k}": (lambda k_: (lambda r: r.get("brats", {}).get(k_, float("nan"))))(k) for k in ("WT", "TC", "ET")})
-    return table
-
-
-def _site_value(r: dict[str, Any], site: str, key: str) -> float:
-    m = (r.get("per_site") or {}).get(site)
-    if m is None:
-        return float("nan")
-    if key.startswith("recall/"):
-        v = m["recall"].get(key.split("/", 1)[1])
-        return float("nan") if v is None else v
-    return m[key]
+    table = {"dice_foreground": _path("dice_foreground")}
+    table.update({f"dice/{c}": _path("dice_per_class", c) for c in class_names})
+    return {**table, **{f"brats/{k}": _path("brats", k) for k in ("WT", "TC", "ET")}}
 
 
 def summarize_arms(
@@ -750,11 +716,10 @@ def summarize_arms(
     (and, for classification recall and segmentation Dice, across test cases)."""
     table = metric_table(task, class_names)
     base = results["real"]
+    keys = [("balanced_accuracy",), *(("recall", c) for c in class_names)] if task == "classification" \
+        else [("dice_foreground",)]
     for site in (base[0].get("per_site") or {}) if base else {}:  # per acquisition site, when the data has sites
-        keys = ["balanced_accuracy"] + [f"recall/{c}" for c in class_names] if task == "classification" \
-            else ["dice_foreground"]
-        for key in keys:
-            table[f"{key}@{site}"] = (lambda s_, k_: (lambda r: _site_value(r, s_, k_)))(site, key)
+        table.update({f"{'/'.join(k)}@{site}": _path("per_site", site, *k) for k in keys})
     out: dict[str, Any] = {}
     for arm, runs in results.items():
         arm_out: dict[str, Any] = {}

@@ -548,36 +548,27 @@ LATENT_CPU: dict[str, Any] = {
     "guidance_scale": 4.0, "label_dropout": 0.1, "lr": 5e-4, "spade_hidden": 32,
 }  # fmt: skip
 
-MODELS.add(
-    "diffusion",
-    ModelSpec(
-        method=Diffusion,
-        params=DiffusionParams,
-        presets={"paper": DIFFUSION_PAPER, "cpu": DIFFUSION_CPU},
-        description="Class-conditional diffusion U-Net in pixel space (MONAI), classifier-free guidance; "
-        "mask_conditioning=true: SPADE U-Net on the label map",
-        paper="Ho et al. 2020 / Pinaya et al. 2022 (MONAI Generative); CFG: Ho & Salimans 2022",
-        batch_sizes={"paper": 32, "cpu": 16},
-        ema_decays={"paper": 0.9999, "cpu": 0.995},
-        # paper: the MONAI 2D DDPM tutorial's 150 epochs; cpu: the default length
-        train_lengths={"paper": {"epochs": 150}, "cpu": {"steps": 2000}},
-    ),
-    help="class/mask-conditional pixel diffusion (MONAI DiffusionModelUNet)",
-)
-MODELS.add(
-    "latent-diffusion",
-    ModelSpec(
-        method=LatentDiffusion,
-        params=LatentDiffusionParams,
-        presets={"paper": LATENT_PAPER, "cpu": LATENT_CPU},
-        description="Latent diffusion: AutoencoderKL (phase 1, ae_steps) then a class-conditional diffusion U-Net "
-        "on its latents, classifier-free guidance; mask_conditioning=true: SPADE U-Net",
-        paper="Rombach et al. 2022; Pinaya et al. 2022 (brain LDM, MONAI Generative); Medfusion (Müller-Franzes et al. 2023)",
-        batch_sizes={"paper": 32, "cpu": 16},
-        ema_decays={"paper": 0.9999, "cpu": 0.995},
-        # cpu: 500 autoencoder + 4000 latent steps (about 18 min on one thread of this CPU at 64 px); paper: 20000
-        # autoencoder + 80000 latent steps (our choice; the MONAI tutorial trains each stage for 1000+ epochs)
-        train_lengths={"paper": {"steps": 100000}, "cpu": {"steps": 4500}},
-    ),
-    help="class/mask-conditional latent diffusion (MONAI AutoencoderKL + DiffusionModelUNet)",
-)
+for _name, _method, _params, _presets, _description, _paper, _lengths, _help in (
+    ("diffusion", Diffusion, DiffusionParams, {"paper": DIFFUSION_PAPER, "cpu": DIFFUSION_CPU},
+     "Class-conditional diffusion U-Net in pixel space (MONAI), classifier-free guidance; "
+     "mask_conditioning=true: SPADE U-Net on the label map",
+     "Ho et al. 2020 / Pinaya et al. 2022 (MONAI Generative); CFG: Ho & Salimans 2022",
+     # paper: the MONAI 2D DDPM tutorial's 150 epochs; cpu: the default length
+     {"paper": {"epochs": 150}, "cpu": {"steps": 2000}},
+     "class/mask-conditional pixel diffusion (MONAI DiffusionModelUNet)"),
+    ("latent-diffusion", LatentDiffusion, LatentDiffusionParams, {"paper": LATENT_PAPER, "cpu": LATENT_CPU},
+     "Latent diffusion: AutoencoderKL (phase 1, ae_steps) then a class-conditional diffusion U-Net "
+     "on its latents, classifier-free guidance; mask_conditioning=true: SPADE U-Net",
+     "Rombach et al. 2022; Pinaya et al. 2022 (brain LDM, MONAI Generative); Medfusion (Müller-Franzes et al. 2023)",
+     # cpu: 500 autoencoder + 4000 latent steps (about 18 min on one thread of this CPU at 64 px); paper: 20000
+     # autoencoder + 80000 latent steps (our choice; the MONAI tutorial trains each stage for 1000+ epochs)
+     {"paper": {"steps": 100000}, "cpu": {"steps": 4500}},
+     "class/mask-conditional latent diffusion (MONAI AutoencoderKL + DiffusionModelUNet)"),
+):
+    MODELS.add(
+        _name,
+        ModelSpec(method=_method, params=_params, presets=_presets, description=_description, paper=_paper,
+                  batch_sizes={"paper": 32, "cpu": 16}, ema_decays={"paper": 0.9999, "cpu": 0.995},
+                  train_lengths=_lengths),
+        help=_help,
+    )

@@ -27,7 +27,6 @@ the requested class, and reports the acceptance rate (= D's class accuracy on ge
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
@@ -40,10 +39,7 @@ from medbalance.config import BaseConfig
 from medbalance.errors import CheckpointError, ConfigError, DataError
 from medbalance.models.layers import dcgan_init_
 from medbalance.models.losses import class_loss, d_loss, g_loss
-from medbalance.utils.device import select_device
 from medbalance.utils.io import atomic_write_json, load_safetensors, read_json, save_safetensors
-from medbalance.utils.progress import make_progress
-from medbalance.utils.seed import seed_everything
 
 FORMAT = "medbalance-feature-acgan"
 FORMAT_VERSION = 1
@@ -188,81 +184,50 @@ class FeatureACGAN(nn.Module):
         self.G.floor.copy_(-mean / std)
 
     # ------------------------------------------------------------------ training
-    def fit(self, feats: torch.Tensor, labels: torch.Tensor) -> list[dict[str, float]]:
-        """Train on raw features ``(N, C, h, w)`` and labels ``(N,)``. Returns the per-epoch history."""
-        cfg = self.cfg
+    def check_training_data(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """Refuse features of another shape, labels that do not fit, fewer than 2 samples (one line each)."""
         if feats.dim() != 4 or tuple(feats.shape[1:]) != self.shape:
             raise DataError(f"features have shape {tuple(feats.shape)}, the ACGAN is built for (N, {self.shape})")
         if labels.shape != (feats.shape[0],):
             raise DataError("one label per feature map is needed")
-        n = feats.shape[0]
-        if n < 2:
-            raise DataError(f"the feature ACGAN needs at least 2 training features, got {n}")
+        if feats.shape[0] < 2:
+            raise DataError(f"the feature ACGAN needs at least 2 training features, got {feats.shape[0]}")
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
             raise DataError(f"labels must be class indices 0..{self.num_classes - 1}")
-        seed_everything(cfg.seed)
-        dev = select_device(cfg.device)
-        self.to(dev)
-        self.set_scaling(feats, cfg.nonnegative)
-        x_all = self.standardise(feats.float().to(dev))
-        y_all = labels.long().to(dev)
-        opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        gen = torch.Generator().manual_seed(cfg.seed)
-        bs = min(cfg.batch_size, n)
-        steps = n // bs  # drop the ragged batch (BatchNorm in G)
-        self.train()
-        self.history = []
-        K = self.num_classes
-        with make_progress() as bar:
-            task = bar.add_task("train feature ACGAN", total=cfg.epochs * steps) if cfg.progress else None
-            for epoch in range(1, cfg.epochs + 1):
-                t0 = time.perf_counter()
-                perm = torch.randperm(n, generator=gen).to(dev)
-                acc = torch.zeros(6, device=dev)  # loss_d, loss_g, acc_real, acc_fake, d_real, d_fake
-                for b in range(steps):
-                    idx = perm[b * bs : (b + 1) * bs]
-                    real, y = x_all[idx], y_all[idx]
-                    z = torch.randn(bs, cfg.z_dim, generator=gen).to(dev)
-                    y_fake = torch.randint(0, K, (bs,), generator=gen).to(dev)
-                    fake = self.G(z, y_fake)
-                    # --- D step
-                    src_r, cls_r = self.D(real)
-                    src_f, cls_f = self.D(fake.detach())
-                    loss_d = d_loss(src_r, src_f, cfg.loss) + cfg.class_weight * (
-                        class_loss(cls_r, y) + class_loss(cls_f, y_fake)
-                    )
-                    opt_d.zero_grad(set_to_none=True)
-                    loss_d.backward()
-                    opt_d.step()
-                    # --- G step
-                    for p in self.D.parameters():
-                        p.requires_grad_(False)
-                    src_g, cls_g = self.D(fake)
-                    loss_g = g_loss(src_g, cfg.loss) + cfg.class_weight * class_loss(cls_g, y_fake)
-                    opt_g.zero_grad(set_to_none=True)
-                    loss_g.backward()
-                    opt_g.step()
-                    for p in self.D.parameters():
-                        p.requires_grad_(True)
-                    acc += torch.stack([
-                        loss_d.detach(), loss_g.detach(),
-                        (cls_r.detach().argmax(1) == y).float().mean(), (cls_f.detach().argmax(1) == y_fake).float().mean(),
-                        torch.sigmoid(src_r.detach()).mean(), torch.sigmoid(src_f.detach()).mean(),
-                    ])
-                    if task is not None:
-                        bar.advance(task)
-                m = (acc / max(steps, 1)).tolist()
-                rec = {
-                    "epoch": epoch, "loss_d": m[0], "loss_g": m[1], "d_class_acc_real": m[2], "d_class_acc_fake": m[3],
-                    "d_real": m[4], "d_fake": m[5], "seconds": round(time.perf_counter() - t0, 3),
-                }
-                self.history.append(rec)
-                if task is not None:
-                    bar.update(task, description=f"feature ACGAN ep {epoch}/{cfg.epochs} D {m[0]:.2f} G {m[1]:.2f} "
-                               f"cls-acc fake {m[3]:.2f}")
-        self.eval()
-        return self.history
+
+    def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        """(G's, D's) Adam with the config's learning rate and betas."""
+        cfg = self.cfg
+        return (torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)),
+                torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)))
+
+    def train_step(self, real: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                   opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """One D step then one G step on a batch of *standardised* real features; ``gen`` draws the noise and the
+        fake labels. Returns detached batch statistics (losses, D's class accuracy, D's mean real/fake output)."""
+        cfg, bs, dev = self.cfg, real.shape[0], real.device
+        z = torch.randn(bs, cfg.z_dim, generator=gen).to(dev)
+        y_fake = torch.randint(0, self.num_classes, (bs,), generator=gen).to(dev)
+        fake = self.G(z, y_fake)
+        src_r, cls_r = self.D(real)
+        src_f, cls_f = self.D(fake.detach())
+        loss_d = d_loss(src_r, src_f, cfg.loss) + cfg.class_weight * (class_loss(cls_r, y) + class_loss(cls_f, y_fake))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        self.D.requires_grad_(False)
+        src_g, cls_g = self.D(fake)
+        loss_g = g_loss(src_g, cfg.loss) + cfg.class_weight * class_loss(cls_g, y_fake)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        self.D.requires_grad_(True)
+        return {
+            "loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+            "d_class_acc_real": (cls_r.detach().argmax(1) == y).float().mean(),
+            "d_class_acc_fake": (cls_f.detach().argmax(1) == y_fake).float().mean(),
+            "d_real": torch.sigmoid(src_r.detach()).mean(), "d_fake": torch.sigmoid(src_f.detach()).mean(),
+        }
 
     # ------------------------------------------------------------------ inference (raw feature units)
     def _device(self) -> torch.device:

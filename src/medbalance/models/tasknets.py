@@ -17,8 +17,10 @@ from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from medbalance.config import BaseConfig
 from medbalance.errors import CheckpointError, ConfigError
 from medbalance.utils.io import atomic_write_json, load_safetensors, read_json, save_safetensors
 
@@ -206,6 +208,52 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class FeatureClassifierConfig(BaseConfig):
+    """The downstream feature classifier (paper 2.8: widths, lr and epochs are not given; these are choices)."""
+
+    channels: list[int] = Field(default_factory=lambda: [64, 64], min_length=2, max_length=2)
+    hidden: int = Field(256, ge=1, description="width of the first fully connected layer")
+    dropout: float = Field(0.5, ge=0, lt=1, description="before and after the first FC layer (paper: 0.5)")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
+    # paper (TF notebook variant): Adam 1e-3, batch 10, 20 epochs; widths are our choice for 1024-channel input
+    "paper": {"channels": [256, 256], "hidden": 1024, "epochs": 20, "batch_size": 10, "lr": 1e-3},
+    "cpu": {"channels": [64, 64], "hidden": 256, "epochs": 15, "batch_size": 64, "lr": 1e-3},
+}
+
+
+class FeatureClassifier(nn.Module):
+    """2 x [Conv3x3 -> BatchNorm -> ReLU -> MaxPool2] -> Dropout -> FC -> ReLU -> Dropout -> FC (logits).
+
+    The paper's output is a sigmoid for HGG vs LGG; softmax cross-entropy over K classes is the same model
+    for K = 2 and works for any number of classes. Max-pooling uses ``ceil_mode`` so odd maps (15 x 15) work.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], num_classes: int, channels: list[int] = (64, 64),
+                 hidden: int = 256, dropout: float = 0.5):
+        super().__init__()
+        C = int(shape[0])
+        c1, c2 = (int(c) for c in channels)
+        self.body = nn.Sequential(
+            nn.Conv2d(C, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(True),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(True),
+            nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(1),
+        )
+        with torch.no_grad():
+            d = int(self.body(torch.zeros(2, *shape)).shape[1])
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, hidden), nn.ReLU(True), nn.Dropout(dropout),
+                                  nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"unet": SegmentationUNet, "classifier": Classifier}

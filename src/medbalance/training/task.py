@@ -26,7 +26,14 @@ from torch import nn
 from medbalance.config import BaseConfig
 from medbalance.data.dataset import ImageDataset
 from medbalance.errors import ConfigError, DataError
-from medbalance.models.tasknets import Classifier, SegmentationUNet, save_task_model
+from medbalance.models.feature_acgan import FeatureACGAN
+from medbalance.models.tasknets import (
+    Classifier,
+    FeatureClassifier,
+    FeatureClassifierConfig,
+    SegmentationUNet,
+    save_task_model,
+)
 from medbalance.training.metrics import (
     classification_metrics,
     segmentation_metrics,
@@ -255,8 +262,8 @@ def evaluate_task_model(model: nn.Module, ds: ImageDataset, task: str, batch_siz
 def fit_epochs(
     model: nn.Module,
     tensors: Sequence[torch.Tensor | None],
-    batch_loss: Callable[[list[torch.Tensor | None], torch.Generator], torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[list[torch.Tensor | None], torch.Generator], Any],
+    optimizer: torch.optim.Optimizer | None,
     *,
     epochs: int,
     batch_size: int,
@@ -267,12 +274,14 @@ def fit_epochs(
     patience: int | None = None,
     progress: str | None = None,
 ) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
-    """The one task-training loop (image classifiers, segmentors, feature classifiers).
+    """The one epoch loop (image classifiers, segmentors, feature classifiers, the feature ACGAN).
 
     Each epoch draws ``torch.randperm(n, generator=gen)`` (``gen`` seeded with ``seed``, also passed to
     ``batch_loss`` for augmentation) and walks it in ``n // batch_size`` batches (the ragged last batch is dropped:
     BatchNorm needs > 1 sample). A batch is ``[t[idx] on the model's device for t in tensors]`` (None stays None);
     ``batch_loss(batch, gen)`` returns the loss. ``schedule``: ``cosine`` (over all steps) or ``constant``.
+    With ``optimizer=None`` (adversarial training), ``batch_loss`` makes its own optimiser steps and returns a dict of
+    detached scalar statistics; each epoch's record holds their means instead of ``train_loss``.
 
     After each epoch ``evaluate()`` (validation metrics, :mod:`medbalance.training.metrics`) is scored with
     :func:`~medbalance.training.metrics.selection_score` for ``task``; the best epoch's weights are restored at the
@@ -285,7 +294,8 @@ def fit_epochs(
     bs = min(batch_size, n)
     steps_per_epoch = n // bs
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total) if schedule == "cosine" else None
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+             if schedule == "cosine" and optimizer is not None else None)
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, Any]] = []
     best_score, best_epoch, best_state, best_metrics = float("-inf"), -1, None, {}
@@ -296,23 +306,24 @@ def fit_epochs(
             model.train()
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=gen)
-            run_loss = torch.zeros((), device=device)
+            sums: dict[str, torch.Tensor] = {}
             for b in range(steps_per_epoch):
                 idx = perm[b * bs : (b + 1) * bs]
-                loss = batch_loss([None if x is None else x[idx].to(device, non_blocking=True) for x in tensors], gen)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if sched is not None:
-                    sched.step()
-                run_loss += loss.detach()
+                out = batch_loss([None if x is None else x[idx].to(device, non_blocking=True) for x in tensors], gen)
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                    out.backward()
+                    optimizer.step()
+                    if sched is not None:
+                        sched.step()
+                    out = {"train_loss": out.detach()}
+                for k, v in out.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
                 if t is not None:
                     bar.advance(t)
-            rec: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": float(run_loss) / max(steps_per_epoch, 1),
-                "lr": optimizer.param_groups[0]["lr"],
-            }
+            rec: dict[str, Any] = {"epoch": epoch, **{k: float(v) / max(steps_per_epoch, 1) for k, v in sums.items()}}
+            if optimizer is not None:
+                rec["lr"] = optimizer.param_groups[0]["lr"]
             if evaluate is not None:
                 m = evaluate()
                 rec.update({f"val_{k}": v for k, v in m.items()})
@@ -330,7 +341,8 @@ def fit_epochs(
                 shown = rec.get(key)
                 bar.update(
                     t,
-                    description=f"{progress} ep {epoch}/{epochs} loss {rec['train_loss']:.3f}"
+                    description=f"{progress} ep {epoch}/{epochs} "
+                    + " ".join(f"{k} {rec[k]:.3f}" for k in list(sums)[:2])
                     + (f" {key[4:]} {shown:.3f}" if isinstance(shown, float) else ""),
                 )
             if patience is not None and evaluate is not None and since_best >= patience:
@@ -405,6 +417,52 @@ def train_task_model(
         save_task_model(out_dir, model, task_model_meta(train, val, cfg, result))
         atomic_write_json(Path(out_dir) / "history.json", history)
     return result
+
+
+def train_feature_classifier(
+    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
+    cfg: FeatureClassifierConfig, seed: int, class_weights: bool = False, device: str = "auto",
+    eval_batch_size: int = 512,
+) -> tuple[nn.Module, int, list[dict[str, Any]]]:
+    """Train on (standardised) features with the task-training loop (:func:`~medbalance.training.task.fit_epochs`:
+    Adam, constant rate); keep the epoch with the best validation balanced accuracy."""
+    n = x_train.shape[0]
+    if n < 2:
+        raise DataError(f"the feature classifier needs at least 2 training samples, got {n}")
+    dev = select_device(device)
+    seed_everything(seed)
+    model = FeatureClassifier(tuple(x_train.shape[1:]), num_classes, cfg.channels, cfg.hidden, cfg.dropout).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    w = compute_class_weights(y_train, num_classes).to(dev) if class_weights else None
+    names = [str(k) for k in range(num_classes)]
+
+    def batch_loss(batch: list[torch.Tensor | None], _gen: torch.Generator) -> torch.Tensor:
+        xb, yb = batch
+        return F.cross_entropy(model(xb).float(), yb, weight=w)
+
+    def evaluate() -> dict[str, Any]:
+        return classification_metrics(y_val, predict_classifier(model, x_val, eval_batch_size)[0], names)
+
+    history, best_epoch, _ = fit_epochs(model, [x_train, y_train], batch_loss, opt, epochs=cfg.epochs,
+                                        batch_size=cfg.batch_size, seed=seed, evaluate=evaluate)
+    return model, best_epoch, history
+
+
+def train_feature_acgan(acgan: FeatureACGAN, feats: torch.Tensor, labels: torch.Tensor) -> list[dict[str, Any]]:
+    """Train the feature ACGAN on raw features ``(N, C, h, w)`` and labels ``(N,)`` with :func:`fit_epochs`
+    (its ``train_step`` per batch, the config's epochs / batch size / seed); returns and keeps the per-epoch history."""
+    cfg = acgan.cfg
+    acgan.check_training_data(feats, labels)
+    seed_everything(cfg.seed)
+    acgan.to(select_device(cfg.device))
+    acgan.set_scaling(feats, cfg.nonnegative)
+    opt_g, opt_d = acgan.optimizers()
+    acgan.history, _, _ = fit_epochs(
+        acgan, [acgan.standardise(feats.float()), labels.long()],
+        lambda batch, gen: acgan.train_step(batch[0], batch[1], gen, opt_g, opt_d), None,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, task="classification",
+        progress="train feature ACGAN" if cfg.progress else None)
+    return acgan.history
 
 
 def train_domain_encoder(real_train: ImageDataset, out_dir: str | Path, epochs: int = 10, **task_options: Any) -> Path:
