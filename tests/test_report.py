@@ -98,7 +98,8 @@ def write_export(folder, rng) -> tuple[dict, dict]:
         w = csv.DictWriter(f, fieldnames=["id", "image", "mask", "label", "synthetic"])
         w.writeheader()
         w.writerows(rows)
-    atomic_write_json(folder / "synthesis.json", {"plan": {c: counts[c][1] for c in counts}, "report": {"shortfall": {}}})
+    atomic_write_json(folder / "synthesis.json",
+                      {"plan": {c: counts[c][1] for c in counts}, "report": {"shortfall": {}}})
     return before, after
 
 
@@ -113,15 +114,18 @@ def experiment(tmp_path_factory):
     run = root / "generator"
     (run / "samples").mkdir(parents=True)
     (run / "checkpoints").mkdir()
-    (run / "config.yaml").write_text("model:\n  name: pix2pix\n  preset: cpu\n  params: {}\ntrain:\n  steps: 30\n  batch_size: 4\n  seed: 0\n")
+    (run / "config.yaml").write_text("model:\n  name: pix2pix\n  preset: cpu\n  params: {}\n"
+                                     "train:\n  steps: 30\n  batch_size: 4\n  seed: 0\n")
     losses = [(s, 5.0 - 0.1 * s, 1.0 + 0.01 * s) for s in (10, 20, 30)]
-    (run / "losses.csv").write_text("step,G,D,images_per_s\n" + "".join(f"{s},{g!r},{d!r},100.0\n" for s, g, d in losses))
+    (run / "losses.csv").write_text("step,G,D,images_per_s\n"
+                                    + "".join(f"{s},{g!r},{d!r},100.0\n" for s, g, d in losses))
     Image.fromarray(rng.integers(0, 255, (20, 40, 3), dtype=np.uint8)).save(run / "samples" / "step_000030.png")
     # evaluation with privacy montage (real numbers from evaluate_datasets on tiny images)
     g = torch.Generator().manual_seed(0)
-    mk = lambda n, off: ImageDataset(
-        images=torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, labels=torch.arange(n) % 3, class_names=CLASSES,
-        ids=[f"{off}{i}" for i in range(n)])
+    def mk(n: int, off: str) -> ImageDataset:
+        return ImageDataset(images=torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, labels=torch.arange(n) % 3,
+                            class_names=CLASSES, ids=[f"{off}{i}" for i in range(n)])
+
     real, syn, ho = mk(24, "r"), mk(18, "s"), mk(12, "h")
     ev = evaluate_datasets(real=real, synthetic=syn, extractor="pixels", extractor_options={"size": 8},
                            privacy_train=real, privacy_holdout=ho, use_cache=False, kid_subsets=5, kid_subset_size=10,
@@ -185,7 +189,8 @@ def test_verdict_significant_wording(experiment):
     assert p < 0.05 and v["p"] == pytest.approx(p) and v["significant"] and v["test"] == "cases"
     base = np.mean([r["per_class"]["rare"]["recall"] for r in ds["results"]["real"]])
     new = np.mean([r["per_class"]["rare"]["recall"] for r in ds["results"]["real+synthetic"]])
-    assert v["text"].startswith(f"Adding 45 synthetic rare images raised rare recall from {base:.2f} to {new:.2f} (95 % CI ")
+    assert v["text"].startswith(
+        f"Adding 45 synthetic rare images raised rare recall from {base:.2f} to {new:.2f} (95 % CI ")
     shown = "p < 0.001" if p < 0.001 else (f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}")
     assert shown in v["text"] and "across 16 test cases" in v["text"]
     assert "rare recall" in experiment["html"]
@@ -255,7 +260,7 @@ def test_report_and_loader_agree_on_yes(tmp_path):
 def _row(h: str, metric: str, arm: str) -> tuple[str, str]:
     """(row class, last cell) of a downstream-table row."""
     m = re.search(rf'<tr class="(\w+)"><td class="l">{re.escape(metric)}</td><td class="l">{re.escape(arm)}</td>'
-                  r'(?:<td>[^<]*</td>)+<td class="w">([^<]*)</td></tr>', h)
+                  r'(?:<td>[^<]*</td>)+<td class="w \1">([^<]*)</td></tr>', h)
     assert m, (metric, arm)
     return m.group(1), m.group(2)
 
@@ -298,7 +303,8 @@ def test_feature_level_results_shown_like_image_level(tmp_path):
     assert js["sources"]["feature"].endswith("feature_downstream.json")
     e = ds["summary"]["real+synthetic"]["recall/rare"]
     got = js["feature_downstream"]["recall/rare"]["real+synthetic"]
-    assert (got["mean"], got["ci_low"], got["ci_high"], got["vs_real"]) == (e["mean"], e["ci_low"], e["ci_high"], "better")
+    assert (got["mean"], got["ci_low"], got["ci_high"], got["vs_real"]) == (e["mean"], e["ci_low"], e["ci_high"],
+                                                                            "better")
     assert _row(h, "recall/rare", "real+synthetic") == ("good", "better")
     assert "test whole-lesion Dice 0.710" in h and "major 0.900, rare 0.400" in h
     assert any(v["class"] == "rare" and v["direction"] == "better" for v in js["feature_verdicts"])

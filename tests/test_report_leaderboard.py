@@ -20,7 +20,8 @@ def s(mean, lo, hi, n=5):
 
 
 def cmp(baseline, diff, lo, hi, p, p_holm, verdict):
-    return {"baseline": baseline, "diff": diff, "ci_low": lo, "ci_high": hi, "p": p, "p_holm": p_holm, "verdict": verdict}
+    return {"baseline": baseline, "diff": diff, "ci_low": lo, "ci_high": hi, "p": p, "p_holm": p_holm,
+            "verdict": verdict}
 
 
 def row(gen, arm, kind, m1, m2, c1, c2):
@@ -71,6 +72,13 @@ def make_benchmark() -> dict:
     }
 
 
+def generator_rows(h: str) -> dict[str, list[str]]:
+    """Cells of the generators table by generator name (first cell)."""
+    table = h.split("<h3>generators</h3>", 1)[1].split("</table>", 1)[0]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", table)]
+    return {r[0]: r[1:] for r in rows if r}
+
+
 def leaderboard_rows(h: str) -> list[tuple[str, list[str]]]:
     """(row class, cells) of the generators x arms table."""
     sec = h.split('<section id="leaderboard">', 1)[1].split("</section>", 1)[0]
@@ -98,12 +106,16 @@ def test_leaderboard_section_rows_words_colours(rendered):
     dc = rows[0][1]
     assert dc[2:6] == ["0.850 [0.800, 0.900] | +0.061 [0.020, 0.100]", "helps | p 0.012",
                        "0.880 [0.860, 0.900] | +0.011 [-0.010, 0.030]", "no evidence | p 0.900"]
-    assert dc[6:] == ["4.700 / 0.700 / 0.500", "0.210 / 0.190", "0.300 / 0.350 | 0 near copies"]
+    assert len(dc) == 6  # fidelity, diversity and privacy are in the generators table, once per generator
     assert rows[2][1][2:4] == ["0.518 [0.319, 0.743] | -0.271 [-0.450, -0.050]", "hurts | p 0.024"]
     # each metric's verdict cell has its own colour; the row has the first primary metric's
     assert '<td class="w good">helps<br>p 0.012</td>' in h and '<td class="w neutral">no evidence<br>p 0.900</td>' in h
     assert '<td class="w bad">hurts<br>p 0.012</td>' in h
-    assert "difference vs best baseline (class-weight) [CI]" in h
+    assert "recall/meningioma: mean [CI] / diff. vs class-weight [CI]" in h
+    # budget, train s, model, preset, extractor, FD, KID, precision, recall, density, coverage, MS-SSIM syn / real,
+    # NN dist. syn / real, near copies, privacy n
+    assert generator_rows(h)["dcgan"] == ["6500 steps", "612.3", "dcgan", "cpu", "domain", "4.700", "0.010", "0.700",
+                                          "0.500", "0.900", "0.800", "0.210", "0.190", "0.300", "0.350", "0", "200"]
     assert "tr.good td{background:#e3f4e6}" in h and "tr.bad td{background:#fbe5e5}" in h
 
 
@@ -112,16 +124,18 @@ def test_missing_values_are_na(rendered):
     fa = leaderboard_rows(h)[1][1]
     assert fa[2:4] == ["0.450 [0.400, 0.500] | +0.040 [-0.050, 0.120]", "no evidence | p n/a | vs feature:real"]
     assert fa[4:6] == ["n/a [n/a, n/a] | n/a", "n/a | p n/a | vs n/a"]  # second metric: null summary, no comparison
-    assert fa[6:] == ["n/a"] * 3  # generator without fidelity / diversity / privacy
-    gens = h.split("<h3>generators</h3>", 1)[1].split("</table>", 1)[0]
-    assert "<td>40 epochs</td>" in gens and "<td>6500 steps</td>" in gens
+    assert len(fa) == 6
+    gens = generator_rows(h)
+    assert gens["diffusion"][:3] == ["40 epochs", "n/a", "diffusion"] and gens["dcgan"][0] == "6500 steps"
+    assert gens["feature-acgan"][4:] == ["n/a"] * 13  # no fidelity / diversity / privacy
     assert "None" not in h.split('<section id="leaderboard">', 1)[1]
 
 
 def test_baselines_and_coverage_statement(rendered):
     h, js = rendered
     base = h.split("<h3>baselines (mean [95 % CI])</h3>", 1)[1].split("</table>", 1)[0]
-    assert '<td class="l">class-weight</td><td>0.789 [0.740, 0.830] (best)</td><td>0.869 [0.850, 0.890] (best)</td>' in base
+    assert ('<td class="l">class-weight</td><td>0.789 [0.740, 0.830] (best)</td><td>0.869 [0.850, 0.890] (best)</td>'
+            in base)
     assert '<td class="l">feature:real</td>' in base and "0.601 [0.520, 0.680]</td>" in base
     assert ("Intervals (95 % CI) cover: classifier seed (initialisation, data order, generation); split seed "
             "(2 splits) (5 paired replicates per cell). Test: paired t-test across replicates; Holm over all "
@@ -141,10 +155,11 @@ def test_nulls_everywhere_do_not_crash(tmp_path):
                              "verdict": None})
     atomic_write_json(tmp_path / "benchmark.json", b)
     h = build_report(tmp_path).read_text()
-    assert "Intervals (95 % CI) cover: n/a (n/a paired replicates per cell). Test: n/a; alpha n/a, n/a comparisons." in h
+    assert ("Intervals (95 % CI) cover: n/a (n/a paired replicates per cell). Test: n/a; alpha n/a, "
+            "n/a comparisons.") in h
     rows = leaderboard_rows(h)
     assert rows[-1][0] == "neutral" and rows[-1][1][:3] == ["unknown", "n/a", "n/a | n/a"]
-    assert rows[0][1][6:] == ["n/a"] * 3  # dcgan's generator entry is null
+    assert generator_rows(h)["dcgan"] == ["n/a"] * 17  # dcgan's generator entry is null
     assert "(best)" not in h and '<td class="l">real</td><td>n/a</td><td>n/a</td>' in h
 
 
@@ -157,3 +172,27 @@ def test_leaderboard_beside_other_results(tmp_path):
     js = json.loads(build_report(tmp_path).with_suffix(".json").read_text())
     assert js["sections"][:3] == ["data-method", "leaderboard", "verdicts"]
     assert "downstream" in js["sections"]
+
+
+def test_time_shown_without_wall_time(tmp_path):
+    """After ``--summarize`` benchmark.json has no wall time: the summed cell time is shown instead, never "n/a s"."""
+    b = make_benchmark()
+    b["seconds"], b["cell_seconds_total"] = None, 6987.4
+    atomic_write_json(tmp_path / "a" / "benchmark.json", b)
+    h = build_report(tmp_path / "a").read_text()
+    assert "cells done 40 of 40; cell time (sum) 6987 s</p>" in h and "wall time" not in h and "n/a s" not in h
+    b["seconds"] = 1234.5
+    atomic_write_json(tmp_path / "b" / "benchmark.json", b)
+    h = build_report(tmp_path / "b").read_text()
+    assert "cells done 40 of 40; wall time 1234 s; cell time (sum) 6987 s</p>" in h
+    b["seconds"] = b["cell_seconds_total"] = None
+    atomic_write_json(tmp_path / "c" / "benchmark.json", b)
+    h = build_report(tmp_path / "c").read_text()
+    assert "cells done 40 of 40</p>" in h and " s</p>" not in h.split('<section id="leaderboard">', 1)[1]
+
+
+def test_leaderboard_table_wraps(rendered):
+    """The generators x arms table may wrap (arm names, intervals) instead of widening the page."""
+    h, _ = rendered
+    assert '<table class="lb">' in h.split("<h3>generators x arms, best first</h3>", 1)[1][:20]
+    assert "table.lb td,table.lb th{padding:3px 5px;white-space:normal}" in h

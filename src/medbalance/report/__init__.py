@@ -1,5 +1,5 @@
 """The HTML report of an experiment folder (:func:`build_report`): ``discover`` (what a folder holds), ``verdicts``
-(numbers into words and colours), ``figures`` (PNG figures), ``leaderboard`` (benchmark tables), ``html`` (sections)."""
+(numbers into words and colours), ``figures`` (PNG figures), ``html`` (the sections, the leaderboard among them)."""
 
 from medbalance.report.discover import Results, discover, load_results
 from medbalance.report.html import build_report, downstream_table

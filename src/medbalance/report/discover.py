@@ -7,6 +7,7 @@ run folder (``config.yaml`` + ``losses.csv`` or ``checkpoints/``) and a rebalanc
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,17 @@ from medbalance.utils.io import read_json
 
 JSON_MARKERS = {"demo": "demo.json", "downstream": "downstream.json", "feature": "feature_downstream.json",
                 "benchmark": "benchmark.json", "evaluation": "evaluation.json"}
+FOLDER_KINDS = {  # key -> test of a folder: a generator run, a rebalanced export
+    "run": lambda p: (p / "config.yaml").is_file() and ((p / "losses.csv").is_file() or (p / "checkpoints").is_dir()),
+    "export": lambda p: (p / "manifest.csv").is_file() and ((p / "synthesis.json").is_file()
+                                                          or (p / "model_card.json").is_file())}
 
 
-def is_run_dir(p: Path) -> bool:
-    return (p / "config.yaml").is_file() and ((p / "losses.csv").is_file() or (p / "checkpoints").is_dir())
-
-
-def is_export_dir(p: Path) -> bool:
-    return (p / "manifest.csv").is_file() and ((p / "synthesis.json").is_file() or (p / "model_card.json").is_file())
+def dig(d: Any, *keys: str) -> Any:
+    """``d[k1][k2]...``, or None when a level is missing or not a dict."""
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
 
 
 def _subdirs(p: Path) -> list[Path]:
@@ -39,7 +43,7 @@ def discover(root: Path) -> dict[str, Path]:
         for key, name in JSON_MARKERS.items():
             if key not in found and (d / name).is_file():
                 found[key] = d / name
-        for key, is_kind in (("run", is_run_dir), ("export", is_export_dir)):
+        for key, is_kind in FOLDER_KINDS.items():
             if key not in found and is_kind(d):
                 found[key] = d
     return found
@@ -55,40 +59,26 @@ class ExportManifest:
 
     def class_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(real, real + synthetic) images per class, in first-seen class order."""
-        real: dict[str, int] = {}
-        after: dict[str, int] = {}
-        for r, syn in zip(self.rows, self.synthetic):
-            c = r.get("label", "")
-            real[c], after[c] = real.get(c, 0) + (not syn), after.get(c, 0) + 1
-        return real, after
-
-    @property
-    def conditioned_on_real_masks(self) -> bool:
-        """True when synthetic rows name the training label map they were generated from."""
-        return any(r.get("parent_mask_id") for r in self.rows)
+        labels = [r.get("label", "") for r in self.rows]
+        after = dict(Counter(labels))
+        return {c: 0 for c in after} | Counter(c for c, syn in zip(labels, self.synthetic) if not syn), after
 
 
 @dataclass
 class Results:
-    """Everything the report shows, loaded; ``None`` where the folder has no such result."""
+    """Everything the report shows, loaded: ``json`` holds the files of :data:`JSON_MARKERS` and, where found, the run's
+    ``train_ids.json`` and the export's ``synthesis.json`` / ``model_card.json`` (keys: file stems)."""
 
     root: Path
     found: dict[str, Path]
-    json: dict[str, Any] = field(default_factory=dict)  # key of JSON_MARKERS -> parsed file
+    json: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
     run_config: dict[str, Any] | None = None  # the run's RunConfig (resolved), as JSON
-    train_ids: dict[str, Any] | None = None
     losses: list[dict[str, float]] | None = None
     export: ExportManifest | None = None
-    synthesis: dict[str, Any] | None = None
-    model_card: dict[str, Any] | None = None
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> Any:
         return self.json.get(key)
-
-
-def _json_if_file(path: Path) -> Any:
-    return read_json(path) if path.is_file() else None
 
 
 def load_results(root: Path) -> Results:
@@ -100,20 +90,19 @@ def load_results(root: Path) -> Results:
         raise DataError(f"no medbalance results found here (looked for {', '.join(JSON_MARKERS.values())}, a generator "
                         "run folder, a rebalanced export with manifest.csv + synthesis.json)", path=root)
     res = Results(root=root, found=found, json={k: read_json(found[k]) for k in JSON_MARKERS if k in found})
-    run_dir = found.get("run")
+    run_dir, export = found.get("run"), found.get("export")
+    extra: list[Path] = []  # further JSON files, read into res.json
     if run_dir is not None:
         from medbalance.training.config import read_saved_run_config
         from medbalance.training.logging import read_losses_csv
 
-        res.run_dir = run_dir
+        res.run_dir, extra = run_dir, [run_dir / "train_ids.json"]
         res.run_config = read_saved_run_config(run_dir / "config.yaml").model_dump(mode="json")
-        res.train_ids = _json_if_file(run_dir / "train_ids.json")
         if (run_dir / "losses.csv").is_file():
             try:
                 res.losses = read_losses_csv(run_dir / "losses.csv")
             except (OSError, ValueError, KeyError) as e:
                 raise DataError(f"cannot read losses ({e})", path=run_dir / "losses.csv") from None
-    export = found.get("export")
     if export is not None:
         _, rows = read_manifest_rows(export / "manifest.csv")
         try:
@@ -121,8 +110,6 @@ def load_results(root: Path) -> Results:
         except DataError as e:
             raise DataError(e.problem, path=export / "manifest.csv") from None
         res.export = ExportManifest(folder=export, rows=rows, synthetic=flags)
-        res.synthesis, res.model_card = _json_if_file(export / "synthesis.json"), _json_if_file(export / "model_card.json")
+        extra += [export / "synthesis.json", export / "model_card.json"]
+    res.json.update({p.stem: read_json(p) for p in extra if p.is_file()})
     return res
-
-
-__all__ = ["JSON_MARKERS", "ExportManifest", "Results", "discover", "is_export_dir", "is_run_dir", "load_results"]

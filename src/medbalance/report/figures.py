@@ -16,30 +16,30 @@ ANATOMY_AREA = 0.2  # labels covering more of the image than this (on average) a
 ARM_COLOURS = {"real": "#4a78a8", "oversample": "#9cb8d6", "class-weight": "#8a8a8a", "augment": "#6aa56a",
                "real+synthetic": "#e08a3c", "synthetic-only": "#b0558a"}
 EXTRA_COLOURS = ["#c9b037", "#5bb5b5", "#7d5ba6", "#d4726a"]
+VOLUME_SUFFIXES = (".nii", ".nii.gz")  # not shown in the sample grids
 
 
-def _figure(size: tuple[float, float]):
+def _axes(size: tuple[float, float], n: int = 1) -> tuple[Any, list[Any]]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size)
-    return fig, fig.add_subplot(111)
+    return fig, [fig.add_subplot(1, n, i + 1) for i in range(n)]
 
 
-def _bar_png(fig, ax, names: list[str], ylabel: str, ymax: float, legend: dict[str, Any], title: str, **kw) -> bytes:
-    ax.set_xticks(np.arange(len(names)))
-    ax.set_xticklabels(names, fontsize=9)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, ymax)
-    ax.legend(fontsize=8, frameon=False, **legend)
-    ax.set_title(title, fontsize=10, **kw)
+def _style(ax, title: str, legend: dict[str, Any], names: list[str] | None = None, ylabel: str = "",
+           ymax: float | None = None, **title_kw) -> None:
+    """Title, frameless legend, no top/right spines; bar charts: one x tick per name, y label and range."""
+    if names is not None:
+        ax.set_xticks(np.arange(len(names)), names, fontsize=9)
+        ax.set(ylabel=ylabel, ylim=(0, ymax))
+    ax.legend(frameon=False, **legend)
+    ax.set_title(title, fontsize=10, **title_kw)
     ax.spines[["top", "right"]].set_visible(False)
-    return imaging.figure_png(fig, dpi=100)
 
 
 def class_distribution_png(before: dict[str, int], after: dict[str, int] | None) -> bytes:
-    names = list(before)
-    x = np.arange(len(names))
-    fig, ax = _figure((max(4.5, 1.3 * len(names) + 2), 3.2))
+    names, x = list(before), np.arange(len(before))
+    fig, (ax,) = _axes((max(4.5, 1.3 * len(names) + 2), 3.2))
     w = 0.38 if after else 0.6
     b1 = ax.bar(x - (w / 2 if after else 0), [before[n] for n in names], w, label="before (real)", color="#4a78a8")
     ax.bar_label(b1, fontsize=8)
@@ -49,28 +49,23 @@ def class_distribution_png(before: dict[str, int], after: dict[str, int] | None)
         ax.bar(x + w / 2, real_part, w, color="#9cb8d6", label="after: real")
         b3 = ax.bar(x + w / 2, syn_part, w, bottom=real_part, color="#e08a3c", label="after: synthetic")
         ax.bar_label(b3, labels=[str(after.get(n, 0)) for n in names], fontsize=8)
-    return _bar_png(fig, ax, names, "images", 1.12 * max([*before.values(), *(after or {}).values(), 1]),
-                    {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)}, "training-set class distribution", pad=12)
+    _style(ax, "training-set class distribution", {"fontsize": 8, "loc": "upper left", "bbox_to_anchor": (1.0, 1.0)},
+           names, "images", 1.12 * max([*before.values(), *(after or {}).values(), 1]), pad=12)
+    return imaging.figure_png(fig, dpi=100)
 
 
 def losses_png(rows: list[dict[str, float]]) -> bytes:
-    from matplotlib.figure import Figure
-
     keys = [k for k in rows[0] if k not in ("step", "images_per_s")]
-    steps = [r["step"] for r in rows]
     gen = [k for k in keys if k.lower().startswith(("g", "loss_g"))]
     disc = [k for k in keys if k.lower().startswith(("d", "loss_d"))]
-    groups = {"generator": gen, "discriminator": disc, "other": [k for k in keys if k not in gen + disc]}
-    groups = {g: ks for g, ks in groups.items() if ks}
-    fig = Figure(figsize=(4.2 * len(groups), 3.0))
-    for i, (g, ks) in enumerate(groups.items()):
-        ax = fig.add_subplot(1, len(groups), i + 1)
+    groups = {g: ks for g, ks in (("generator", gen), ("discriminator", disc),
+                                  ("other", [k for k in keys if k not in gen + disc])) if ks}
+    fig, axes = _axes((4.2 * len(groups), 3.0), len(groups))
+    for ax, (g, ks) in zip(axes, groups.items()):
         for k in ks:
-            ax.plot(steps, [r[k] for r in rows], label=k, lw=1.2)
-        ax.set_title(f"{g} losses", fontsize=10)
+            ax.plot([r["step"] for r in rows], [r[k] for r in rows], label=k, lw=1.2)
         ax.set_xlabel("step", fontsize=9)
-        ax.legend(fontsize=7, frameon=False)
-        ax.spines[["top", "right"]].set_visible(False)
+        _style(ax, f"{g} losses", {"fontsize": 7})
     fig.tight_layout()
     return imaging.figure_png(fig, dpi=100)
 
@@ -80,9 +75,8 @@ def per_class_png(downstream: dict[str, Any], metric_prefix: str, label: str) ->
     summ = downstream["summary"]
     arms = [a for a in summ if not a.startswith("_")]
     classes = list(downstream["class_names"])
-    x = np.arange(len(classes))
-    w = 0.8 / max(len(arms), 1)
-    fig, ax = _figure((max(5.0, 1.6 * len(classes) + 2.5), 3.4))
+    x, w = np.arange(len(classes)), 0.8 / max(len(arms), 1)
+    fig, (ax,) = _axes((max(5.0, 1.6 * len(classes) + 2.5), 3.4))
     for i, arm in enumerate(arms):
         entries = [summ[arm].get(f"{metric_prefix}/{c}") for c in classes]
         means = [float(e["mean"]) if e else float("nan") for e in entries]
@@ -90,24 +84,38 @@ def per_class_png(downstream: dict[str, Any], metric_prefix: str, label: str) ->
         hi = [max(0.0, float(e["ci_high"]) - m) if e else 0.0 for m, e in zip(means, entries)]
         ax.bar(x - 0.4 + w * (i + 0.5), means, w, yerr=[lo, hi], capsize=3, label=arm,
                color=ARM_COLOURS.get(arm) or EXTRA_COLOURS[i % len(EXTRA_COLOURS)], error_kw={"lw": 1})
-    return _bar_png(fig, ax, classes, f"{label} (mean over seeds)", 1.05,
-                    {"ncol": min(len(arms), 4), "loc": "upper center", "bbox_to_anchor": (0.5, -0.12)},
-                    f"per-class {label} on the real test set, error bars: 95 % bootstrap CI over seeds")
+    _style(ax, f"per-class {label} on the real test set, error bars: 95 % bootstrap CI over seeds",
+           {"fontsize": 8, "ncol": min(len(arms), 4), "loc": "upper center", "bbox_to_anchor": (0.5, -0.12)},
+           classes, f"{label} (mean over seeds)", 1.05)
+    return imaging.figure_png(fig, dpi=100)
 
 
 # ------------------------------------------------------------------------------------------- sample grids
-def _is_volume(path: Path) -> bool:
-    return path.name.lower().endswith((".nii", ".nii.gz"))
+def _read_tile(folder: Path, row: dict[str, str]) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(H, W, 3) uint8 display image and label map (or None) of one manifest row; None for a volume."""
+    from medbalance.data.imageio import read_image, read_mask
 
-
-def _read_display(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 of one exported (non-volume) image."""
-    from medbalance.data.imageio import read_image
-
+    path, mp = folder / row["image"], folder / row.get("mask", "")
+    if path.name.lower().endswith(VOLUME_SUFFIXES):
+        return None
     if path.suffix.lower() == ".npy":  # float exports: (C, H, W) float32 in source units (see synthesis.export)
-        return imaging.array_to_display(np.load(path, allow_pickle=False), "float")
-    li = read_image(path)
-    return imaging.array_to_display(li.array, li.kind)
+        img = imaging.array_to_display(np.load(path, allow_pickle=False), "float")
+    else:
+        li = read_image(path)
+        img = imaging.array_to_display(li.array, li.kind)
+    has_mask = row.get("mask") and mp.is_file() and not mp.name.lower().endswith(VOLUME_SUFFIXES)
+    return img, read_mask(mp).astype(np.int64) if has_mask else None
+
+
+def _outlined(img: np.ndarray, mask: np.ndarray | None, drawn: list[int]) -> np.ndarray:
+    """``img`` with the regions of ``mask`` whose value is in ``drawn`` outlined, in colour by value (as in the
+    training sample grids, :func:`medbalance.utils.imaging.render_grid`)."""
+    if mask is None or mask.shape != img.shape[:2] or not drawn:
+        return img
+    import torch
+
+    outl = imaging.mask_outlines(torch.from_numpy(np.where(np.isin(mask, drawn), mask, 0))[None])
+    return imaging.paint_outlines(torch.from_numpy(img)[None], outl)[0].numpy()
 
 
 def sample_grids(export: ExportManifest, per_class: int = GRID_COLUMNS) -> tuple[list[dict[str, Any]], list[str]]:
@@ -115,59 +123,31 @@ def sample_grids(export: ExportManifest, per_class: int = GRID_COLUMNS) -> tuple
 
     Picks are evenly spaced over each class's rows (deterministic). Label-map regions are outlined, except labels
     that cover more than :data:`ANATOMY_AREA` of the image on average (anatomy such as the brain)."""
-    import torch
-
-    from medbalance.data.imageio import read_mask
-
     by: dict[tuple[str, str], list[dict[str, str]]] = {}  # rows per (class, kind), classes in first-seen order
     for r, syn in zip(export.rows, export.synthetic):
         by.setdefault((r.get("label", ""), "synthetic" if syn else "real"), []).append(r)
-    classes = list(dict.fromkeys(c for c, _ in by))
     picked: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray | None]]] = {}
     for key, rs in by.items():
         idx = np.unique(np.linspace(0, len(rs) - 1, num=min(per_class, len(rs))).round().astype(int))
-        items = []
-        for r in (rs[int(i)] for i in idx):
-            if _is_volume(export.folder / r["image"]):
-                continue
-            img = _read_display(export.folder / r["image"])
-            mp = export.folder / r["mask"] if r.get("mask") else None
-            m = read_mask(mp).astype(np.int64) if mp is not None and mp.is_file() and not _is_volume(mp) else None
-            items.append((img, m))
-        picked[key] = items
+        picked[key] = [t for t in (_read_tile(export.folder, rs[int(i)]) for i in idx) if t is not None]
     notes = ["volumes are not shown in the sample grids"] if not picked or any(not v for v in picked.values()) else []
-    masks_shown = [m for items in picked.values() for _, m in items if m is not None]
-    vals = sorted(set().union(*(np.unique(m).tolist() for m in masks_shown))) if masks_shown else []
-    anatomy = {v for v in vals if v != 0 and np.mean([(m == v).mean() for m in masks_shown]) > ANATOMY_AREA}
+    masks = [m for items in picked.values() for _, m in items if m is not None]
+    vals = sorted(set().union(*(np.unique(m).tolist() for m in masks)))
+    anatomy = {v for v in vals if v != 0 and np.mean([(m == v).mean() for m in masks]) > ANATOMY_AREA}
     drawn = [v for v in vals if v != 0 and v not in anatomy]
-    lut = np.zeros(max(vals, default=0) + 1, np.int64)
-    for k, v in enumerate(drawn):
-        lut[v] = k + 1  # outline colour index
     out = []
-    for c in classes:
+    for c in dict.fromkeys(c for c, _ in by):
         entry: dict[str, Any] = {"class": c}
         for kind in ("real", "synthetic"):
-            items = picked.get((c, kind)) or []
-            if not items:
-                continue
-            tiles = []
-            for im, m in items:
-                if m is not None and m.shape == im.shape[:2] and drawn:
-                    outl = imaging.mask_outlines(torch.from_numpy(lut[m])[None])
-                    im = imaging.paint_outlines(torch.from_numpy(im)[None], outl)[0].numpy()
-                tiles.append(im)
-            canvas = imaging.tile_row(tiles)
-            entry.update({kind: imaging.png_bytes(canvas), f"{kind}_width": canvas.shape[1],
-                          f"n_{kind}": len(by[(c, kind)])})
+            if picked.get((c, kind)):
+                canvas = imaging.tile_row([_outlined(im, m, drawn) for im, m in picked[(c, kind)]])
+                entry.update({kind: imaging.png_bytes(canvas), f"{kind}_width": canvas.shape[1],
+                              f"n_{kind}": len(by[(c, kind)])})
         out.append(entry)
     if drawn:
         colours = imaging.MASK_COLOUR_NAMES
-        names = ", ".join(f"value {v} ({colours[k % len(colours)]})" for k, v in enumerate(drawn))
-        txt = f"outlines: label-map regions {names}"
-        if anatomy:
-            txt += f"; large anatomy label(s) {sorted(anatomy)} not outlined"
-        notes.append(txt + ". Synthetic images are generated from the label maps shown.")
+        names = ", ".join(f"value {v} ({colours[(v - 1) % len(colours)]})" for v in drawn)
+        skipped = f"; large anatomy label(s) {sorted(anatomy)} not outlined" if anatomy else ""
+        notes.append(f"outlines: label-map regions {names}{skipped}. Synthetic images are generated from the label "
+                     "maps shown.")
     return out, notes
-
-
-__all__ = ["class_distribution_png", "losses_png", "per_class_png", "sample_grids"]

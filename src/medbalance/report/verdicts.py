@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medbalance.report.discover import dig
 from medbalance.utils.tables import finite, fmt_num
 
 ALPHA = 0.05
@@ -22,8 +23,7 @@ WORD_CLASS = {"better": "good", "worse": "bad", "no evidence": "neutral", "helps
 def fmt_p(p: Any) -> str:
     if not finite(p):
         return "n/a"
-    p = float(p)
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+    return "p < 0.001" if p < 0.001 else f"p = {float(p):.3f}" if p < 0.01 else f"p = {float(p):.2f}"
 
 
 def compare(mean: Any, baseline_mean: Any, p_values: list[Any]) -> str:
@@ -51,27 +51,17 @@ def _arm_subject(arm: str, cls: str | None, added: int | None) -> str:
     return f"adding synthetic images of the other classes{how} (none of {cls})"
 
 
-def _test_of(e: dict[str, Any], case: Any, min_p_seeds: Any) -> tuple[str, float | None, int | None, Any]:
-    """(test, p, pairs, smallest attainable p): the across-test-case test when there is one, else across seeds."""
-    if isinstance(case, dict) and finite(case.get("p")):
-        return "cases", float(case["p"]), int(case.get("n", 0)), case.get("min_attainable_p")
-    vs = e.get("vs_real_seeds")
-    if isinstance(vs, dict):
-        p = float(vs["p"]) if finite(vs.get("p")) else None
-        return "seeds", p, int(vs.get("n", 0)), min_p_seeds if min_p_seeds is not None else vs.get("min_attainable_p")
-    return "seeds", None, None, None
-
-
-def _verdict_text(v: dict[str, Any], e: dict[str, Any], subject: str, label: str, seeds_n: int | None) -> str:
+def _verdict_text(v: dict[str, Any], subject: str, label: str, seeds_n: int | None) -> str:
     a, b, p, n_pairs = fmt_num(v["mean"], 2), fmt_num(v["baseline_mean"], 2), v["p"], v["n_pairs"]
-    ci = f"95 % CI {fmt_num(e['ci_low'], 2)}–{fmt_num(e['ci_high'], 2)}"
+    ci = f"95 % CI {fmt_num(v['ci_low'], 2)}–{fmt_num(v['ci_high'], 2)}"
     test = (f"Wilcoxon signed-rank across {n_pairs} test cases (mean over seeds)" if v["test"] == "cases"
             else f"Wilcoxon signed-rank across {n_pairs} seeds")
     if v["significant"]:
         verb = "raised" if v["mean"] > v["baseline_mean"] else "lowered"
         text = f"{subject} {verb} {label} from {b} to {a} ({ci}), {fmt_p(p)} ({test})."
     else:
-        text = f"{subject}: no significant change in {label} ({b} with real data only vs {a}, {ci}; {fmt_p(p)}, {test})."
+        text = (f"{subject}: no significant change in {label} ({b} with real data only vs {a}, {ci}; {fmt_p(p)}, "
+                f"{test}).")
         if v["significance_impossible"]:
             text += (f" With {n_pairs if n_pairs else seeds_n} seeds the smallest attainable p-value is "
                      f"{fmt_num(v['min_attainable_p'], 3)}, so a significant result across seeds is impossible; "
@@ -86,12 +76,13 @@ def make_verdicts(downstream: dict[str, Any]) -> list[dict[str, Any]]:
     summary = downstream.get("summary") or {}
     if "real" not in summary:
         return []
-    classification = downstream.get("task", "classification") == "classification"
-    per_class_key, overall_key, what = (("recall/{c}", "balanced_accuracy", "recall") if classification
+    per_class_key, overall_key, what = (("recall/{c}", "balanced_accuracy", "recall")
+                                        if downstream.get("task", "classification") == "classification"
                                         else ("dice/{c}", "dice_foreground", "Dice"))
-    seeds_n = len((downstream.get("config") or {}).get("seeds") or []) or None
+    seeds_n = len(dig(downstream, "config", "seeds") or []) or None
     comps = downstream.get("arm_training_sets") or {}
-    real_counts = (comps.get("real") or {}).get("class_counts") or (downstream.get("split_class_counts") or {}).get("train", {})
+    real_counts = dig(comps, "real", "class_counts") or dig(downstream, "split_class_counts", "train") or {}
+    min_p_seeds = summary.get("_min_attainable_p_seeds")
     arms = [a for a in summary if not a.startswith("_") and a != "real"]
     arms.sort(key=lambda a: not (a.startswith("real+synthetic") or a == "synthetic-only"))  # stable: synthetic first
     out: list[dict[str, Any]] = []
@@ -102,11 +93,15 @@ def make_verdicts(downstream: dict[str, Any]) -> list[dict[str, Any]]:
             e, b = summary[arm].get(metric), summary["real"].get(metric)
             if not e or not b:
                 continue
-            added = None
-            if cls is not None and arm in comps and cls in real_counts:
-                added = int(comps[arm].get("class_counts", {}).get(cls, 0)) - int(real_counts[cls])
-            test, p, n_pairs, min_p = _test_of(e, cases.get(cls) if cls is not None else None,
-                                               summary.get("_min_attainable_p_seeds"))
+            added = (int(dig(comps, arm, "class_counts", cls) or 0) - int(real_counts[cls])
+                     if cls is not None and arm in comps and cls in real_counts else None)
+            # the across-test-case test when there is one, else the across-seed test
+            case = cases.get(cls) if cls is not None else None
+            test, t = ("cases", case) if finite(dig(case, "p")) else ("seeds", e.get("vs_real_seeds"))
+            p = float(t["p"]) if finite(dig(t, "p")) else None
+            n_pairs, min_p = (int(t.get("n", 0)), t.get("min_attainable_p")) if isinstance(t, dict) else (None, None)
+            if test == "seeds" and isinstance(t, dict) and min_p_seeds is not None:
+                min_p = min_p_seeds
             a_mean, b_mean = float(e["mean"]), float(b["mean"])
             v = {"arm": arm, "class": cls, "metric": metric, "baseline_mean": b_mean, "mean": a_mean,
                  "ci_low": float(e["ci_low"]), "ci_high": float(e["ci_high"]), "p": p, "test": test,
@@ -115,8 +110,5 @@ def make_verdicts(downstream: dict[str, Any]) -> list[dict[str, Any]]:
                  "significance_impossible": bool(test == "seeds" and finite(min_p) and float(min_p) >= ALPHA),
                  "direction": compare(a_mean, b_mean, [p]), "synthetic_added": added}
             label = f"{cls} {what}" if cls is not None else overall_key.replace("_", " ")
-            out.append({**v, "text": _verdict_text(v, e, _arm_subject(arm, cls, added), label, seeds_n)})
+            out.append({**v, "text": _verdict_text(v, _arm_subject(arm, cls, added), label, seeds_n)})
     return out
-
-
-__all__ = ["ALPHA", "ARM_PHRASES", "compare", "fmt_p", "make_verdicts", "word_class"]
