@@ -217,3 +217,23 @@ def test_feature_augment_config_set_and_data_options(phantom_csv, tmp_path):
     assert yaml.safe_load((out / "data_config.yaml").read_text())["image_size"] == 32
     saved = yaml.safe_load((out / "feature_augment_config.yaml").read_text())
     assert saved["acgan"]["epochs"] == 1 and saved["generated_eval_per_class"] == 5
+
+
+def test_bad_values_are_one_error_line_before_any_work(tmp_path):
+    cases = [
+        (["downstream", "phantom", str(tmp_path / "d"), "--task", "bogus"], "task: Input should be"),
+        (["downstream", "phantom", str(tmp_path / "d"), "--fractions", "0.5,0.5"], "--fractions must be three numbers"),
+        (["downstream", "phantom", str(tmp_path / "d"), "--subsample", "a=x"], "--subsample 'a=x' is not CLASS=FRACTION"),
+        (["rebalance", "phantom", str(tmp_path / "r"), "--run", "a=x", "--run", "a=y"], "--run given twice for 'a'"),
+        (["rebalance", "phantom", str(tmp_path / "r"), "--run", "a", "--run", "b=c"], "pass either one --run RUN"),
+        (["inspect", "phantom", "--volume-shape", "8x8"], "--volume-shape must be three integers"),
+        (["benchmark", "phantom", str(tmp_path / "b"), "--split-seeds", "a"], "--split-seeds must be integers"),
+        (["benchmark", "phantom", str(tmp_path / "b"), "--generator-seeds", "0,1.5"], "--generator-seeds must be"),
+    ]
+    for args, msg in cases:
+        r = runner.invoke(app, args)
+        lines = _error_lines(r.output)
+        assert r.exit_code == 2 and len(lines) == 1 and msg in lines[0], (args, r.output)
+    assert not any((tmp_path / x).exists() for x in "drb")
+    # the config is given as --config FILE (the positional spelling is gone)
+    assert runner.invoke(app, ["train", str(tmp_path / "c.yaml")]).exit_code == 2

@@ -45,18 +45,19 @@ def _error_lines(output: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ one writer per folder
 def test_second_writer_refused_with_holder_pid_first_unharmed(tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "medbalance.cli.main", "train", str(_config(tmp_path, 60, 0)),
-                              "--out", str(out)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = subprocess.Popen([sys.executable, "-m", "medbalance.cli.main", "train",
+                              "--config", str(_config(tmp_path, 60, 0)), "--out", str(out)],
+                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         t0 = time.time()
         while not (out / "config.yaml").is_file() and first.poll() is None and time.time() - t0 < 120:
             time.sleep(0.1)
         assert first.poll() is None, first.stdout.read().decode()
         assert lock_holder(out / LOCK_NAME) == first.pid
-        r = runner.invoke(app, ["train", str(_config(tmp_path, 4, 7)), "--out", str(out), "--resume"])
+        r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, 4, 7)), "--out", str(out), "--resume"])
         assert r.exit_code == 2, r.output
         assert f"pid {first.pid}" in r.output and len(_error_lines(r.output)) == 1, r.output
-        r = runner.invoke(app, ["train", str(_config(tmp_path, 4, 7)), "--out", str(out)])
+        r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, 4, 7)), "--out", str(out)])
         assert r.exit_code == 2 and f"pid {first.pid}" in r.output, r.output
         log = first.communicate(timeout=300)[0].decode()
     finally:
@@ -104,7 +105,7 @@ def test_stale_lock_of_a_killed_process_is_taken_over(tmp_path):
 # ------------------------------------------------------------------------------------------ leftovers, resume
 def test_resume_cleans_leftovers_prints_step_and_failed_resume_keeps_config(tmp_path, capsys):
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", str(_config(tmp_path, 2)), "--out", str(out)])
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, 2)), "--out", str(out)])
     assert r.exit_code == 0, r.output
     ck = out / "checkpoints"
     # what kill -9 during a checkpoint save / an atomic write leaves behind
@@ -112,7 +113,7 @@ def test_resume_cleans_leftovers_prints_step_and_failed_resume_keeps_config(tmp_
     (ck / ".step_000004.abc123.partial" / "G.safetensors").write_bytes(b"half")
     (ck / ".latest.k9x.tmp").write_text("step_0000")
     (out / ".losses.csv.q1.tmp").write_text("x")
-    r = runner.invoke(app, ["train", str(_config(tmp_path, 4)), "--out", str(out), "--resume"])
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, 4)), "--out", str(out), "--resume"])
     assert r.exit_code == 0, r.output
     assert "from step 2" in r.output + capsys.readouterr().out
     assert not list(ck.glob(".*")) and not list(out.glob(".*"))
@@ -120,19 +121,19 @@ def test_resume_cleans_leftovers_prints_step_and_failed_resume_keeps_config(tmp_
     before = (out / "config.yaml").read_bytes()
     latest = (ck / "latest").read_text().strip()
     _tamper(ck / latest / "G.safetensors")
-    r = runner.invoke(app, ["train", str(_config(tmp_path, 8)), "--out", str(out), "--resume"])
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, 8)), "--out", str(out), "--resume"])
     assert r.exit_code == 2 and "G.safetensors" in r.output and "checksum mismatch" in r.output, r.output
     assert (out / "config.yaml").read_bytes() == before
 
 
 def test_resume_refuses_a_different_training_split(tmp_path):
     out = tmp_path / "run"
-    assert runner.invoke(app, ["train", str(_config(tmp_path, 2)), "--out", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["train", "--config", str(_config(tmp_path, 2)), "--out", str(out)]).exit_code == 0
     ids_path = out / "train_ids.json"
     ids = json.loads(ids_path.read_text())
     ids["train"] = ids["train"][1:]  # the run started on other images than the data gives now
     ids_path.write_text(json.dumps(ids))
-    r = runner.invoke(app, ["train", str(_config(tmp_path, 4)), "--out", str(out), "--resume"])
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, 4)), "--out", str(out), "--resume"])
     assert r.exit_code == 2 and "training split differs" in r.output, r.output
     assert len(_error_lines(r.output)) == 1
 
@@ -171,7 +172,7 @@ def test_tampered_checkpoint_refused_by_every_loader(tiny_run, tmp_path):
     cfg["out_dir"] = str(run)
     cfg["train"]["steps"] = int(cfg["train"]["steps"]) + 2
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = runner.invoke(app, ["train", str(tmp_path / "c.yaml"), "--resume"])
+    r = runner.invoke(app, ["train", "--config", str(tmp_path / "c.yaml"), "--resume"])
     assert r.exit_code == 2 and g in r.output and "checksum mismatch" in r.output, r.output
 
 
@@ -193,7 +194,7 @@ def test_full_disk_is_one_line_exit_2_without_partial_output(tiny_run, tmp_path,
     for args, target in (
         (["generate", str(tiny_run), "--n", "2", "--class", "homogeneous", "--out", str(parent / "g")], parent / "g"),
         (["rebalance", "phantom", str(parent / "r"), "--run", str(tiny_run)], parent / "r"),
-        (["train", str(_config(tmp_path, 2)), "--out", str(parent / "t")], parent / "t"),
+        (["train", "--config", str(_config(tmp_path, 2)), "--out", str(parent / "t")], parent / "t"),
     ):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args[0], r.output)
@@ -227,7 +228,7 @@ def test_read_only_output_is_one_line_exit_2(tiny_run, tmp_path, monkeypatch):
         ro.chmod(0o555)
     try:
         for args in (["generate", str(tiny_run), "--n", "2", "--class", "homogeneous", "--out", str(ro / "g")],
-                     ["train", str(_config(tmp_path, 2)), "--out", str(ro / "t")]):
+                     ["train", "--config", str(_config(tmp_path, 2)), "--out", str(ro / "t")]):
             r = runner.invoke(app, args)
             assert r.exit_code == 2, (args[0], r.output)
             lines = [ln for ln in _error_lines(r.output) if ln.startswith("error:")]

@@ -308,7 +308,7 @@ def test_cli_train_writes_memorization_and_rebalance_exports_provenance(tmp_path
     }  # fmt: skip
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    r = runner.invoke(app, ["train", str(p)])
+    r = runner.invoke(app, ["train", "--config", str(p)])
     assert r.exit_code == 0, r.output
     assert "memorisation:" in r.output
     rep = json.loads((tmp_path / "run" / "memorization.json").read_text())

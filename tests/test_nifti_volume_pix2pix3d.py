@@ -139,7 +139,7 @@ def _train_and_generate(tmp_path: Path, data_cfg: dict, cls: str = "lesion") -> 
     p = tmp_path / "run.yaml"
     p.write_text(yaml.safe_dump(cfg))
     runner = CliRunner()
-    r = runner.invoke(app, ["train", str(p)])
+    r = runner.invoke(app, ["train", "--config", str(p)])
     assert r.exit_code == 0, r.output
     run = load_run(tmp_path / "run")
     assert run.config.train.flip is True and run.config.model.params["spatial_dims"] == 3

@@ -158,19 +158,22 @@ def test_ci_table_rows_columns_and_missing_cells():
 
 
 # ------------------------------------------------------------------------------------------- manifest reader
-def test_mark_synthetic_reads_tsv_through_the_manifest_reader(tmp_path):
-    from medbalance.cli.eval_cmds import mark_synthetic_from_csv
+def test_manifest_loader_reads_the_synthetic_column_of_a_tsv(tmp_path):
+    """The one reading of the ``synthetic`` column (``evaluate --synthetic`` and ``downstream --synthetic``)."""
+    from PIL import Image
 
-    ds = _ds(counts=(2, 1, 1))
+    from medbalance.data import load_dataset
+
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / f"s{i}.png")
     tsv = tmp_path / "m.tsv"
-    tsv.write_text("id\timage\tsynthetic\n" + "".join(f" s{i} \tx.png\t{f}\n" for i, f in
-                                                       enumerate(["yes", "0", " TRUE ", ""])))
-    out = mark_synthetic_from_csv(ds, tsv)
-    assert out.synthetic.tolist() == [True, False, True, False]
+    tsv.write_text("id\timage\tlabel\tsynthetic\n" + "".join(
+        f" s{i} \ts{i}.png\t{'ab'[i % 2]}\t{f}\n" for i, f in enumerate(["yes", "0", " TRUE ", ""])))
+    assert load_dataset(tsv).synthetic.tolist() == [True, False, True, False]
     bad = tmp_path / "bad.csv"
-    bad.write_text("id,synthetic\ns0,maybe\ns1,1\ns2,0\ns3,0\n")
+    bad.write_text("id,image,label,synthetic\ns0,s0.png,a,maybe\ns1,s1.png,b,1\n")
     with pytest.raises(DataError, match="'synthetic' cell 'maybe'"):
-        mark_synthetic_from_csv(_ds(counts=(2, 1, 1)), bad)
-    no_col = tmp_path / "plain.csv"
-    no_col.write_text("id,image\ns0,a.png\n")
-    assert mark_synthetic_from_csv(_ds(counts=(2, 1, 1)), no_col).synthetic is None
+        load_dataset(bad)
+    plain = tmp_path / "plain.csv"
+    plain.write_text("id,image,label\ns0,s0.png,a\ns1,s1.png,b\n")
+    assert load_dataset(plain).synthetic is None

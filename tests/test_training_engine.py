@@ -327,7 +327,8 @@ def test_cli_train_end_to_end(tmp_path, monkeypatch):
     cfgp.write_text(yaml.safe_dump({"data": data, "model": {"name": "tiny-test"},
                                     "train": {"steps": 50, "batch_size": 4, "precision": "fp32"}}))
     runner = CliRunner()
-    r = runner.invoke(app, ["train", str(cfgp), "train.steps=3", "train.checkpoint_every=2", "train.tensorboard=false",
+    r = runner.invoke(app, ["train", "--config", str(cfgp), "--set", "train.steps=3",
+                            "--set", "train.checkpoint_every=2", "--set", "train.tensorboard=false",
                             "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
@@ -336,16 +337,16 @@ def test_cli_train_end_to_end(tmp_path, monkeypatch):
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_000003"
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step_000002", "step_000003"]
     # resume to more steps
-    r = runner.invoke(app, ["train", str(cfgp), "train.steps=4", "train.tensorboard=false", "--out", str(out),
-                            "--resume"])
+    r = runner.invoke(app, ["train", "--config", str(cfgp), "--set", "train.steps=4",
+                            "--set", "train.tensorboard=false", "--out", str(out), "--resume"])
     assert r.exit_code == 0, r.output
     assert load_run(out).step == 4
     # errors: one line, exit code 2, the key named
-    r = runner.invoke(app, ["train", str(cfgp), "train.stepz=3"])
+    r = runner.invoke(app, ["train", "--config", str(cfgp), "--set", "train.stepz=3"])
     assert r.exit_code == 2 and "train.stepz: unknown key" in r.output
-    r = runner.invoke(app, ["train", str(cfgp), "train.batch_size=-1"])
+    r = runner.invoke(app, ["train", "--config", str(cfgp), "--set", "train.batch_size=-1"])
     assert r.exit_code == 2 and "train.batch_size" in r.output
-    r = runner.invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    r = runner.invoke(app, ["train", "--config", str(tmp_path / "missing.yaml")])
     assert r.exit_code == 2 and "config file not found" in r.output
     r = runner.invoke(app, ["train", "--list-models"])
     assert r.exit_code == 0 and "tiny-test" in r.output

@@ -20,12 +20,8 @@ class _ErrorHandlingGroup(TyperGroup):
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
-        except MedbalanceError as e:
-            typer.echo(f"error: {e}", err=True)
-            sys.stderr.flush()
-            ctx.exit(2)
-        except OSError as e:  # read-only location, full disk, missing permission, ...: one line, exit 2
-            typer.echo(f"error: {os_error_line(e)}", err=True)
+        except (MedbalanceError, OSError) as e:  # OSError: read-only location, full disk, missing permission, ...
+            typer.echo(f"error: {e if isinstance(e, MedbalanceError) else os_error_line(e)}", err=True)
             sys.stderr.flush()
             ctx.exit(2)
 

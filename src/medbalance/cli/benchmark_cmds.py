@@ -20,6 +20,7 @@ from medbalance.cli.options import (
     parse_arms,
     parse_class_fractions,
     parse_fractions,
+    parse_numbers,
     read_config,
     set_option,
 )
@@ -97,8 +98,9 @@ def benchmark_cmd(
         doc["generators"] = [parse_generator(g) for g in generators]
     cli = {"task": task, "baselines": parse_arms(baselines) if baselines else None,
            "arms": parse_arms(arms) if arms else None, "seeds": seeds,
-           "split_seeds": [int(x) for x in split_seeds.split(",")] if split_seeds else None,
-           "generator_seeds": [int(x) for x in generator_seeds.split(",")] if generator_seeds else None,
+           "split_seeds": parse_numbers(split_seeds, "--split-seeds", "integers", int) if split_seeds else None,
+           "generator_seeds": (parse_numbers(generator_seeds, "--generator-seeds", "integers", int)
+                               if generator_seeds else None),
            "subsample": parse_class_fractions(subsample, "--subsample") if subsample else None,
            "fractions": parse_fractions(fractions) if fractions else None, "epochs": epochs,
            "budget_minutes": budget, "device": device}

@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
 from medbalance.cli.app import _ErrorHandlingGroup, app, datasets_app
 from medbalance.cli.options import (
-    DataOptions,
-    build_data_config,
-    config_option,
-    data_options,
-    read_config,
-    set_option,
+    DataOptions, build_data_config, config_option, data_options, emit_json, parse_numbers, read_config, set_option,
 )
 from medbalance.errors import ConfigError
 
 make_app = typer.Typer(cls=_ErrorHandlingGroup, help="Write a built-in dataset to disk.", no_args_is_help=True)
 datasets_app.add_typer(make_app, name="make")
-
-
-def _parse_shape(text: Optional[str]) -> Optional[list[int]]:
-    """``"128,128,64"`` -> ``[128, 128, 64]`` (None stays None)."""
-    if text is None:
-        return None
-    try:
-        out = [int(x) for x in text.replace("x", ",").split(",")]
-    except ValueError:
-        out = []
-    if len(out) != 3:
-        raise ConfigError(f"--volume-shape must be three integers X,Y,Z (e.g. 128,128,64), got {text!r}")
-    return out
 
 
 @app.command("inspect")
@@ -51,7 +32,8 @@ def inspect_cmd(
         None, "--volume-shape", help="NIfTI volume mode: X,Y,Z after crop and resample (default 128,128,64)"
     ),
     split: Optional[str] = typer.Option(None, "--split", help="MedMNIST split"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip unreadable/inconsistent files (listed in the report)"),
+    skip_bad: bool = typer.Option(False, "--skip-bad",
+                                  help="skip unreadable/inconsistent files (listed in the report)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="also write the JSON report to this file"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write class distribution + examples as PNG"),
@@ -59,21 +41,17 @@ def inspect_cmd(
     """Class balance, sizes, intensities, masks, groups and red flags of a dataset."""
     from medbalance.data.inspect import inspect_dataset, plot_dataset, render_inspection
     from medbalance.data.sources import load_dataset
-    from medbalance.utils.io import atomic_write_json
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise ConfigError("--plot must be a .png file", path=plot)
+    shape = None if volume_shape is None else parse_numbers(
+        volume_shape, "--volume-shape", "three integers X,Y,Z (e.g. 128,128,64)", int, ok=lambda v: len(v) == 3)
     doc = read_config(config, sets, bare_section="data")
-    cfg = build_data_config(
-        data, data_opts, doc.get("data"), config,
-        extra={"split": split, "skip_bad": True if skip_bad else None},
-        nifti_extra={"min_lesion_voxels": min_lesion_voxels, "mode": nifti_mode,
-                     "volume_shape": _parse_shape(volume_shape)},
-    )
+    nifti = {"min_lesion_voxels": min_lesion_voxels, "mode": nifti_mode, "volume_shape": shape}
+    cfg = build_data_config(data, data_opts, doc.get("data"), config, nifti_extra=nifti,
+                            extra={"split": split, "skip_bad": True if skip_bad else None})
     ds = load_dataset(cfg)
     report = inspect_dataset(ds)
-    if json_out is not None:
-        atomic_write_json(json_out, report)
     if plot is not None:
         if ds.images.dim() == 5:  # volumes: plot the middle axial slice of each
             from dataclasses import replace
@@ -81,27 +59,15 @@ def inspect_cmd(
             mid = ds.images.shape[2] // 2
             ds = replace(ds, images=ds.images[:, :, mid], masks=None if ds.masks is None else ds.masks[:, mid])
         plot_dataset(ds, plot)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
+    if emit_json(report, as_json, json_out):
         return
     from rich.console import Console
 
     console = Console()
     console.print(render_inspection(report))
-    if json_out is not None:
-        console.print(f"report written to {json_out}")
-    if plot is not None:
-        console.print(f"plot written to {plot}")
-
-
-def _parse_imbalance(text: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--imbalance must be comma-separated numbers like 10,3,1, got {text!r}") from None
-    if len(vals) < 2 or any(v <= 0 for v in vals):
-        raise ConfigError(f"--imbalance needs at least two positive class sizes, got {text!r}")
-    return vals
+    for path, what in ((json_out, "report"), (plot, "plot")):
+        if path is not None:
+            console.print(f"{what} written to {path}")
 
 
 @make_app.command("phantom")
@@ -117,9 +83,10 @@ def make_phantom_cmd(
     from medbalance.data.config import PhantomConfig
     from medbalance.data.phantom import write_phantom_dataset
 
-    opts: dict[str, Any] = {"n": n, "size": size, "seed": seed, "anatomy": anatomy}
+    sizes = None
     if imbalance is not None:
-        opts["imbalance"] = _parse_imbalance(imbalance)
+        sizes = parse_numbers(imbalance, "--imbalance", "at least two positive class sizes (e.g. 10,3,1)",
+                              ok=lambda v: len(v) >= 2 and min(v) > 0)
+    opts = {"n": n, "size": size, "seed": seed, "anatomy": anatomy, "imbalance": sizes}
     cfg = PhantomConfig.from_dict({k: v for k, v in opts.items() if v is not None})
-    manifest = write_phantom_dataset(out, cfg)
-    typer.echo(f"wrote {manifest}")
+    typer.echo(f"wrote {write_phantom_dataset(out, cfg)}")

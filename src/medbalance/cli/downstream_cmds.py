@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from medbalance.cli.app import app
 from medbalance.cli.options import (
-    DataOptions,
-    build_data_config,
-    check_sections,
-    config_option,
-    data_options,
-    device_option,
-    parse_arms,
-    parse_class_fractions,
-    parse_fractions,
-    read_config,
-    run_data_config,
-    seeds_option,
-    set_option,
+    DataOptions, build_data_config, config_option, data_options, device_option, load_run_data, parse_arms,
+    parse_class_fractions, parse_fractions, print_summary, seeds_option, set_option,
 )
+from medbalance.cli.synth_cmds import MASK_POOL_HELP, load_runs
 from medbalance.errors import ConfigError
 from medbalance.utils.progress import console
 
@@ -40,19 +30,21 @@ def downstream_cmd(
         "synthetic-only, synthetic-pretrain+finetune (train on synthetic only, then fine-tune on real)",
     ),
     seeds: int = seeds_option(5),
-    run_specs: list[str] = typer.Option(
+    run_specs: List[str] = typer.Option(
         [], "--run", help="trained generator run (must not have seen test ids), or CLASS=RUN once per class"
     ),
     config: Optional[Path] = config_option(
         "a generator run config, data:, model:, train:, as for `medbalance train`: trains that generator on the "
         "experiment's training split first"
     ),
-    sets: list[str] = set_option("train.steps=500 (keys of the generator's run config)"),
-    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="a synthetic manifest (from rebalance/generate) instead of --run"),
+    sets: List[str] = set_option("train.steps=500 (keys of the generator's run config)"),
+    synthetic: Optional[str] = typer.Option(
+        None, "--synthetic", help="a synthetic manifest (from rebalance/generate) instead of --run"),
     allow_unverified_synthetic: bool = typer.Option(
         False, "--allow-unverified-synthetic",
         help="accept a --synthetic set without training-ids provenance (stated as a warning in downstream.json)"),
-    subsample: list[str] = typer.Option([], "--subsample", help="CLASS=FRACTION of its training images kept, e.g. meningioma=0.1"),
+    subsample: List[str] = typer.Option(
+        [], "--subsample", help="CLASS=FRACTION of its training images kept, e.g. meningioma=0.1"),
     near_duplicates: bool = typer.Option(
         False, "--near-duplicates", help="also keep near-duplicate images (perceptual hash) on one side of the split"),
     epochs: int = typer.Option(15, "--epochs", min=1),
@@ -61,9 +53,10 @@ def downstream_cmd(
     split_seed: int = typer.Option(0, "--split-seed"),
     fractions: str = typer.Option("0.6,0.2,0.2", "--fractions", help="train,val,test fractions"),
     strategy: str = typer.Option("auto", "--strategy", help="balanced arm's sampling strategy"),
-    mask_source: str = typer.Option("real", "--mask-source"),
-    mask_pool: str = typer.Option("auto", "--mask-pool", help="auto | same_class | any (masks of every class; auto: any for Red-GAN)"),
-    target: str = typer.Option("label", "--target", help="label | condition: what the generator arms rebalance (condition = site)"),
+    mask_source: str = typer.Option("real", "--mask-source", help="real | elastic | edited"),
+    mask_pool: str = typer.Option("auto", "--mask-pool", help=MASK_POOL_HELP),
+    target: str = typer.Option(
+        "label", "--target", help="label | condition: what the generator arms rebalance (condition = site)"),
     device: str = device_option(),
 ) -> None:
     """Train a task network on each arm for several seeds and compare with `real` on real test data.
@@ -71,52 +64,32 @@ def downstream_cmd(
     --device is used for the generator (training and generation) and the task networks."""
     from medbalance.data import load_dataset
     from medbalance.experiments.downstream import (
-        DownstreamConfig,
-        SyntheticSource,
-        check_arms,
-        make_split,
-        run_downstream,
+        DownstreamConfig, SyntheticSource, check_arms, make_split, run_downstream,
     )
-    from medbalance.synthesis.oversampler import MASK_POOLS, TARGETS
     from medbalance.synthesis.strategy import parse_strategy
-    from medbalance.utils.device import select_device
 
-    fr = parse_fractions(fractions)
-    if mask_pool not in MASK_POOLS:
-        raise ConfigError(f"unknown --mask-pool {mask_pool!r}; allowed: {', '.join(MASK_POOLS)}")
-    if target not in TARGETS:
-        raise ConfigError(f"unknown --target {target!r}; allowed: {', '.join(TARGETS)}")
-    cfg = DownstreamConfig(
-        task=task, arms=parse_arms(arms), seeds=list(range(seeds)),
-        split_seed=split_seed, fractions=fr, subsample=parse_class_fractions(subsample, "--subsample"),
+    cfg = DownstreamConfig.from_dict(dict(
+        task=task, arms=parse_arms(arms), seeds=list(range(seeds)), split_seed=split_seed,
+        fractions=parse_fractions(fractions), subsample=parse_class_fractions(subsample, "--subsample"),
         strategy=parse_strategy(strategy), mask_source=mask_source, mask_pool=mask_pool, target=target, epochs=epochs,
         batch_size=batch_size, lr=lr, device=device, near_duplicates=near_duplicates,
-    )
+    ), source="downstream options")
     check_arms(cfg.arms)
     if sum([bool(run_specs), config is not None or bool(sets), synthetic is not None]) > 1:
         raise ConfigError("give one source of synthetic images: --run, --config (a generator to train) or --synthetic")
-    gen_device = str(select_device(device))
-    run = None
-    split = None
+    source = split = None
     if run_specs:
-        from medbalance.cli.synth_cmds import _load_per_class, _load_run, _parse_runs
-
-        run_dir, per = _parse_runs(run_specs)
-        if per:
-            run, first = _load_per_class(per, "latest", gen_device)
-        else:
-            run = first = _load_run(run_dir, "latest", gen_device)
-        ds = load_dataset(run_data_config(first, data, data_opts, all_classes=True))
+        runs, run = load_runs(run_specs, "latest", device)
+        ds = load_run_data(run, data, data_opts, all_classes=True)
+        source = SyntheticSource(run=runs or run)
     elif config is not None or sets:
+        from medbalance.cli.train_cmds import run_config_doc
         from medbalance.training.config import RunConfig
         from medbalance.training.engine import train
         from medbalance.training.run import load_run
+        from medbalance.utils.device import select_device
 
-        doc = read_config(config, sets)
-        check_sections(doc, ("out_dir", "data", "model", "train"), config)
-        gen_data = build_data_config(data, data_opts, doc.get("data"), config)
-        doc["data"] = gen_data.model_dump(mode="json", exclude_unset=True)
-        doc["out_dir"] = str(out / "generator")
+        doc = {**run_config_doc(config, sets, data, data_opts), "out_dir": str(out / "generator")}
         doc["train"] = dict(doc.get("train") or {})
         if device != "auto" or "device" not in doc["train"]:
             doc["train"]["device"] = device
@@ -127,32 +100,18 @@ def downstream_cmd(
         split = make_split(ds, cfg)
         console.print(f"training the generator on the training split ({len(split.train)} images)")
         train(gcfg, dataset=split.train)
-        run = load_run(out / "generator", device=gen_device)
+        source = SyntheticSource(run=load_run(out / "generator", device=str(select_device(device))))
     else:
         ds = load_dataset(build_data_config(data, data_opts))
-    source = None
-    if run is not None:
-        source = SyntheticSource(run=run)
-    elif synthetic is not None:
-        syn = load_dataset(synthetic, image_size=ds.spatial_shape[-1])
-        if syn.synthetic is not None:
-            syn = syn.subset([i for i, f in enumerate(syn.synthetic.tolist()) if f])
+    if synthetic is not None:
+        from medbalance.evaluation.evaluate import synthetic_rows
         from medbalance.synthesis.export import read_provenance
 
-        source = SyntheticSource(dataset=syn, provenance=read_provenance(synthetic),
-                                 allow_unverified=allow_unverified_synthetic, path=synthetic)
+        source = SyntheticSource(dataset=synthetic_rows(load_dataset(synthetic, image_size=ds.spatial_shape[-1])),
+                                 provenance=read_provenance(synthetic), allow_unverified=allow_unverified_synthetic,
+                                 path=synthetic)
     report = run_downstream(ds, cfg, out, source, split=split)
-    _print_summary(report)
-    typer.echo(str(out / "downstream.json"))
-
-
-def _print_summary(report: dict) -> None:
-    from medbalance.utils.tables import ci_table
-
-    summ = report["summary"]
-    keep = [m for m in summ["real"] if m in ("balanced_accuracy", "macro_f1", "auroc", "dice_foreground")
+    keep = [m for m in report["summary"]["real"] if m in ("balanced_accuracy", "macro_f1", "auroc", "dice_foreground")
             or m.startswith(("recall/", "dice/", "balanced_accuracy@", "dice_foreground@"))]
-    console.print(ci_table(summ, keep, f"downstream {report['task']} ({len(report['config']['seeds'])} seeds, "
-                           "mean [95% CI])", p=True))
-    for w in report.get("warnings", []):
-        console.print(f"[yellow]warning[/yellow]: {w}")
+    print_summary(report, keep, f"downstream {report['task']}")
+    typer.echo(str(out / "downstream.json"))

@@ -1,104 +1,96 @@
-"""Options shared by several commands, defined once.
+"""Options and helpers shared by several commands, defined once.
 
-- :func:`data_options`: the data options of every command that reads a dataset (``--source``, ``--modality``,
-  ``--label-pattern``, ``--brain-mask-pattern``, ``--image-size`` and the column options). The command receives
-  them as one :class:`DataOptions` in its ``data_opts`` parameter.
-- :func:`build_data_config`: a ``DataConfig`` from a dataset path, a config document's ``data:`` section and the
-  data options (in that order of precedence, the options last); :func:`run_data_config` does the same on top of a
-  trained run's data settings.
+- :func:`option_group`: options declared once as the fields of a dataclass (:func:`opt`), given to every command
+  that takes them; :data:`data_options` are those of every command that reads a dataset (``--source``,
+  ``--modality``, ``--label-pattern``, ``--brain-mask-pattern``, ``--image-size`` and the column options).
+- :func:`build_data_config` / :func:`load_run_data`: a dataset from a path, a config's ``data:`` section (or a
+  trained run's data settings) and the data options, the options last.
 - :func:`read_config`: ``--config FILE`` + repeatable ``--set key=value`` as one document.
-- The common spellings: ``--config``, ``--set``, ``--device``, ``--seed``, ``--seeds``, ``--overwrite``.
-- Parsing of command-line values (one clear error line each).
+- The common spellings (``--config``, ``--set``, ``--device``, ``--seed``, ``--seeds``, ``--overwrite``), parsing of
+  command-line values and the printing of results (one clear error line each).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import asdict, dataclass
+import json
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, get_type_hints
 
 import typer
 
 from medbalance.errors import ConfigError
+from medbalance.utils.progress import console
 
 SOURCE_CHOICES = ("auto", "manifest", "folders", "nifti", "medmnist", "phantom")
+_NIFTI_KEYS = {"modality": "modalities", "label_pattern": "label_pattern", "brain_mask_pattern": "brain_mask_pattern"}
+
+
+def opt(default: Any, help: str, flag: Optional[str] = None, **kw: Any) -> Any:
+    """A dataclass field that is also a command-line option (``flag`` default: ``--field-name``)."""
+    meta = {"help": help, "flag": flag, "kw": kw}
+    return field(default_factory=list, metadata=meta) if default == [] else field(default=default, metadata=meta)
+
+
+def option_group(cls: type, param: str, panel: str) -> Callable[[Callable], Callable]:
+    """A decorator giving a command the options declared by the :func:`opt` fields of dataclass ``cls``; the command
+    receives them as one ``cls`` in its parameter ``param``."""
+    hints = get_type_hints(cls)
+    group = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name], default=typer.Option(
+            f.default if f.default is not MISSING else f.default_factory(),  # type: ignore[misc]
+            f.metadata["flag"] or "--" + f.name.replace("_", "-"), help=f.metadata["help"], rich_help_panel=panel,
+            **f.metadata["kw"]))
+        for f in fields(cls)
+    ]
+
+    def decorate(func: Callable) -> Callable:
+        sig = inspect.signature(func)
+        if param not in sig.parameters:
+            raise TypeError(f"{func.__name__} needs a {param} parameter")
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return func(*args, **{param: cls(**{p.name: kwargs.pop(p.name) for p in group})}, **kwargs)
+
+        wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=[p for p in sig.parameters.values() if p.name != param] + group)
+        wrapper.__annotations__ = {**{k: v for k, v in func.__annotations__.items() if k != param},
+                                   **{p.name: p.annotation for p in group}}
+        return wrapper
+
+    return decorate
 
 
 @dataclass(frozen=True)
 class DataOptions:
     """The shared data options as given on the command line (None = not given)."""
 
-    source: Optional[str] = None
-    modality: Optional[List[str]] = None
-    label_pattern: Optional[str] = None
-    brain_mask_pattern: Optional[str] = None
-    image_size: Optional[int] = None
-    image_column: Optional[str] = None
-    mask_column: Optional[str] = None
-    label_column: Optional[str] = None
-    id_column: Optional[str] = None
-    group_column: Optional[str] = None
-    condition_column: Optional[str] = None
-
-    def given(self) -> list[str]:
-        """Option names (``--image-size`` ...) that were given."""
-        return ["--" + k.replace("_", "-") for k, v in asdict(self).items() if v not in (None, [])]
+    source: Optional[str] = opt(None, "|".join(SOURCE_CHOICES) + " (default auto)")
+    modality: Optional[List[str]] = opt(None, "NIfTI modality glob (repeat, channel order)")
+    label_pattern: Optional[str] = opt(None, "NIfTI label volume glob")
+    brain_mask_pattern: Optional[str] = opt(None, "NIfTI brain mask glob")
+    image_size: Optional[int] = opt(None, "resize images to this square size", min=8)
+    image_column: Optional[str] = opt(None, "manifest: image path column")
+    mask_column: Optional[str] = opt(None, "manifest: label-map path column")
+    label_column: Optional[str] = opt(None, "manifest: class column")
+    id_column: Optional[str] = opt(None, "manifest: sample id column")
+    group_column: Optional[str] = opt(None, "manifest: patient/case column")
+    condition_column: Optional[str] = opt(None, "manifest: condition (site) column")
 
     def data_overrides(self) -> dict[str, Any]:
-        """DataConfig keys set by these options (``nifti`` a nested dict)."""
-        top = {k: getattr(self, k) for k in ("source", "image_size", "image_column", "mask_column", "label_column",
-                                             "id_column", "group_column", "condition_column")}
+        """DataConfig keys set by these options (the NIfTI ones in a nested ``nifti`` dict)."""
         if self.source is not None and self.source not in SOURCE_CHOICES:
             raise ConfigError(f"--source must be one of {', '.join(SOURCE_CHOICES)}, got {self.source!r}")
-        nifti = {"modalities": list(self.modality) if self.modality else None, "label_pattern": self.label_pattern,
-                 "brain_mask_pattern": self.brain_mask_pattern}
-        out: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
-        nifti = {k: v for k, v in nifti.items() if v is not None}
-        if nifti:
-            out["nifti"] = nifti
-        return out
+        out = {k: v for k, v in asdict(self).items() if v not in (None, [])}
+        nifti = {_NIFTI_KEYS[k]: out.pop(k) for k in list(out) if k in _NIFTI_KEYS}
+        return {**out, "nifti": nifti} if nifti else out
 
 
-def _data_option(flag: str, help: str, **kw: Any):
-    return typer.Option(None, flag, rich_help_panel="Data options", help=help, **kw)
-
-
-_DATA_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "source": (Optional[str], _data_option("--source", "|".join(SOURCE_CHOICES) + " (default auto)")),
-    "modality": (Optional[List[str]], _data_option("--modality", "NIfTI modality glob (repeat, channel order)")),
-    "label_pattern": (Optional[str], _data_option("--label-pattern", "NIfTI label volume glob")),
-    "brain_mask_pattern": (Optional[str], _data_option("--brain-mask-pattern", "NIfTI brain mask glob")),
-    "image_size": (Optional[int], _data_option("--image-size", "resize images to this square size", min=8)),
-    "image_column": (Optional[str], _data_option("--image-column", "manifest: image path column")),
-    "mask_column": (Optional[str], _data_option("--mask-column", "manifest: label-map path column")),
-    "label_column": (Optional[str], _data_option("--label-column", "manifest: class column")),
-    "id_column": (Optional[str], _data_option("--id-column", "manifest: sample id column")),
-    "group_column": (Optional[str], _data_option("--group-column", "manifest: patient/case column")),
-    "condition_column": (Optional[str], _data_option("--condition-column", "manifest: condition (site) column")),
-}
-
-
-def data_options(func: Callable) -> Callable:
-    """Give a command the shared data options; it receives them as ``data_opts: DataOptions``."""
-    sig = inspect.signature(func)
-    if "data_opts" not in sig.parameters:
-        raise TypeError(f"{func.__name__} needs a data_opts parameter")
-    params = [p for p in sig.parameters.values() if p.name != "data_opts"]
-    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
-               for name, (ann, opt) in _DATA_OPTIONS.items()]
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        opts = DataOptions(**{name: kwargs.pop(name) for name in _DATA_OPTIONS})
-        return func(*args, data_opts=opts, **kwargs)
-
-    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    annotations = {k: v for k, v in func.__annotations__.items() if k != "data_opts"}
-    annotations.update({name: ann for name, (ann, _) in _DATA_OPTIONS.items()})
-    wrapper.__annotations__ = annotations
-    return wrapper
+data_options = option_group(DataOptions, "data_opts", "Data options")
 
 
 # ------------------------------------------------------------------ the common spellings
@@ -126,18 +118,24 @@ def overwrite_option(what: str = "an existing output folder"):
     return typer.Option(False, "--overwrite", help=f"replace {what}")
 
 
-# ------------------------------------------------------------------ config documents
-def read_config(
-    config: Optional[Path], sets: Optional[list[str]], bare_section: Optional[str] = None
-) -> dict[str, Any]:
-    """``--config FILE`` (optional) with the ``--set key=value`` overrides applied. ``bare_section``: a file
-    without that top-level key is read as that section alone (``inspect --config`` takes a bare DataConfig)."""
+# ------------------------------------------------------------------ config documents and datasets
+def read_config(config: Optional[Path], sets: Optional[list[str]], sections: Optional[tuple[str, ...]] = None,
+                mappings: tuple[str, ...] = (), bare_section: Optional[str] = None) -> dict[str, Any]:
+    """``--config FILE`` (optional) with the ``--set key=value`` overrides applied. ``sections``: the allowed
+    top-level keys; ``mappings``: keys whose value must be a mapping; ``bare_section``: a file without that
+    top-level key is read as that section alone (``inspect --config`` takes a bare DataConfig)."""
     from medbalance.config import apply_overrides, read_yaml
 
     raw: dict[str, Any] = read_yaml(config) if config is not None else {}
     if bare_section is not None and raw and bare_section not in raw:
         raw = {bare_section: raw}
-    return apply_overrides(raw, list(sets or []))
+    doc = apply_overrides(raw, list(sets or []))
+    if sections is not None:
+        check_sections(doc, sections, config)
+    for key in mappings:
+        if not isinstance(doc.get(key) or {}, dict):
+            raise ConfigError(f"the {key}: section must be a mapping", path=config)
+    return doc
 
 
 def check_sections(doc: dict[str, Any], allowed: tuple[str, ...], config: Optional[Path]) -> None:
@@ -147,36 +145,36 @@ def check_sections(doc: dict[str, Any], allowed: tuple[str, ...], config: Option
         raise ConfigError(f"unknown top-level keys {unknown}; allowed: {', '.join(allowed)}", path=config)
 
 
-def build_data_config(
-    data: Optional[str],
-    opts: DataOptions = DataOptions(),
-    section: Optional[dict[str, Any]] = None,
-    config: Optional[Path] = None,
-    extra: Optional[dict[str, Any]] = None,
-    nifti_extra: Optional[dict[str, Any]] = None,
-):
-    """DataConfig from a config's ``data:`` section, the dataset path and the data options (options win).
-    ``extra`` / ``nifti_extra``: further command-specific keys (None values skipped)."""
+def _data_config(base: dict[str, Any], opts: DataOptions, source: Any, extra: Optional[dict[str, Any]] = None,
+                 nifti_extra: Optional[dict[str, Any]] = None):
+    """DataConfig from ``base`` with the data options (and further non-None keys) on top."""
     from medbalance.data.config import DataConfig
 
-    if section is not None and not isinstance(section, dict):
-        raise ConfigError("the data: section must be a mapping", path=config)
-    base = dict(section or {})
-    if data is not None:
-        base["path"] = data
     over = {**opts.data_overrides(), **{k: v for k, v in (extra or {}).items() if v is not None}}
     nif = {**over.pop("nifti", {}), **{k: v for k, v in (nifti_extra or {}).items() if v is not None}}
     base.update(over)
     if nif:
         base["nifti"] = {**(base.get("nifti") or {}), **nif}
-    return DataConfig.from_dict(base, source=config)
+    return DataConfig.from_dict(base, source=source)
 
 
-def run_data_config(run, data: Optional[str], opts: DataOptions = DataOptions(), all_classes: bool = False):
-    """The data settings a generator run was trained with (size, columns, normalisation), on ``data`` when given
-    (source auto-detected), with the data options on top. ``--image-size`` must be the run's image size (a
-    generator makes images of the size it was trained on). ``all_classes`` drops the run's ``class_subset``."""
-    from medbalance.data.config import DataConfig
+def build_data_config(data: Optional[str], opts: DataOptions = DataOptions(), section: Optional[dict[str, Any]] = None,
+                      config: Optional[Path] = None, extra: Optional[dict[str, Any]] = None,
+                      nifti_extra: Optional[dict[str, Any]] = None):
+    """DataConfig from a config's ``data:`` section, the dataset path and the data options (options win).
+    ``extra`` / ``nifti_extra``: further command-specific keys (None values skipped)."""
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError("the data: section must be a mapping", path=config)
+    base = {**(section or {}), **({"path": data} if data is not None else {})}
+    return _data_config(base, opts, config, extra, nifti_extra)
+
+
+def load_run_data(run, data: Optional[str], opts: DataOptions = DataOptions(), all_classes: bool = False):
+    """The dataset with the data settings a generator run was trained with (size, columns, normalisation), read from
+    ``data`` when given (source auto-detected), with the data options on top. ``--image-size`` must be the run's
+    image size (a generator makes images of the size it was trained on). ``all_classes`` drops the run's
+    ``class_subset`` (per-class runs rebalance the whole dataset)."""
+    from medbalance.data import load_dataset
 
     shape = tuple(run.info.spatial_shape)
     if opts.image_size is not None and shape != (opts.image_size,) * len(shape):
@@ -189,40 +187,85 @@ def run_data_config(run, data: Optional[str], opts: DataOptions = DataOptions(),
         base.update(path=data, source="auto")
     if all_classes:
         base["class_subset"] = None
-    over = opts.data_overrides()
-    nif = over.pop("nifti", {})
-    base.update(over)
-    if nif:
-        base["nifti"] = {**(base.get("nifti") or {}), **nif}
-    return DataConfig.from_dict(base, source=run.run_dir / "config.yaml")
+    return load_dataset(_data_config(base, opts, run.run_dir / "config.yaml"))
 
 
 # ------------------------------------------------------------------ values
+def parse_numbers(text: str, option: str, what: str, cast: Callable = float,
+                  ok: Callable[[list], bool] = bool) -> list:
+    """``"10,3,1"`` (or ``10x3x1``) -> [10.0, 3.0, 1.0]; one error line naming ``what`` when ``ok`` is false."""
+    try:
+        vals = [cast(x) for x in re.split(r"[,x]", text) if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or not ok(vals):
+        raise ConfigError(f"{option} must be {what}, got {text!r}")
+    return vals
+
+
 def parse_fractions(text: str, option: str = "--fractions") -> tuple[float, float, float]:
     """``"0.6,0.2,0.2"`` -> (train, val, test) fractions."""
-    try:
-        fr = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{option} {text!r} is not three comma-separated numbers") from None
-    if len(fr) != 3:
-        raise ConfigError(f"{option} needs three numbers (train,val,test), got {text!r}")
-    return fr  # type: ignore[return-value]
+    return tuple(parse_numbers(text, option, "three numbers train,val,test (e.g. 0.6,0.2,0.2)",
+                               ok=lambda v: len(v) == 3))  # type: ignore[return-value]
+
+
+def parse_pairs(items: list[str], option: str, what: str, cast: Callable = str) -> dict[str, Any]:
+    """``["meningioma=0.1", ...]`` -> {"meningioma": 0.1}; ``what`` names the form (``CLASS=FRACTION``)."""
+    out: dict[str, Any] = {}
+    for it in items:
+        k, sep, v = (s.strip() for s in it.partition("="))
+        try:
+            if not (sep and k and v):
+                raise ValueError
+            if k in out:
+                raise ConfigError(f"{option} given twice for {k!r}")
+            out[k] = cast(v)
+        except ValueError:
+            raise ConfigError(f"{option} {it!r} is not {what}") from None
+    return out
 
 
 def parse_class_fractions(items: list[str], option: str) -> dict[str, float]:
     """``["meningioma=0.1", ...]`` -> {class: fraction}."""
-    out = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            out[k] = float(v)
-        except ValueError:
-            raise ConfigError(f"{option} {it!r} is not CLASS=FRACTION") from None
-    return out
+    return parse_pairs(items, option, "CLASS=FRACTION", float)
 
 
 def parse_arms(text: str) -> list[str]:
     """``"real, oversample"`` -> ["real", "oversample"]."""
     return [a.strip() for a in text.split(",") if a.strip()]
+
+
+# ------------------------------------------------------------------ printing results
+def emit_json(result: dict[str, Any], as_json: bool, json_out: Optional[Path]) -> bool:
+    """Write ``result`` to ``--json-out`` when given, print it on stdout with ``--json`` (True: printed)."""
+    from medbalance.utils.io import atomic_write_json
+
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+    if as_json:  # numpy / torch values as plain numbers and lists
+        typer.echo(json.dumps(result, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    return as_json
+
+
+def print_table(title: str, columns: list[str], rows: list, stderr: bool = False) -> None:
+    """A rich table, the last column right-aligned."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="right" if i == len(columns) - 1 else "left")
+    for row in rows:
+        table.add_row(*row)
+    (console if stderr else Console()).print(table)
+
+
+def print_summary(report: dict[str, Any], metrics: list[str], title: str, lines: tuple | list = (), **kw) -> None:
+    """An experiment's arms x metrics table (mean [95% CI], p of the paired test vs real), ``lines``, warnings."""
+    from medbalance.utils.tables import ci_table
+
+    n = len(report["config"]["seeds"])
+    console.print(ci_table(report["summary"], metrics, f"{title} ({n} seeds, mean [95% CI], Wilcoxon vs real)",
+                           p=True, **kw))
+    for line in (*lines, *(f"[yellow]warning[/yellow]: {w}" for w in report.get("warnings", []))):
+        console.print(line)

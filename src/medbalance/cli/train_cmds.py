@@ -11,56 +11,39 @@ import typer
 
 from medbalance.cli.app import app
 from medbalance.cli.options import (
-    DataOptions,
-    build_data_config,
-    check_sections,
-    config_option,
-    data_options,
-    device_option,
-    read_config,
-    seed_option,
-    set_option,
+    DataOptions, build_data_config, config_option, data_options, device_option, read_config, seed_option, set_option,
 )
 from medbalance.errors import ConfigError
 
 
 def _list_models() -> None:
-    from medbalance.models.registry import (
-        MODELS,
-        describe_train_length,
-        ensure_registered,
-        preset_batch_size,
-        preset_flip,
-        preset_sampling,
-    )
+    from medbalance.models import registry as r
 
-    ensure_registered()
-    if not len(MODELS):
-        typer.echo("(no models registered)")
-        return
-    width = max(len(n) for n in MODELS.names())
-    for name, help_ in MODELS.describe().items():
-        spec = MODELS.get(name)
+    r.ensure_registered()
+    width = max(len(n) for n in r.MODELS.names())
+    for name in r.MODELS.names():
+        spec = r.MODELS.get(name)
         presets = "; ".join(
-            f"{k}: batch {preset_batch_size(name, k)}, {describe_train_length(name, k)}"
-            + (", class-balanced" if preset_sampling(name, k) == "class_balanced" else "")
-            + (", flip" if preset_flip(name, k) else "")
+            f"{k}: batch {r.preset_batch_size(name, k)}, {r.describe_train_length(name, k)}"
+            + (", class-balanced" if r.preset_sampling(name, k) == "class_balanced" else "")
+            + (", flip" if r.preset_flip(name, k) else "")
             for k in sorted(spec.presets)
         )
-        if spec.description:
-            help_ = spec.description.strip().split("\n")[0]
-        elif help_.startswith("ModelSpec("):  # Registry fell back to the dataclass docstring
-            help_ = (spec.method.__doc__ or "").strip().split("\n")[0]
-        if spec.paper:
-            help_ += f" ({spec.paper})"
-        typer.echo(f"{name:<{width}}  [{presets}]  {help_}")
+        help_ = (spec.description or spec.method.__doc__ or "").strip().split("\n")[0]
+        typer.echo(f"{name:<{width}}  [{presets}]  {help_}" + (f" ({spec.paper})" if spec.paper else ""))
+
+
+def run_config_doc(config: Optional[Path], sets: List[str], data: Optional[str], data_opts: DataOptions) -> dict:
+    """A generator run's config document: ``--config FILE``, the ``--set`` overrides, then DATA and the data options."""
+    doc = read_config(config, sets, sections=("out_dir", "data", "model", "train"), mappings=("model", "train"))
+    dcfg = build_data_config(data, data_opts, doc.get("data"), config)
+    doc["data"] = dcfg.model_dump(mode="json", exclude_unset=True)
+    return doc
 
 
 @app.command("train")
 @data_options
 def train_cmd(
-    config_arg: Optional[Path] = typer.Argument(None, hidden=True, help="deprecated spelling of --config"),
-    overrides: Optional[List[str]] = typer.Argument(None, hidden=True, help="deprecated spelling of --set"),
     config: Optional[Path] = config_option("data:, model:, train: sections, out_dir"),
     sets: List[str] = set_option("train.steps=500"),
     model: Optional[str] = typer.Option(None, "--model", help="registered model name (see --list-models)"),
@@ -81,35 +64,21 @@ def train_cmd(
     The config file is optional: `medbalance train --model dcgan --data DATA --steps 500 --out RUN` trains with
     the model preset's defaults. Precedence: config file < --set < the options."""
     if list_models:
-        _list_models()
-        return
-    if config_arg is not None and config is not None:
-        raise ConfigError("give the config once: --config FILE")
-    config = config if config is not None else config_arg
+        return _list_models()
     from medbalance.models.registry import resolve_params
     from medbalance.training.config import RunConfig
     from medbalance.training.engine import train
 
-    doc = read_config(config, list(sets) + list(overrides or []))
-    check_sections(doc, ("out_dir", "data", "model", "train"), config)
-    for key in ("data", "model", "train"):
-        if not isinstance(doc.get(key) or {}, dict):
-            raise ConfigError(f"the {key}: section must be a mapping", path=config)
-    if model is not None or preset is not None:
-        given = {k: v for k, v in {"name": model, "preset": preset}.items() if v is not None}
-        doc["model"] = {**(doc.get("model") or {}), **given}
-    dcfg = build_data_config(data, data_opts, doc.get("data"), config)
-    doc["data"] = dcfg.model_dump(mode="json", exclude_unset=True)
+    doc = run_config_doc(config, sets, data, data_opts)
     if not doc["data"].get("path"):
         raise ConfigError("no dataset: give --data DATA (or data.path in --config)")
+    given = {k: v for k, v in {"name": model, "preset": preset}.items() if v is not None}
+    doc["model"] = {**(doc.get("model") or {}), **given}
     tr = {k: v for k, v in dict(steps=steps, epochs=epochs, batch_size=batch_size, seed=seed, device=device).items()
           if v is not None}
-    if tr:
-        doc["train"] = {**(doc.get("train") or {}), **tr}
-        if steps is not None and epochs is None:
-            doc["train"]["epochs"] = None  # --steps replaces a length in epochs from the config
-        elif epochs is not None and steps is None:
-            doc["train"]["steps"] = None
+    doc["train"] = {**(doc.get("train") or {}), **tr}
+    if (steps is None) != (epochs is None):  # --steps replaces a length in epochs from the config, and vice versa
+        doc["train"]["epochs" if epochs is None else "steps"] = None
     if out is not None:
         doc["out_dir"] = str(out)
     cfg = RunConfig.from_dict(doc, source=config)
@@ -122,10 +91,6 @@ def train_cmd(
     )
     if getattr(res.method, "reports_memorization", False) and os.environ.get("RANK", "0") == "0":
         # privacy first (diffusion models): near-copies of training images, written into the run folder
-        from medbalance.evaluation.diffusion_memorization import (
-            REPORT_NAME,
-            memorization_report,
-            summary_line,
-        )
+        from medbalance.evaluation.diffusion_memorization import REPORT_NAME, memorization_report, summary_line
 
         typer.echo(summary_line(memorization_report(res.run_dir)) + f" ({res.run_dir / REPORT_NAME})")
