@@ -242,14 +242,21 @@ def test_segmentation_grid_with_redgan_segmentor_from_the_split(tmp_path):
     assert cell["composition"]["synthetic"] == round(0.5 * len(split.train)) or cell["composition"]["synthetic"] > 0
 
 
-def test_extending_a_finished_benchmark_runs_only_the_new_cells(tmp_path, finished, monkeypatch):
+@pytest.fixture
+def finished_copy(tmp_path, finished, monkeypatch):
+    """A copy of the finished benchmark and the list of cell keys that will run in it."""
     import shutil
 
     out = tmp_path / "out"
     shutil.copytree(finished, out)
-    ran = []
+    ran: list[str] = []
     real_run_cell = B.Benchmark.run_cell
     monkeypatch.setattr(B.Benchmark, "run_cell", lambda self, cell: ran.append(cell.key) or real_run_cell(self, cell))
+    return out, ran
+
+
+def test_extending_a_finished_benchmark_runs_only_the_new_cells(finished_copy):
+    out, ran = finished_copy
     doc = {**TINY, "arms": [*TINY["arms"], "synthetic-only"]}
     rep = B.run_benchmark(B.BenchmarkConfig.from_dict(doc), out)
     assert sorted(ran) == sorted(f"s0/{g}-g0/arm/synthetic-only/seed{k}" for g in ("dcgan", "acgan") for k in (0, 1))
@@ -311,15 +318,9 @@ def test_feature_level_method_is_its_own_row(tmp_path):
     assert sorted(fd["test_ids"]) == sorted(split.test.ids)  # the same split as the image-level arms
 
 
-def test_a_generator_can_run_its_own_arms(tmp_path, finished, monkeypatch):
+def test_a_generator_can_run_its_own_arms(finished_copy):
     """An extra row restricted to one arm: only its cells run, its pool is sized by its arms, old rows are kept."""
-    import shutil
-
-    out = tmp_path / "out"
-    shutil.copytree(finished, out)
-    ran = []
-    real_run_cell = B.Benchmark.run_cell
-    monkeypatch.setattr(B.Benchmark, "run_cell", lambda self, cell: ran.append(cell.key) or real_run_cell(self, cell))
+    out, ran = finished_copy
     extra = {"model": "dcgan", "name": "dcgan-b", "steps": 2, "arms": ["real+synthetic@1x+class-weight"],
              "overrides": ["model.params.conditional=true"]}
     cfg = B.BenchmarkConfig.from_dict({**TINY, "generators": [*TINY["generators"], extra]})
