@@ -5,21 +5,27 @@ All functions take features (``(N, D)`` arrays from an extractor, see
 sets can never be swapped by position.
 
 - :func:`frechet_distance` — Fréchet distance between Gaussians fitted to the two sets (FID when
-  the features are Inception-v3 pool features). Computed in float64 with a symmetric eigh-based
-  formulation: ``tr sqrt(S1 S2) = tr sqrt(sqrt(S1) S2 sqrt(S1))``, the latter a symmetric PSD
-  matrix whose square-root trace is the sum of the square roots of its eigenvalues. This equals
-  ``scipy.linalg.sqrtm``'s value and is ~4x faster at 2048-d (see docs/metrics.md).
+  the features are Inception-v3 pool features). Computed in float64 with a symmetric formulation:
+  with ``S1 = L L^T`` (Cholesky), ``S1 S2`` is similar to the symmetric PSD ``L^T S2 L``, so
+  ``tr sqrt(S1 S2)`` is the sum of the square roots of the latter's eigenvalues (``eigvalsh``); a
+  singular ``S1`` uses ``sqrt(S1)`` from ``eigh`` instead of ``L``. This equals ``scipy.linalg.sqrtm``'s
+  value and took 1/18 of its time at 2048-d (``benchmarks/bench_metrics_scale.py``, docs/performance.md).
 - :func:`kid` — kernel inception distance: unbiased MMD^2 with the cubic polynomial kernel
-  ``k(x, y) = (x.y / d + 1)^3`` averaged over random subsets (Bińkowski et al. 2018).
+  ``k(x, y) = (x.y / d + 1)^3`` averaged over random subsets (Bińkowski et al. 2018), float64.
 - :func:`precision_recall` — improved precision and recall (Kynkäänniemi et al. 2019): k-NN
   balls around each sample approximate each manifold.
 - :func:`density_coverage` — density and coverage (Naeem et al. 2020), k-NN balls of real samples.
 - :func:`fidelity_metrics` — all of them, overall and per class (intra-class), with warnings.
+
+Precision, recall, density and coverage share one k-NN pass per set (the radii) and one scan of the
+real x synthetic distances (:func:`medbalance.utils.neighbors.ball_counts`: float32 products, every
+pair near a ball's surface settled in float64).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,11 +50,20 @@ def _check_pair(real: np.ndarray, synthetic: np.ndarray) -> None:
 
 
 def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
-    w1, v1 = np.linalg.eigh(s1)
-    root1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
-    m = root1 @ s2 @ root1
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    # The decompositions run on one BLAS thread: they are bound by matrix-vector steps that synchronise the
+    # threads thousands of times, and on a busy 2-core CPU two threads made eigvalsh at 2048-d 15x slower.
+    with threadpool_limits(1, user_api="blas"):
+        try:
+            f = np.linalg.cholesky(s1)  # S1 = F F^T: S1 S2 is similar to F^T S2 F
+        except np.linalg.LinAlgError:  # singular S1: F = sqrt(S1), which is symmetric
+            w1, v1 = np.linalg.eigh(s1)
+            f = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
+    m = f.T @ s2 @ f
     m = 0.5 * (m + m.T)
-    ev = np.linalg.eigvalsh(m)
+    with threadpool_limits(1, user_api="blas"):
+        ev = np.linalg.eigvalsh(m)
     return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
 
 
@@ -65,7 +80,9 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f = _f64(feats)
     if f.shape[0] < 2:
         raise ValueError("at least 2 samples are needed for a covariance")
-    return f.mean(0), np.cov(f, rowvar=False)
+    mu = f.mean(0)
+    c = f - mu
+    return mu, (c.T @ c) / (f.shape[0] - 1)  # = np.cov(f, rowvar=False); A^T A runs as one symmetric product
 
 
 def frechet_distance(*, real: np.ndarray, synthetic: np.ndarray) -> float:
@@ -80,8 +97,22 @@ def frechet_distance(*, real: np.ndarray, synthetic: np.ndarray) -> float:
 # ---------------------------------------------------------------------------- KID
 
 
-def _poly_kernel(a: np.ndarray, b: np.ndarray, degree: int, gamma: float, coef0: float) -> np.ndarray:
-    return (gamma * (a @ b.T) + coef0) ** degree
+def _poly_kernel_sum(a: np.ndarray, b: np.ndarray | None, degree: int, gamma: float, coef0: float) -> float:
+    """Sum of ``(gamma a_i.b_j + coef0)^degree`` over all pairs; ``b=None``: over the pairs ``i != j`` of ``a``."""
+    k = a @ (a if b is None else b).T  # a @ a.T runs as one symmetric product
+    k *= gamma
+    k += coef0
+    diag = np.diagonal(k).copy() if b is None else None
+    if float(degree).is_integer() and degree >= 2:
+        p = k * k  # repeated products and one dot: several times faster than a float power and a sum
+        for _ in range(int(degree) - 3):
+            p *= k
+        total = float(np.vdot(p, k)) if degree > 2 else float(p.sum())
+    else:
+        total = float((k**degree).sum())
+    if diag is not None:
+        total -= float((diag**degree).sum())
+    return total
 
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> float:
@@ -89,12 +120,10 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | 
     x, y = _f64(x), _f64(y)
     m, n = x.shape[0], y.shape[0]
     g = 1.0 / x.shape[1] if gamma is None else gamma
-    kxx = _poly_kernel(x, x, degree, g, coef0)
-    kyy = _poly_kernel(y, y, degree, g, coef0)
-    kxy = _poly_kernel(x, y, degree, g, coef0)
-    sxx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-    syy = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-    return float(sxx + syy - 2.0 * kxy.mean())
+    sxx = _poly_kernel_sum(x, None, degree, g, coef0) / (m * (m - 1))
+    syy = _poly_kernel_sum(y, None, degree, g, coef0) / (n * (n - 1))
+    sxy = _poly_kernel_sum(x, y, degree, g, coef0) / (m * n)
+    return float(sxx + syy - 2.0 * sxy)
 
 
 def kid(
@@ -142,35 +171,47 @@ def knn_radii(feats: np.ndarray, k: int) -> np.ndarray:
     return d[:, k - 1]
 
 
+def _manifold(r: np.ndarray, s: np.ndarray, k_pr: int | None, k_dc: int | None) -> dict[str, float]:
+    """Precision/recall (k-NN balls of ``k_pr``) and/or density/coverage (``k_dc``) from one scan of real x synthetic."""
+    ks = [k for k in (k_pr, k_dc) if k is not None]
+    d_real, _ = knn(r, r, k=max(ks), exclude_self=True)  # one pass gives the real radii for both k
+    real_balls = [d_real[:, k - 1] for k in ks]
+    syn_balls = [knn_radii(s, k_pr)] if k_pr is not None else []
+    in_real, in_syn = ball_counts(s, r, b_radii=real_balls, a_radii=syn_balls)
+    out: dict[str, float] = {}
+    if k_pr is not None:
+        syn_in_real, _ = in_real[0]
+        real_in_syn, _ = in_syn[0]
+        out["precision"] = float((syn_in_real > 0).mean())
+        out["recall"] = float((real_in_syn > 0).mean())
+    if k_dc is not None:
+        syn_in_real, real_pop = in_real[-1]
+        out["density"] = float(syn_in_real.sum() / (k_dc * s.shape[0]))
+        out["coverage"] = float((real_pop > 0).mean())
+    return out
+
+
 def precision_recall(*, real: np.ndarray, synthetic: np.ndarray, k: int = 3) -> dict[str, float]:
     """Improved precision/recall (Kynkäänniemi et al. 2019).
 
-    precision: share of synthetic samples inside the real manifold (union of the balls around each
-    real sample with radius = distance to its k-th nearest real neighbour); recall: share of real
+    precision: share of synthetic samples inside the real manifold (union of the closed balls around
+    each real sample with radius = distance to its k-th nearest real neighbour); recall: share of real
     samples inside the synthetic manifold.
     """
     r, s = _f64(real), _f64(synthetic)
     _check_pair(r, s)
-    rr = knn_radii(r, k)
-    rs = knn_radii(s, k)
-    precision = float((ball_counts(s, r, rr) > 0).mean())
-    recall = float((ball_counts(r, s, rs) > 0).mean())
-    return {"precision": precision, "recall": recall}
+    return _manifold(r, s, k, None)
 
 
 def density_coverage(*, real: np.ndarray, synthetic: np.ndarray, k: int = 5) -> dict[str, float]:
-    """Density and coverage (Naeem et al. 2020) with k-NN balls around the real samples.
+    """Density and coverage (Naeem et al. 2020) with closed k-NN balls around the real samples.
 
     density = (1 / kM) sum_j sum_i 1[y_j in B(x_i, NND_k(x_i))];
     coverage = (1 / N) sum_i 1[exists j: y_j in B(x_i, NND_k(x_i))].
     """
     r, s = _f64(real), _f64(synthetic)
     _check_pair(r, s)
-    rr = knn_radii(r, k)
-    density = float(ball_counts(s, r, rr).sum() / (k * s.shape[0]))
-    nearest_syn, _ = knn(r, s, k=1)
-    coverage = float((nearest_syn[:, 0] <= rr * (1 + 1e-12)).mean())
-    return {"density": density, "coverage": coverage}
+    return _manifold(r, s, None, k)
 
 
 # ---------------------------------------------------------------------------- all together
@@ -213,16 +254,19 @@ def _one_set(
             out["kid"] = res["mean"]
             out["kid_std"] = res["std"]
             out["kid_subset_size"] = res["subset_size"]
+    pr = dc = None
     if "precision_recall" in metrics:
         if n_min <= k_pr:
             out["precision"] = out["recall"] = None
         else:
-            out.update(precision_recall(real=r, synthetic=s, k=k_pr))
+            pr = k_pr
     if "density_coverage" in metrics:
         if r.shape[0] <= k_dc or s.shape[0] < 1:
             out["density"] = out["coverage"] = None
         else:
-            out.update(density_coverage(real=r, synthetic=s, k=k_dc))
+            dc = k_dc
+    if pr is not None or dc is not None:
+        out.update(_manifold(r, s, pr, dc))
     return out
 
 
@@ -253,7 +297,7 @@ def fidelity_metrics(
     r, s = _f64(real), _f64(synthetic)
     _check_pair(r, s)
     warnings: list[str] = []
-    kw = dict(k_pr=k_pr, k_dc=k_dc, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
+    kw = {"k_pr": k_pr, "k_dc": k_dc, "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "seed": seed}
     result: dict[str, Any] = {}
     if include_overall:
         result["overall"] = _one_set(r, s, metrics, where="overall", warnings=warnings, **kw)

@@ -25,15 +25,16 @@ sample. About 0.5 means the synthetic data (or the model) does not reveal member
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from medbalance.utils.imaging import figure_png, to_display
 from medbalance.utils.io import atomic_write_bytes
-from medbalance.utils.neighbors import knn
+from medbalance.utils.neighbors import knn, knn_pair
 
 DEFAULT_DUP_TOL = 1.0 / 255.0  # half a uint8 grey level on the [-1, 1] scale
 
@@ -41,6 +42,35 @@ DEFAULT_DUP_TOL = 1.0 / 255.0  # half a uint8 grey level on the [-1, 1] scale
 def _flat(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     return t.reshape(t.shape[0], -1).float()
+
+
+def _dcr_stats(d_syn: np.ndarray, i_syn: np.ndarray, d_ho: np.ndarray, n_train: int) -> dict[str, Any]:
+    med = float(np.median(d_ho))
+    p1 = float(np.percentile(d_ho, 1))
+    return {
+        "dcr_share": float((d_syn < med).mean()),
+        "memorization_rate": float((d_syn < p1).mean()),
+        "holdout_dcr_median": med,
+        "holdout_dcr_p1": p1,
+        "synthetic_dcr_median": float(np.median(d_syn)),
+        "n_train": int(n_train),
+        "n_holdout": int(d_ho.shape[0]),
+        "n_synthetic": int(d_syn.shape[0]),
+        "_dcr": d_syn,
+        "_nearest": i_syn,
+    }
+
+
+def _attack_auc(d_train: np.ndarray, d_holdout: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.ones(d_train.shape[0]), np.zeros(d_holdout.shape[0])]
+    return float(roc_auc_score(y, -np.r_[d_train, d_holdout]))
+
+
+def _check_holdout(ho: torch.Tensor) -> None:
+    if ho.shape[0] < 2:
+        raise ValueError("the DCR reference needs at least 2 held-out images")
 
 
 def dcr_analysis(
@@ -52,25 +82,27 @@ def dcr_analysis(
 ) -> dict[str, Any]:
     """DCR share and memorisation rate of ``synthetic`` vs the held-out reference (any vectors)."""
     tr, ho, sy = _flat(train), _flat(holdout), _flat(synthetic)
-    if ho.shape[0] < 2:
-        raise ValueError("the DCR reference needs at least 2 held-out images")
+    _check_holdout(ho)
     d_syn, i_syn = knn(sy, tr, 1, progress="DCR synthetic->train" if progress else None)
     d_ho, _ = knn(ho, tr, 1, progress="DCR held-out->train" if progress else None)
-    d_syn, d_ho = d_syn[:, 0], d_ho[:, 0]
-    med = float(np.median(d_ho))
-    p1 = float(np.percentile(d_ho, 1))
-    return {
-        "dcr_share": float((d_syn < med).mean()),
-        "memorization_rate": float((d_syn < p1).mean()),
-        "holdout_dcr_median": med,
-        "holdout_dcr_p1": p1,
-        "synthetic_dcr_median": float(np.median(d_syn)),
-        "n_train": int(tr.shape[0]),
-        "n_holdout": int(ho.shape[0]),
-        "n_synthetic": int(sy.shape[0]),
-        "_dcr": d_syn,
-        "_nearest": i_syn[:, 0],
-    }
+    return _dcr_stats(d_syn[:, 0], i_syn[:, 0], d_ho[:, 0], tr.shape[0])
+
+
+def _dcr_and_attack(
+    train: np.ndarray | torch.Tensor,
+    holdout: np.ndarray | torch.Tensor,
+    synthetic: np.ndarray | torch.Tensor,
+    progress: bool = False,
+) -> tuple[dict[str, Any], float]:
+    """:func:`dcr_analysis` and :func:`distance_attack_auc` from three distance scans instead of four: the
+    synthetic x training scan serves both synthetic->train (DCR) and train->synthetic (attack)."""
+    tr, ho, sy = _flat(train), _flat(holdout), _flat(synthetic)
+    _check_holdout(ho)
+    (d_syn, i_syn), (d_tr, _) = knn_pair(sy, tr, 1, progress="DCR synthetic<->train" if progress else None)
+    d_ho_tr, _ = knn(ho, tr, 1, progress="DCR held-out->train" if progress else None)
+    d_ho_sy, _ = knn(ho, sy, 1, progress="attack held-out->synthetic" if progress else None)
+    dcr = _dcr_stats(d_syn[:, 0], i_syn[:, 0], d_ho_tr[:, 0], tr.shape[0])
+    return dcr, _attack_auc(d_tr[:, 0], d_ho_sy[:, 0])
 
 
 def exact_duplicates(
@@ -89,13 +121,10 @@ def distance_attack_auc(
     *, train: np.ndarray | torch.Tensor, holdout: np.ndarray | torch.Tensor, synthetic: np.ndarray | torch.Tensor
 ) -> float:
     """AUC of the attack "closer to a synthetic sample => training member"."""
-    from sklearn.metrics import roc_auc_score
-
     tr, ho, sy = _flat(train), _flat(holdout), _flat(synthetic)
     d_tr, _ = knn(tr, sy, 1)
     d_ho, _ = knn(ho, sy, 1)
-    y = np.r_[np.ones(tr.shape[0]), np.zeros(ho.shape[0])]
-    return float(roc_auc_score(y, -np.r_[d_tr[:, 0], d_ho[:, 0]]))
+    return _attack_auc(d_tr[:, 0], d_ho[:, 0])
 
 
 def score_attack_auc(
@@ -171,20 +200,18 @@ def privacy_metrics(
             f"privacy needs images of one shape: train {tuple(train.shape[1:])}, "
             f"held-out {tuple(holdout.shape[1:])}, synthetic {tuple(synthetic.shape[1:])}"
         )
-    pix = dcr_analysis(train=train, holdout=holdout, synthetic=synthetic, progress=True)
+    pix, pix_auc = _dcr_and_attack(train, holdout, synthetic, progress=True)
     dcr, nearest = pix.pop("_dcr"), pix.pop("_nearest")
     dups = exact_duplicates(train, synthetic, nearest, tol=dup_tol)
     pix["exact_duplicates"] = int(dups.sum())
     pix["exact_duplicate_rate"] = float(dups.mean()) if len(dups) else 0.0
+    pix["mia_distance_auc"] = pix_auc
     out: dict[str, Any] = {"pixels": pix}
-    out["pixels"]["mia_distance_auc"] = distance_attack_auc(train=train, holdout=holdout, synthetic=synthetic)
     if train_features is not None and holdout_features is not None and synthetic_features is not None:
-        feat = dcr_analysis(train=train_features, holdout=holdout_features, synthetic=synthetic_features)
+        feat, feat_auc = _dcr_and_attack(train_features, holdout_features, synthetic_features)
         feat.pop("_dcr")
         feat.pop("_nearest")
-        feat["mia_distance_auc"] = distance_attack_auc(
-            train=train_features, holdout=holdout_features, synthetic=synthetic_features
-        )
+        feat["mia_distance_auc"] = feat_auc
         out["features"] = feat
     if score_fn is not None:
         out["mia_score_auc"] = score_attack_auc(score_fn, train=train, holdout=holdout)
