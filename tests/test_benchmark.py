@@ -232,6 +232,7 @@ def test_segmentation_grid_with_redgan_segmentor_from_the_split(tmp_path):
     out = tmp_path / "out"
     rep = B.run_benchmark(B.BenchmarkConfig.from_dict(doc), out)
     assert rep["primary_metrics"] == ["dice_foreground"]
+    assert rep["minority"] is None and "minority" not in B.leaderboard_markdown(rep)  # no rare class claimed
     assert sorted(r["generator"] for r in rep["leaderboard"]) == ["pix2pix", "redgan"]
     train = json.loads((out / "cells" / "s0" / "redgan-g0" / "train.json").read_text())
     seg_meta = json.loads((out / "splits" / "s0" / "segmentor" / "model.json").read_text())

@@ -670,7 +670,8 @@ class Benchmark:
             variance.append("NOT the generator's training seed (one generator per split)")
         return {
             "kind": "medbalance-benchmark", "version": 1, "task": cfg.task,
-            "dataset": str(cfg.data.path), "class_names": class_names, "minority": minority,
+            "dataset": str(cfg.data.path), "class_names": class_names,
+            "minority": minority if cfg.task == "classification" else None,  # slice classes: no segmentation target
             "train_class_counts": counts, "split_sizes": {k: len(getattr(split0, k)) for k in ("train", "val", "test")},
             "primary_metrics": primary, "variance_sources": variance, "n_replicates": len(reps),
             "baselines": baselines, "best_baseline": best, "generators": generators, "leaderboard": rows,
@@ -808,7 +809,8 @@ def leaderboard_markdown(rep: dict[str, Any]) -> str:
     prim = rep["primary_metrics"]
     lines = [f"**Partial: {rep['cells']['done']} of {rep['cells']['total']} cells finished.** "
              if rep.get("partial") else ""]
-    lines[0] += (f"Task: {rep['task']}; minority (rarest training class): {rep['minority']}; "
+    minority = f"minority (rarest training class): {rep['minority']}; " if rep.get("minority") else ""
+    lines[0] += (f"Task: {rep['task']}; {minority}"
                  f"{rep['n_replicates']} paired replicates; intervals cover: {'; '.join(rep['variance_sources'])}. "
                  f"Test: {rep['tests']['method']}, alpha {rep['tests']['alpha']}.")
     lines.append("")

@@ -111,8 +111,8 @@ def data_method_section(res: Results, page: Page) -> None:
         kv += [("dataset", dig(demo, "dataset", "description") or ""),
                ("all images per class", pairs_txt(dig(demo, "dataset", "class_counts") or {}))]
     elif bench:
-        kv.append(("dataset", (f"{bench.get('dataset')} ({bench.get('task')}; rarest training class "
-                               f"{bench.get('minority')})")))
+        rare = f"; rarest training class {bench['minority']}" if bench.get("minority") else ""
+        kv.append(("dataset", f"{bench.get('dataset')} ({bench.get('task')}{rare})"))
     if ds:
         dups, prov = ds.get("duplicates"), ds.get("synthetic_provenance")
         kv += [(f"{part} split", f"{sum(counts.values())} images: {pairs_txt(counts)}")
@@ -207,8 +207,9 @@ def leaderboard_section(res: Results, page: Page) -> None:
     times = "".join(f"; {what} {fmt_num(bench[k], 0)} s" for k, what in (
         ("seconds", "wall time"), ("cell_seconds_total", "cell time (sum)")) if finite(bench.get(k)))
     sources = "; ".join(str(s) for s in bench.get("variance_sources") or []) or "n/a"
-    intro = (f"task {fmt_num(bench.get('task'))}; data {fmt_num(bench.get('dataset'))}; rarest training class "
-             f"{fmt_num(bench.get('minority'))}; cells done {fmt_num(cells.get('done'))} of "
+    rare = f"rarest training class {bench['minority']}; " if bench.get("minority") else ""
+    intro = (f"task {fmt_num(bench.get('task'))}; data {fmt_num(bench.get('dataset'))}; {rare}"
+             f"cells done {fmt_num(cells.get('done'))} of "
              f"{fmt_num(cells.get('total'))}{times}")  # after --summarize only the summed cell time is known
     coverage = (f"Intervals (95 % CI) cover: {sources} ({fmt_num(bench.get('n_replicates'))} paired replicates per "
                 f"cell). Test: {fmt_num(tests.get('method'))}; alpha {fmt_num(tests.get('alpha'))}, "
