@@ -26,6 +26,7 @@ from medbalance.errors import ConfigError
 from medbalance.utils.progress import console
 
 SOURCE_CHOICES = ("auto", "manifest", "folders", "nifti", "medmnist", "phantom")
+STORAGE_CHOICES = ("auto", "memory", "disk")
 _NIFTI_KEYS = {"modality": "modalities", "label_pattern": "label_pattern", "brain_mask_pattern": "brain_mask_pattern"}
 
 
@@ -80,11 +81,16 @@ class DataOptions:
     id_column: Optional[str] = opt(None, "manifest: sample id column")
     group_column: Optional[str] = opt(None, "manifest: patient/case column")
     condition_column: Optional[str] = opt(None, "manifest: condition (site) column")
+    storage: Optional[str] = opt(None, "auto | memory | disk: keep decoded images in memory, or in an on-disk cache "
+                                       "read lazily (bounded memory; default auto: disk above the memory budget; cache folder: "
+                                       "data.cache_dir or $MEDBALANCE_CACHE)")
 
     def data_overrides(self) -> dict[str, Any]:
         """DataConfig keys set by these options (the NIfTI ones in a nested ``nifti`` dict)."""
         if self.source is not None and self.source not in SOURCE_CHOICES:
             raise ConfigError(f"--source must be one of {', '.join(SOURCE_CHOICES)}, got {self.source!r}")
+        if self.storage is not None and self.storage not in STORAGE_CHOICES:
+            raise ConfigError(f"--storage must be one of {', '.join(STORAGE_CHOICES)}, got {self.storage!r}")
         out = {k: v for k, v in asdict(self).items() if v not in (None, [])}
         nifti = {_NIFTI_KEYS[k]: out.pop(k) for k in list(out) if k in _NIFTI_KEYS}
         return {**out, "nifti": nifti} if nifti else out

@@ -100,6 +100,16 @@ class DataConfig(BaseConfig):
         "dtype", description="integer images: scale from the dtype's range or the dataset's min..max"
     )
     skip_bad: bool = False
+    storage: Literal["auto", "memory", "disk"] = Field(
+        "auto",
+        description="image/mask files (manifest, class folders): memory = decode into float32 tensors; disk = decode "
+        "once into an on-disk cache in the source's dtype and read batches lazily (bounded memory, reused across "
+        "commands, rebuilt when a file changes); auto = disk when the decoded images would exceed "
+        "MEDBALANCE_MEMORY_BUDGET_GB (default 2)",
+    )
+    cache_dir: Optional[str] = Field(
+        None, description="folder of the on-disk pixel cache (default: $MEDBALANCE_CACHE or ~/.cache/medbalance)"
+    )
     split: str = Field("train", description="MedMNIST split to load")
     nifti: NiftiConfig = Field(default_factory=NiftiConfig)
     phantom: PhantomConfig = Field(default_factory=PhantomConfig)

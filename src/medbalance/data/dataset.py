@@ -1,10 +1,12 @@
-"""The in-memory dataset every stage works on.
+"""The dataset every stage works on.
 
 One sample = image tensor ``(C, H, W)`` float32 scaled to ``[-1, 1]``, optional label map
 ``(H, W)`` int64, class label, optional global condition (e.g. acquisition site), id, group
-id (patient) and source metadata. Medical imaging datasets used for rebalancing are small
-(thousands of slices), so the whole set is held as tensors: training and evaluation never
-wait on decoding.
+id (patient) and source metadata. Small datasets (thousands of slices) are held as tensors, so
+training and evaluation never wait on decoding. Large ones (``data.storage: disk``, or ``auto``
+above the memory budget) keep images and masks as lazy :class:`~medbalance.data.cache.DiskArray`
+views of an on-disk cache: ``images[idx]`` reads and converts only those rows, so every consumer
+that indexes rows (batches, chunks) works unchanged in bounded memory.
 
 Label maps are stored as *indices* into :attr:`ImageDataset.mask_values` (index 0 is
 background), so ``0/255`` binary masks become ``0/1`` and BraTS ``{0,1,2,4}`` become
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medbalance.data.cache import cat_rows, take_rows
 from medbalance.errors import DataError
 
 
@@ -77,11 +80,11 @@ class ImageDataset(Dataset):
     ``mask`` (H,W) int64 and ``condition`` int64.
     """
 
-    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1]   (volumes: (N, C, D, H, W))
+    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1] (volumes: (N, C, D, H, W)), or a lazy DiskArray view
     labels: torch.Tensor  # (N,) int64, indices into class_names
     class_names: list[str]
     ids: list[str]
-    masks: torch.Tensor | None = None  # (N, H, W) int64 indices into mask_values
+    masks: torch.Tensor | None = None  # (N, H, W) int64 indices into mask_values (tensor or lazy DiskArray)
     mask_values: list[int] | None = None  # original label value of each mask index; [0] is background
     conditions: torch.Tensor | None = None  # (N,) int64 indices into condition_names
     condition_names: list[str] | None = None
@@ -179,10 +182,10 @@ class ImageDataset(Dataset):
         il = idx.tolist()
         return replace(
             self,
-            images=self.images[idx],
+            images=take_rows(self.images, idx),
             labels=self.labels[idx],
             ids=[self.ids[i] for i in il],
-            masks=None if self.masks is None else self.masks[idx],
+            masks=take_rows(self.masks, idx),
             conditions=None if self.conditions is None else self.conditions[idx],
             groups=None if self.groups is None else [self.groups[i] for i in il],
             synthetic=None if self.synthetic is None else self.synthetic[idx],
@@ -201,15 +204,14 @@ class ImageDataset(Dataset):
         if (self.masks is None) != (other.masks is None) or self.mask_values != other.mask_values:
             raise DataError("one dataset has masks (or mask values) the other lacks")
 
-        def cat_opt(a, b):
-            return None if a is None or b is None else torch.cat([a, b])
+        cat_opt = cat_rows  # lazy (disk-backed) rows stay lazy
 
         groups = None
         if self.groups is not None or other.groups is not None:
             groups = (self.groups or list(self.ids)) + (other.groups or list(other.ids))
         return replace(
             self,
-            images=torch.cat([self.images, other.images]),
+            images=cat_rows(self.images, other.images),
             labels=torch.cat([self.labels, other.labels]),
             ids=list(self.ids) + list(other.ids),
             masks=cat_opt(self.masks, other.masks),

@@ -15,8 +15,9 @@ from typing import Any
 
 from medbalance.data.config import DataConfig
 from medbalance.data.dataset import ImageDataset
-from medbalance.data.imageio import IMAGE_EXTENSIONS, parallel_map
-from medbalance.data.manifest import Item, Problem, decode_item, natural_sorted, raise_or_skip
+from medbalance.data.diskset import assemble_disk_dataset, decode_items
+from medbalance.data.imageio import IMAGE_EXTENSIONS
+from medbalance.data.manifest import Item, Problem, natural_sorted, raise_or_skip
 from medbalance.data.sources import SOURCES
 from medbalance.data.transforms import assemble_dataset
 from medbalance.errors import DataError
@@ -89,9 +90,7 @@ def load_folders(cfg: DataConfig) -> ImageDataset:
         raise problems[0].error()  # a declared class must have images
     raise_or_skip(problems, cfg, meta)
 
-    decoded = parallel_map(lambda it: decode_item(it, None), items, f"loading {root.name}")
-    raise_or_skip([d.problem for d in decoded if d.problem is not None], cfg, meta)
-    good = [(it, d) for it, d in zip(items, decoded) if d.problem is None]
+    good = decode_items(cfg, items, root.name, meta)
     if not good:
         raise DataError("no readable images in any class folder", path=root)
 
@@ -105,6 +104,9 @@ def load_folders(cfg: DataConfig) -> ImageDataset:
     if meta["skipped"]:
         warnings.append(f"skipped {len(meta['skipped'])} bad input(s) (listed in meta['skipped'])")
     cidx = {c: i for i, c in enumerate(class_names)}
+    if meta["storage"] == "disk":
+        return assemble_disk_dataset(cfg, rows=[d for _, d in good], labels=[cidx[it.extra["label"]] for it, _ in good],
+                                     class_names=class_names, ids=[it.extra["id"] for it, _ in good], meta=meta)
     return assemble_dataset(
         cfg,
         images=[d.image for _, d in good],

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medbalance.data.cache import iter_rows
 from medbalance.data.dataset import ImageDataset
 from medbalance.utils.imaging import figure_png, to_display
 from medbalance.utils.io import atomic_write_bytes
@@ -50,6 +51,24 @@ def _mask_fractions(masks: torch.Tensor, n_values: int, chunk: int = 64) -> torc
     return out
 
 
+def _channel_stats(imgs: Any, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel min, max and mean over all images, streamed in chunks (bounded memory for disk-backed data;
+    the mean is accumulated in float64)."""
+    n = len(imgs)
+    if not n:
+        return torch.zeros(0), torch.zeros(0), torch.zeros(0)
+    lo = hi = total = None
+    count = 0
+    for x in iter_rows(imgs, chunk):
+        dims = tuple(d for d in range(x.dim()) if d != 1)
+        a, b, m = x.amin(dim=dims), x.amax(dim=dims), x.double().sum(dim=dims)
+        lo = a if lo is None else torch.minimum(lo, a)
+        hi = b if hi is None else torch.maximum(hi, b)
+        total = m if total is None else total + m
+        count += x.numel() // x.shape[1]
+    return lo, hi, (total / count).float()
+
+
 def inspect_dataset(ds: ImageDataset) -> dict[str, Any]:
     """Summarise a dataset as a JSON-able dict (see the module docstring)."""
     meta = ds.meta or {}
@@ -63,10 +82,7 @@ def inspect_dataset(ds: ImageDataset) -> dict[str, Any]:
     loaded = list(ds.images.shape[1:])
     original = dict(meta.get("original_shapes") or {})
     # intensity, in source units (IntensityInfo.unscale inverts the [-1, 1] scaling)
-    imgs = ds.images
-    ch_min = imgs.amin(dim=tuple(d for d in range(imgs.dim()) if d != 1)) if n else torch.zeros(0)
-    ch_max = imgs.amax(dim=tuple(d for d in range(imgs.dim()) if d != 1)) if n else torch.zeros(0)
-    ch_mean = imgs.float().mean(dim=tuple(d for d in range(imgs.dim()) if d != 1)) if n else torch.zeros(0)
+    ch_min, ch_max, ch_mean = _channel_stats(ds.images)
     un = ds.intensity.unscale
     intensity = {
         "kind": ds.intensity.kind,
@@ -89,7 +105,7 @@ def inspect_dataset(ds: ImageDataset) -> dict[str, Any]:
     # masks
     masks_rep: dict[str, Any] | None = None
     if ds.masks is not None and ds.mask_values is not None:
-        frac = _mask_fractions(ds.masks.cpu(), len(ds.mask_values))
+        frac = _mask_fractions(ds.masks, len(ds.mask_values))  # chunked: lazy masks stay lazy
         fg = 1.0 - frac[:, 0]
         per_class = {}
         for k, name in enumerate(ds.class_names):

@@ -38,7 +38,6 @@ from medbalance.data.imageio import (
     LoadedImage,
     check_mask_values,
     mask_value_set,
-    parallel_map,
     read_image,
     read_mask,
     validate_declared_mask_values,
@@ -295,12 +294,11 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
         items.append(Item(image=img_path, mask=mask_path, where=where, extra=extra))
     raise_or_skip(problems, cfg, meta)
 
-    # ---- decode in parallel
-    declared_mv = cfg.mask_values
-    decoded = parallel_map(lambda it: decode_item(it, declared_mv), items, f"loading {path.name}")
-    problems = [d.problem for d in decoded if d.problem is not None]
-    raise_or_skip(problems, cfg, meta)
-    good = [(it, d) for it, d in zip(items, decoded) if d.problem is None]
+    # ---- decode in parallel (in memory, or streamed once into the on-disk pixel cache)
+    from medbalance.data.diskset import assemble_disk_dataset, decode_items
+
+    good = decode_items(cfg, items, path.name, meta, cfg.mask_values)
+    on_disk = meta["storage"] == "disk"
     if meta["skipped"]:
         meta["warnings"].append(f"skipped {len(meta['skipped'])} bad row(s) (listed in meta['skipped'])")
     if not good:
@@ -332,7 +330,17 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
     # ---- masks: empty cells are all-background
     masks = sets = None
     n_with_mask = sum(1 for _, d in good if d.mask is not None)
-    if n_with_mask:
+    if on_disk:
+        n_bg = len(good) - n_with_mask
+        if n_with_mask and n_bg:
+            meta["warnings"].append(f"{n_bg} row(s) have no mask: treated as all-background masks")
+        elif has_mask_col and not n_with_mask:
+            meta.setdefault("notes", []).append(f"column {cfg.mask_column!r} is empty in every row: no masks")
+        ds = assemble_disk_dataset(
+            cfg, rows=[d for _, d in good], labels=labels, class_names=list(class_names),
+            ids=[it.extra["id"] for it, _ in good], meta=meta, with_masks=bool(n_with_mask), conditions=conditions,
+            condition_names=condition_names, groups=groups)
+    elif n_with_mask:
         masks, sets = [], []
         n_bg = 0
         for _, d in good:
@@ -348,19 +356,20 @@ def load_manifest(cfg: DataConfig) -> ImageDataset:
     elif has_mask_col:
         meta.setdefault("notes", []).append(f"column {cfg.mask_column!r} is empty in every row: no masks")
 
-    ds = assemble_dataset(
-        cfg,
-        images=[d.image for _, d in good],
-        labels=labels,
-        class_names=list(class_names),
-        ids=[it.extra["id"] for it, _ in good],
-        meta=meta,
-        masks=masks,
-        mask_value_sets=sets,
-        conditions=conditions,
-        condition_names=condition_names,
-        groups=groups,
-    )
+    if not on_disk:
+        ds = assemble_dataset(
+            cfg,
+            images=[d.image for _, d in good],
+            labels=labels,
+            class_names=list(class_names),
+            ids=[it.extra["id"] for it, _ in good],
+            meta=meta,
+            masks=masks,
+            mask_value_sets=sets,
+            conditions=conditions,
+            condition_names=condition_names,
+            groups=groups,
+        )
     if has_synthetic_col:
         ds.synthetic = torch.tensor([bool(it.extra["synthetic"]) for it, _ in good], dtype=torch.bool)
         ds.meta["n_synthetic"] = int(ds.synthetic.sum())

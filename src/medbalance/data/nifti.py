@@ -64,9 +64,6 @@ import csv
 import fnmatch
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +72,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medbalance.data.cache import atomic_folder, cache_base, file_stat
 from medbalance.data.config import DataConfig, NiftiConfig
 from medbalance.data.dataset import ImageDataset, IntensityInfo
 from medbalance.data.sources import SOURCES
@@ -445,13 +443,10 @@ def _case_label(table: dict[str, str], cf: CaseFiles, root: Path) -> str | None:
 def cache_root(opts: NiftiConfig) -> Path:
     if opts.cache_dir:
         return Path(opts.cache_dir).expanduser()
-    base = os.environ.get("MEDBALANCE_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "medbalance") / "nifti"
+    return cache_base() / "nifti"
 
 
-def _stat(p: Path) -> list[Any]:
-    st = p.stat()
-    return [str(p.resolve()), st.st_size, st.st_mtime_ns]
+_stat = file_stat
 
 
 def cache_key(cfg: DataConfig, cases: list[CaseFiles], skipped: list[dict[str, str]]) -> str:
@@ -476,19 +471,10 @@ def cache_key(cfg: DataConfig, cases: list[CaseFiles], skipped: list[dict[str, s
 
 def _write_cache(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write the cache folder atomically (temporary sibling folder, then rename)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process wrote the same key first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from medbalance.data.cache import iter_rows
 from medbalance.utils.io import atomic_write_bytes
 
 # ---------------------------------------------------------------------------- hashing / cache
@@ -28,10 +29,10 @@ from medbalance.utils.io import atomic_write_bytes
 
 def data_hash(images: torch.Tensor) -> str:
     """sha256 of a float32 image tensor (shape and values)."""
-    x = images.detach().to("cpu", torch.float32).contiguous()
     h = hashlib.sha256()
-    h.update(str(tuple(x.shape)).encode())
-    h.update(x.numpy().tobytes())
+    h.update(str(tuple(images.shape)).encode())
+    for x in iter_rows(images, 512):  # chunks: bounded memory for disk-backed images, same digest as one pass
+        h.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
