@@ -164,6 +164,18 @@ def test_disk_array_indexing_views_pickling_and_concat(tmp_path):
     sel = torch.tensor([13, 0, 11, 5])
     assert c.shape == both.shape and torch.equal(c[sel], both[sel]) and torch.equal(c.materialize(), both)
     assert torch.equal(c.take([12, 1])[torch.arange(2)], both[[12, 1]])
+    # anything else a tensor offers materialises (correct, not lazy): methods, torch functions, numpy
+    assert d.min() == ref.min() and torch.equal(d.mean(0), ref.mean(0))
+    assert torch.equal(torch.cat([d, extra]), both) and torch.equal(torch.stack([d[0], ref[0]]), ref[[0, 0]])
+    np.testing.assert_array_equal(np.asarray(d), ref.numpy())
+
+
+def test_materialising_more_than_the_budget_warns(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", np.zeros((64, 1, 8, 8), np.uint8))
+    d = DiskArray(tmp_path / "a.npy", ImageConverter(0, 255), (1, 8, 8), torch.float32)
+    monkeypatch.setenv("MEDBALANCE_MEMORY_BUDGET_GB", "0.000001")
+    with pytest.warns(ResourceWarning, match="materialising"):
+        d.max()
 
 
 def test_subset_concat_and_inspect_on_disk_data(tmp_path, cache_env):

@@ -23,11 +23,14 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from medbalance.errors import ConfigError
 
 CACHE_FORMAT = 1  # bump when the layout of a pixel cache folder changes
 
@@ -102,7 +105,104 @@ def _rows(key: Any, n: int) -> np.ndarray | slice | int:
     return np.where(a < 0, a + n, a)
 
 
-class DiskArray:
+class LazyRows:
+    """The tensor-like surface shared by the lazy views: ``shape``, ``len``, ``dim()``, first-axis indexing that
+    reads only the requested rows, chunked iteration and explicit :meth:`materialize`.
+
+    Anything else a tensor offers (``x.min()``, ``torch.cat([x, t])``, ``np.asarray(x)``) still works: it
+    materialises the whole view first, and warns once when that exceeds the memory budget, so code written for
+    in-memory datasets stays correct on disk-backed ones while the hot paths (batches, chunks) stay lazy."""
+
+    row_shape: tuple[int, ...]
+    dtype: torch.dtype
+    _warned = False
+
+    def read(self, rows: np.ndarray | slice | int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def take(self, indices: Any) -> "LazyRows":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> torch.Size:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.row_shape)
+
+    def dim(self) -> int:
+        return self.ndim
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        rows = _rows(key, len(self))
+        out = self.read(rows)
+        if not rest:
+            return out
+        return out[rest] if isinstance(rows, int) else out[(slice(None), *rest)]
+
+    def chunks(self, size: int = 256) -> Iterator[torch.Tensor]:
+        for s in range(0, len(self), size):
+            yield self[s : s + size]
+
+    def materialize(self, chunk: int = 1024) -> torch.Tensor:
+        """The whole view as one tensor (reads everything: only for data that fits in memory)."""
+        nbytes = int(np.prod(tuple(self.shape))) * torch.empty((), dtype=self.dtype).element_size()
+        if not self._warned and nbytes > memory_budget():
+            warnings.warn(f"materialising {nbytes / 2**30:.1f} GiB of disk-backed rows ({self!r}) in memory",
+                          ResourceWarning, stacklevel=3)
+            self._warned = True
+        out = torch.empty(tuple(self.shape), dtype=self.dtype)
+        for s in range(0, len(self), chunk):
+            out[s : s + chunk] = self[s : s + chunk]
+        return out
+
+    def contiguous(self, *_: Any, **__: Any) -> torch.Tensor:
+        return self.materialize()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self.materialize().numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        def mat(x: Any) -> Any:
+            if isinstance(x, LazyRows):
+                return x.materialize()
+            if isinstance(x, (list, tuple)):
+                return type(x)(mat(v) for v in x)
+            return x
+
+        return func(*mat(args), **{k: mat(v) for k, v in (kwargs or {}).items()})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("row_shape", "dtype", "index", "parts", "path", "convert", "offsets"):
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)  # any other tensor method, on the materialised rows
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images above which ``data.storage: auto`` keeps a dataset on disk, and above which
+    materialising a lazy view warns: ``MEDBALANCE_MEMORY_BUDGET_GB`` (default 2)."""
+    raw = os.environ.get("MEDBALANCE_MEMORY_BUDGET_GB", "").strip()
+    try:
+        gb = float(raw) if raw else 2.0
+    except ValueError:
+        raise ConfigError(f"MEDBALANCE_MEMORY_BUDGET_GB={raw!r} is not a number") from None
+    return int(gb * (1 << 30))
+
+
+class DiskArray(LazyRows):
     """A read-only view of rows ``index`` of a memory-mapped ``.npy`` file, converted on access.
 
     ``convert(np.ndarray) -> torch.Tensor`` turns stored rows into what the dataset promises (e.g. float32 in
@@ -123,7 +223,6 @@ class DiskArray:
         if self.index is not None and self.index.size and (self.index.min() < 0 or self.index.max() >= n_file):
             raise IndexError(f"{self.path}: row index out of range for {n_file} stored rows")
 
-    # -- file
     def _array(self) -> np.ndarray:
         if self._map is None:
             self._map = np.load(self.path, mmap_mode="r", allow_pickle=False)
@@ -134,42 +233,19 @@ class DiskArray:
         state["_map"] = None  # re-opened lazily in the receiving process
         return state
 
-    # -- tensor-like surface
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     @property
     def shape(self) -> torch.Size:
         n = len(self.index) if self.index is not None else len(self._array())
         return torch.Size((n, *self.row_shape))
 
-    def __len__(self) -> int:
-        return int(self.shape[0])
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.row_shape)
-
-    def dim(self) -> int:
-        return self.ndim
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    @property
-    def nbytes_stored(self) -> int:
-        a = self._array()
-        per_row = a.dtype.itemsize * int(np.prod(a.shape[1:]))
-        return per_row * len(self)
-
-    def _file_rows(self, rows: np.ndarray | slice | int) -> np.ndarray | slice | int:
-        if self.index is None:
-            return rows
-        return self.index[rows]
-
     def read(self, rows: np.ndarray | slice | int) -> torch.Tensor:
         """Converted rows (``rows`` indexes this view); an int gives one row without the first axis."""
         if isinstance(rows, int):
             return self.read(np.array([rows]))[0]
-        fr = self._file_rows(rows)
+        fr = rows if self.index is None else self.index[rows]
         a = self._array()
         if isinstance(fr, np.ndarray):
             if fr.size == 0:
@@ -182,16 +258,6 @@ class DiskArray:
             raw = np.array(a[fr])
         return self.convert(raw)
 
-    def __getitem__(self, key: Any) -> torch.Tensor:
-        rest: tuple = ()
-        if isinstance(key, tuple):
-            key, rest = key[0], key[1:]
-        rows = _rows(key, len(self))
-        out = self.read(rows)
-        if not rest:
-            return out
-        return out[rest] if isinstance(rows, int) else out[(slice(None), *rest)]
-
     def take(self, indices: Any) -> "DiskArray":
         """A lazy view of the given rows (nothing is read)."""
         rows = _rows(indices, len(self))
@@ -203,34 +269,13 @@ class DiskArray:
         view.index = base[rows]
         return view
 
-    def chunks(self, size: int = 256) -> Iterator[torch.Tensor]:
-        for s in range(0, len(self), size):
-            yield self[s : s + size]
-
-    def materialize(self, chunk: int = 1024) -> torch.Tensor:
-        """The whole view as one tensor (reads everything: only for data that fits in memory)."""
-        out = torch.empty(tuple(self.shape), dtype=self.dtype)
-        for s in range(0, len(self), chunk):
-            out[s : s + chunk] = self[s : s + chunk]
-        return out
-
-    # operations that need every row materialise explicitly, never silently
-    def contiguous(self, *_, **__) -> torch.Tensor:
-        return self.materialize()
-
-    def float(self) -> torch.Tensor:
-        return self.materialize().float()
-
-    def cpu(self) -> torch.Tensor:
-        return self.materialize()
-
     def __repr__(self) -> str:
         return f"DiskArray({self.path}, shape={tuple(self.shape)}, dtype={self.dtype})"
 
 
-class ConcatRows:
-    """Rows of several tensors / :class:`DiskArray` views one after the other (lazy: nothing is copied).
-    ``index`` (optional) selects and orders rows of the concatenation."""
+class ConcatRows(LazyRows):
+    """Rows of several tensors / lazy views one after the other (nothing is copied). ``index`` (optional)
+    selects and orders rows of the concatenation."""
 
     def __init__(self, parts: Sequence[Any], index: np.ndarray | None = None):
         flat: list[Any] = []
@@ -243,7 +288,7 @@ class ConcatRows:
         if len(shapes) != 1:
             raise ValueError(f"cannot concatenate rows of shapes {sorted(shapes)}")
         self.parts = flat
-        self.row_shape = shapes.pop()
+        self.row_shape = tuple(shapes.pop())
         self.dtype = flat[0].dtype
         self.offsets = np.cumsum([0] + [len(p) for p in flat])
         self.index = None if index is None else np.asarray(index, dtype=np.int64)
@@ -251,20 +296,6 @@ class ConcatRows:
     @property
     def shape(self) -> torch.Size:
         return torch.Size((len(self.index) if self.index is not None else int(self.offsets[-1]), *self.row_shape))
-
-    def __len__(self) -> int:
-        return int(self.shape[0])
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.row_shape)
-
-    def dim(self) -> int:
-        return self.ndim
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
 
     def read(self, rows: np.ndarray | slice | int) -> torch.Tensor:
         if isinstance(rows, int):
@@ -280,22 +311,18 @@ class ConcatRows:
             out[torch.as_tensor(sel)] = self.parts[k][local]
         return out
 
-    __getitem__ = DiskArray.__getitem__
-
     def take(self, indices: Any) -> "ConcatRows":
         rows = _rows(indices, len(self))
         rows = np.array([rows]) if isinstance(rows, int) else rows
         base = np.arange(len(self), dtype=np.int64) if self.index is None else self.index
         return ConcatRows(self.parts, base[rows])
 
-    materialize = DiskArray.materialize
-    contiguous = DiskArray.contiguous
-    float = DiskArray.float
-    cpu = DiskArray.cpu
+    def __repr__(self) -> str:
+        return f"ConcatRows({len(self.parts)} parts, shape={tuple(self.shape)}, dtype={self.dtype})"
 
 
 def is_lazy(x: Any) -> bool:
-    return isinstance(x, (DiskArray, ConcatRows))
+    return isinstance(x, LazyRows)
 
 
 def cat_rows(a: Any, b: Any) -> Any:
@@ -353,6 +380,7 @@ __all__ = [
     "CACHE_FORMAT",
     "ConcatRows",
     "DiskArray",
+    "LazyRows",
     "atomic_folder",
     "cat_rows",
     "cache_base",
@@ -361,6 +389,7 @@ __all__ = [
     "ImageConverter",
     "MaskConverter",
     "is_lazy",
+    "memory_budget",
     "iter_rows",
     "read_json",
     "take_rows",

@@ -40,6 +40,7 @@ from medbalance.data.cache import (
     cache_base,
     file_stat,
     hash_key,
+    memory_budget,
     read_json,
     write_json,
 )
@@ -68,17 +69,6 @@ CHUNK = 256  # files decoded per chunk: the build's memory bound
 _COLOUR_MODES = ("RGB", "RGBA", "RGBa", "P", "PA") + _TO_RGB_MODES
 _FLOAT_MODES = ("F", "I")
 _GREY_NOTE = "RGB with identical channels -> grayscale"
-
-
-def memory_budget() -> int:
-    """Bytes of decoded float32 images above which ``storage: auto`` keeps a dataset on disk:
-    ``MEDBALANCE_MEMORY_BUDGET_GB`` (default 2)."""
-    raw = os.environ.get("MEDBALANCE_MEMORY_BUDGET_GB", "").strip()
-    try:
-        gb = float(raw) if raw else 2.0
-    except ValueError:
-        raise ConfigError(f"MEDBALANCE_MEMORY_BUDGET_GB={raw!r} is not a number") from None
-    return int(gb * (1 << 30))
 
 
 def choose_storage(cfg: DataConfig, items: Sequence[Item]) -> str:
