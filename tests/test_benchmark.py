@@ -187,6 +187,19 @@ def test_budget_planning_shrinks_seeds_then_arms():
     assert notes[:2] == ["seeds -> 4", "seeds -> 3"]
 
 
+def test_budget_also_shortens_a_generators_own_arms():
+    own = ["real+synthetic@1x", "real+synthetic@2x", "real+synthetic@5x"]
+    cfg = B.BenchmarkConfig.from_dict({**TINY, "seeds": 3, "arms": ["real+synthetic"],
+                                       "generators": [{"model": "dcgan", "steps": 3, "arms": own}]})
+
+    def n_arm(c):
+        return sum(1 for x in B.plan_cells(c) if x.kind == "arm")
+
+    small, notes = B.plan_for_budget(cfg, minutes=(n_arm(cfg) - 2 * 3) / 60, cell_seconds=1.0, gen_seconds={})
+    assert small.generators[0].arms == own[:1] and len(small.generators) == 1
+    assert notes == ["dropped arm real+synthetic@5x of generator dcgan", "dropped arm real+synthetic@2x of generator dcgan"]
+
+
 def test_quick_profile_keeps_the_grid():
     cfg = B.BenchmarkConfig.from_dict({**TINY, "seeds": 5, "epochs": 16,
                                        "generators": [{"model": "dcgan", "minutes": 10}, {"model": "acgan", "steps": 500}]})

@@ -250,11 +250,20 @@ def arm_mix_factor(arm: str, train: ImageDataset, strategy: Any) -> float:
     return extra + (1.0 if spec.base == "synthetic-pretrain+finetune" else 0.0)
 
 
+def longest_arms(cfg: BenchmarkConfig) -> int | None:
+    """Which arm list to shorten: -1 for the grid's (when a generator uses it), ``k`` for generator ``k``'s own
+    list, None when every list in use has one arm left. The longest wins; ties go to the grid's list."""
+    lists = [(-1, cfg.arms)] if any(g.arms is None for g in cfg.generators) or not cfg.generators else []
+    lists += [(k, g.arms) for k, g in enumerate(cfg.generators) if g.arms is not None]
+    k, arms = max(lists, key=lambda t: (len(t[1]), t[0] == -1), default=(None, []))
+    return k if len(arms) > 1 else None
+
+
 def plan_for_budget(cfg: BenchmarkConfig, minutes: float, cell_seconds: float, gen_seconds: dict[str, float]
                     ) -> tuple[BenchmarkConfig, list[str]]:
     """Shrink the grid until its estimated time fits ``minutes``: fewer seeds (down to 3), then fewer synthetic arms
-    (from the end of the list, keeping the first), then fewer generators (from the end). Returns the new config and
-    what was dropped."""
+    (from the end of the longest arm list, the grid's or a generator's own, keeping the first of each), then fewer
+    generators (from the end). Returns the new config and what was dropped."""
     notes: list[str] = []
 
     def estimate(c: BenchmarkConfig) -> float:
@@ -267,9 +276,17 @@ def plan_for_budget(cfg: BenchmarkConfig, minutes: float, cell_seconds: float, g
         if cur.seeds > 3:
             cur = cur.model_copy(update={"seeds": cur.seeds - 1})
             notes.append(f"seeds -> {cur.seeds}")
-        elif len(cur.arms) > 1:
-            notes.append(f"dropped arm {cur.arms[-1]}")
-            cur = cur.model_copy(update={"arms": cur.arms[:-1]})
+        elif longest_arms(cur) is not None:
+            k = longest_arms(cur)
+            if k < 0:
+                notes.append(f"dropped arm {cur.arms[-1]}")
+                cur = cur.model_copy(update={"arms": cur.arms[:-1]})
+            else:
+                g = cur.generators[k]
+                notes.append(f"dropped arm {g.arms[-1]} of generator {g.label}")
+                gens = list(cur.generators)
+                gens[k] = g.model_copy(update={"arms": g.arms[:-1]})
+                cur = cur.model_copy(update={"generators": gens})
         elif len(cur.generators) > 1:
             notes.append(f"dropped generator {cur.generators[-1].label}")
             cur = cur.model_copy(update={"generators": cur.generators[:-1]})
