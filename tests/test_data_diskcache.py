@@ -168,6 +168,7 @@ def test_disk_array_indexing_views_pickling_and_concat(tmp_path):
     assert d.min() == ref.min() and torch.equal(d.mean(0), ref.mean(0))
     assert torch.equal(torch.cat([d, extra]), both) and torch.equal(torch.stack([d[0], ref[0]]), ref[[0, 0]])
     np.testing.assert_array_equal(np.asarray(d), ref.numpy())
+    assert torch.equal(d > 0, ref > 0) and torch.equal(1 - d, 1 - ref) and torch.equal(-d * 2, -ref * 2)
 
 
 def test_materialising_more_than_the_budget_warns(tmp_path, monkeypatch):
@@ -218,3 +219,26 @@ def test_nifti_cache_shares_the_cache_root(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDBALANCE_CACHE", str(tmp_path))
     assert cache_root(NiftiConfig()) == tmp_path / "nifti"
     assert os.fspath(cache_root(NiftiConfig(cache_dir=str(tmp_path / "x")))) == os.fspath(tmp_path / "x")
+
+
+def test_commands_run_on_disk_backed_data(tmp_path, cache_env):
+    """inspect, train-task, train, rebalance, evaluate and downstream with --storage disk (tiny data)."""
+    from typer.testing import CliRunner
+
+    from medbalance.cli.main import app
+
+    p = _manifest(tmp_path / "d", n=36, size=(32, 32), colour_every=0, extra_cols=False)
+    run = CliRunner().invoke
+
+    def ok(*args: str) -> None:
+        r = run(app, [*args, "--storage", "disk"])
+        assert r.exit_code == 0, (args[0], r.output[-800:])
+
+    ok("inspect", str(p), "--json-out", str(tmp_path / "inspect.json"))
+    ok("train-task", "segmentation", str(p), str(tmp_path / "seg"), "--epochs", "1")
+    ok("train", "--model", "dcgan", "--data", str(p), "--steps", "2", "--out", str(tmp_path / "g"), "--device", "cpu",
+       "--set", "model.params.conditional=true", "--set", "train.batch_size=8")
+    ok("rebalance", str(p), str(tmp_path / "reb"), "--run", str(tmp_path / "g"), "--inject", "rare=6")
+    ok("evaluate", "--real", str(p), "--synthetic", str(tmp_path / "reb" / "manifest.csv"))
+    ok("downstream", str(p), str(tmp_path / "ds"), "--arms", "real,oversample", "--seeds", "1", "--epochs", "1")
+    assert run(app, ["inspect", str(p), "--storage", "fast"]).exit_code == 2

@@ -185,6 +185,21 @@ class LazyRows:
 
         return func(*mat(args), **{k: mat(v) for k, v in (kwargs or {}).items()})
 
+    def _op(name: str) -> Any:  # noqa: N805 - builds the operator methods below
+        def op(self: "LazyRows", *args: Any) -> Any:
+            return getattr(self.materialize(), name)(*args)
+
+        op.__name__ = name
+        return op
+
+    # arithmetic and comparison operators materialise too (== and != are left to object identity, so that
+    # datasets holding lazy views still compare as dataclasses)
+    for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+                  "__rtruediv__", "__neg__", "__abs__", "__gt__", "__ge__", "__lt__", "__le__", "__and__", "__or__",
+                  "__invert__", "__pow__"):
+        locals()[_name] = _op(_name)
+    del _name, _op
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in ("row_shape", "dtype", "index", "parts", "path", "convert", "offsets"):
             raise AttributeError(name)
