@@ -66,15 +66,26 @@ def test_a_bad_saved_config_names_its_file(tmp_path):
         read_saved_run_config(path)
 
 
-def test_a_removed_key_in_a_saved_run_is_ignored(tmp_path):
-    from medbalance.training.config import KEYS_REMOVED, drop_removed_keys
+def test_a_removed_key_in_a_saved_run_is_ignored(tmp_path, monkeypatch):
+    import medbalance.training.config as C
 
     _, raw, path = _saved(tmp_path, "acgan", [])
-    raw["train"]["num_workers"] = 4  # written by versions that had the (unused) key
+    raw["train"]["prefetch"] = 4  # a key some version wrote and a later one removed
     path.write_text(yaml.safe_dump(raw))
-    assert "train.num_workers" in KEYS_REMOVED
-    assert "num_workers" not in read_saved_run_config(path).train.model_dump()
-    assert "num_workers" not in drop_removed_keys(raw)["train"] and raw["train"]["num_workers"] == 4  # raw unchanged
-    # a new config that sets it is refused like any unknown key
+    with pytest.raises(ConfigError, match="prefetch"):  # unknown keys are refused...
+        C.read_saved_run_config(path)
+    monkeypatch.setattr(C, "KEYS_REMOVED", ("train.prefetch",))
+    assert "prefetch" not in C.read_saved_run_config(path).train.model_dump()  # ...unless listed as removed
+    assert "prefetch" not in C.drop_removed_keys(raw)["train"] and raw["train"]["prefetch"] == 4  # raw unchanged
+
+
+def test_num_workers_is_read_from_saved_runs_and_defaults_to_auto(tmp_path):
+    _, raw, path = _saved(tmp_path, "acgan", [])
+    raw["train"].pop("num_workers", None)
+    path.write_text(yaml.safe_dump(raw))
+    assert read_saved_run_config(path).train.num_workers is None  # older runs: chosen for the machine
+    raw["train"]["num_workers"] = 2
+    path.write_text(yaml.safe_dump(raw))
+    assert read_saved_run_config(path).train.num_workers == 2
     with pytest.raises(ConfigError, match="num_workers"):
-        RunConfig.from_dict(raw)
+        RunConfig.from_dict({**raw, "train": {**raw["train"], "num_workers": -1}})

@@ -32,8 +32,14 @@ def cfg_dict(out: Path) -> dict:
     }
 
 
+def with_workers(cfg: dict, n: int) -> dict:
+    return {**cfg, "train": {**cfg["train"], "num_workers": n}}
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "dataloader-workers"])
+def test_two_cpu_processes_equal_one(tmp_path, workers):
+    """2 ranks (each with `workers` DataLoader workers reading its shard) equal 1 process without workers."""
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(f"""
         import sys, json
@@ -51,12 +57,12 @@ def test_two_cpu_processes_equal_one(tmp_path):
     env = {**os.environ, "MEDBALANCE_QUIET": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), json.dumps(cfg_dict(tmp_path / "ddp"))],
+         str(script), json.dumps(with_workers(cfg_dict(tmp_path / "ddp"), workers))],
         capture_output=True, text=True, timeout=240, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    single = train(RunConfig.from_dict(cfg_dict(tmp_path / "one")), tm.tiny_dataset(n=20))
+    single = train(RunConfig.from_dict(with_workers(cfg_dict(tmp_path / "one"), 0)), tm.tiny_dataset(n=20))
 
     a = read_losses_csv(tmp_path / "ddp" / "losses.csv")
     b = read_losses_csv(tmp_path / "one" / "losses.csv")

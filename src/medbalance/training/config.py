@@ -49,6 +49,13 @@ class TrainConfig(BaseConfig):
         "preset's (on in the paper presets of pix2pix, spade and redgan; off elsewhere)",
     )
     channels_last: bool = False
+    num_workers: Optional[int] = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes reading training batches ahead of the step (batches are a pure "
+        "function of the step, so any value gives the same run); null = chosen for the machine: 0 for an in-memory "
+        "dataset on the CPU, else half the cores (1 to 4)",
+    )
     ema_decay: Optional[float] = Field(
         None,
         ge=0,
@@ -139,9 +146,7 @@ KEYS_ADDED_LATER: dict[str, Any] = {
 
 # Keys that saved run folders may hold but that no longer exist (they had no effect when they were written): dropped
 # when a saved run is read back, so that old run folders still load. A new config that sets one is refused as unknown.
-KEYS_REMOVED: tuple[str, ...] = (
-    "train.num_workers",  # never used: the dataset is held in memory and batches are index slices
-)
+KEYS_REMOVED: tuple[str, ...] = ()  # (train.num_workers was here while it had no effect; it now has one)
 
 
 def drop_removed_keys(raw: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,16 @@ from medbalance.models.base import GANMethod
 from medbalance.training import checkpoint as ckpt
 from medbalance.training import distributed as ddp
 from medbalance.training.config import RunConfig, read_saved_run_config
+from medbalance.training.loader import (  # noqa: F401 - the data-order functions are part of the engine's API
+    BatchPlan,
+    batch_loader,
+    class_balanced_order,
+    default_workers,
+    epoch_permutation,
+    flip_batch,
+    flip_decisions,
+    read_batch,
+)
 from medbalance.training.logging import RunLogger
 from medbalance.utils.device import autocast, resolve_precision, select_device
 from medbalance.utils.imaging import render_grid, save_png
@@ -80,11 +90,6 @@ RESUME_FIXED_KEYS = (
 
 
 # --------------------------------------------------------------------------- data order
-def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The data order of one epoch: a pure function of (seed, epoch)."""
-    return torch.randperm(n, generator=stream_generator(seed, "data_order", epoch))
-
-
 # train.sampling -> how an epoch's order is drawn (recorded in every checkpoint's metadata)
 ORDER_DESCRIPTIONS = {
     "uniform": "torch.randperm(n_train, generator=seed(train.seed, epoch)); drop_last",
@@ -93,33 +98,9 @@ ORDER_DESCRIPTIONS = {
 }
 
 
-def flip_decisions(seed: int, step: int, batch_size: int) -> torch.Tensor:
-    """Which samples of global batch ``step`` are flipped (``train.flip``): ``(batch_size,)`` bool, p = 0.5 each,
-    a pure function of (seed, step)."""
-    return torch.rand(batch_size, generator=stream_generator(seed, "flip", step)) < 0.5
-
-
-def flip_batch(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Flip the samples of ``x`` (``(B, ...)``) where ``flip`` (``(B,)`` bool) is True along the last axis
-    (left-right for images ``(B,C,H,W)``, volumes ``(B,C,D,H,W)`` and label maps ``(B,*spatial)``); vectorised."""
-    f = flip.to(x.device).view(-1, *([1] * (x.dim() - 1)))
-    return torch.where(f, x.flip(-1), x)
-
-
 def middle_slice(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, D, H, W)`` volumes -> ``(B, C, H, W)``: the middle slice along D (axial for NIfTI volumes)."""
     return x[:, :, x.shape[2] // 2]
-
-
-def class_balanced_order(seed: int, epoch: int, labels: torch.Tensor) -> torch.Tensor:
-    """One epoch of class-balanced positions into ``labels``: ``len(labels)`` draws with replacement,
-    position ``i`` with probability ``1 / (K * count(labels[i]))`` for the ``K`` classes present, so
-    every class is equally likely in every draw. A pure function of (seed, epoch, labels)."""
-    labels = torch.as_tensor(labels, dtype=torch.long).cpu()
-    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    weights = 1.0 / counts.to(torch.float64)[inverse]
-    g = stream_generator(seed, "class_balanced_order", epoch)
-    return torch.multinomial(weights, len(labels), replacement=True, generator=g)
 
 
 # --------------------------------------------------------------------------- EMA
@@ -239,7 +220,10 @@ class Trainer:
         self.ema = EMA(method.networks()["G"], tc.ema_decay) if tc.ema_decay else None
         # the training RNG stream (noise etc.): per rank, a function of the seed only
         torch.manual_seed(stream_seed(tc.seed, "train_noise", self.dist.rank))
-        self._perm_cache: tuple[int, torch.Tensor] | None = None
+        self.plan = BatchPlan(seed=tc.seed, sampling=tc.sampling, train_idx=self.train_idx,
+                              train_labels=dataset.labels[self.train_idx], batch_size=tc.batch_size,
+                              world_size=self.dist.world_size, flip=bool(tc.flip))
+        self.num_workers = tc.num_workers if tc.num_workers is not None else default_workers(dataset, self.device)
         self._fixed = self._fixed_sample_inputs()
 
     # ------------------------------------------------------------------ helpers
@@ -255,45 +239,34 @@ class Trainer:
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """Positions into ``train_idx`` in the order epoch ``epoch`` reads them (see the module docstring)."""
-        if self.cfg.train.sampling == "class_balanced":
-            return class_balanced_order(self.cfg.train.seed, epoch, self.dataset.labels[self.train_idx])
-        return epoch_permutation(self.cfg.train.seed, epoch, self.n_train)
+        return self.plan.epoch_order(epoch)
 
     def batch_indices(self, step: int, rank: int | None = None) -> torch.Tensor:
         """Dataset indices of this rank's shard of global batch ``step`` (0-based)."""
-        rank = self.dist.rank if rank is None else rank
-        B = self.cfg.train.batch_size
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        if self._perm_cache is None or self._perm_cache[0] != epoch:
-            self._perm_cache = (epoch, self.epoch_order(epoch))
-        glob = self._perm_cache[1][pos * B : (pos + 1) * B]
-        local = glob[rank * self.local_batch : (rank + 1) * self.local_batch]
-        return self.train_idx[local]
+        return self.plan.indices(step, self.dist.rank if rank is None else rank)
 
     def batch_flips(self, step: int, rank: int | None = None) -> torch.Tensor:
         """This rank's shard of :func:`flip_decisions` for global batch ``step``."""
-        rank = self.dist.rank if rank is None else rank
-        flips = flip_decisions(self.cfg.train.seed, step, self.cfg.train.batch_size)
-        return flips[rank * self.local_batch : (rank + 1) * self.local_batch]
+        return self.plan.flips(step, self.dist.rank if rank is None else rank)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A CPU batch on the training device (non-blocking from pinned memory on CUDA), channels_last if set."""
+        nb = self.device.type == "cuda"
+        out = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items()}
+        if self.cfg.train.channels_last and out["image"].dim() == 4:
+            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+        return out
 
     def get_batch(self, step: int) -> dict[str, torch.Tensor]:
-        idx = self.batch_indices(step)
-        ds = self.dataset
-        nb = self.device.type == "cuda"
-        img = ds.images[idx].to(self.device, non_blocking=nb)
-        flip = self.batch_flips(step) if self.cfg.train.flip else None
-        if flip is not None:  # flip first, then change the memory layout
-            img = flip_batch(img, flip)
-        if self.cfg.train.channels_last and img.dim() == 4:
-            img = img.contiguous(memory_format=torch.channels_last)
-        batch = {"image": img, "label": ds.labels[idx].to(self.device, non_blocking=nb), "index": idx.to(self.device)}
-        if ds.masks is not None:
-            batch["mask"] = ds.masks[idx].to(self.device, non_blocking=nb)
-            if flip is not None:  # the same samples as the images
-                batch["mask"] = flip_batch(batch["mask"], flip)
-        if ds.conditions is not None:
-            batch["condition"] = ds.conditions[idx].to(self.device, non_blocking=nb)
-        return batch
+        """The batch of global step ``step`` for this rank, on the device (what the training loop reads)."""
+        return self.to_device(read_batch(self.dataset, self.plan, step, self.dist.rank))
+
+    def batch_stream(self, start: int, stop: int):
+        """Batches of steps ``start .. stop-1`` on the device, read ahead by ``num_workers`` DataLoader workers
+        (pinned memory on CUDA); identical to ``get_batch(s)`` for every ``s``."""
+        cpu = batch_loader(self.dataset, self.plan, self.dist.rank, start, stop, self.num_workers,
+                           pin_memory=self.device.type == "cuda")
+        return (self.to_device(b) for b in cpu)
 
     def _fixed_sample_inputs(self) -> dict[str, torch.Tensor | None]:
         """Fixed classes (one row per class) and real masks/conditions for the sample grids.
@@ -577,8 +550,7 @@ class Trainer:
         t_win = t_start
         images_total = 0
         try:
-            for step in range(start, total):
-                batch = self.get_batch(step)
+            for step, batch in zip(range(start, total), self.batch_stream(start, total)):
                 losses = method.training_step(batch, step)
                 if self.ema is not None:
                     self.ema.update(method.networks()["G"], step)
