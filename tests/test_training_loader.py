@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import _tiny_method as tm
 import pytest
 import torch
 
-import _tiny_method as tm
 from medbalance.training.config import RunConfig
 from medbalance.training.engine import Trainer, train
 from medbalance.training.loader import BatchPlan, default_workers, read_batch
