@@ -245,7 +245,7 @@ def stage_loader(a: argparse.Namespace) -> dict[str, Any]:
                 sys.path.insert(0, str(REPO / "benchmarks"))
                 from gpu_check import tiny_segmentor
 
-                params["segmentor"] = str(tiny_segmentor(Path(a.work) / "segmentor", list(ds.mask_values)))
+                params["segmentor"] = str(tiny_segmentor(Path(a.work) / "segmentor", list(ds.mask_values), ds.channels))
             cfg = RunConfig.from_dict({"out_dir": str(Path(a.work) / "loader_runs" / name), "data": {"path": "x"},
                                        "model": {"name": name, "preset": "cpu", "params": params},
                                        "train": {"steps": 10, "device": "cpu", "precision": "auto", "seed": 0}})

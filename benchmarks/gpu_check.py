@@ -217,11 +217,11 @@ def free_memory(cuda: bool) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def tiny_segmentor(folder: Path, mask_values: list[int]) -> Path:
+def tiny_segmentor(folder: Path, mask_values: list[int], channels: int = 1) -> Path:
     """A small untrained segmentation U-Net saved as `medbalance train-task segmentation` saves one (Red-GAN's S)."""
     from medbalance.models.tasknets import SegmentationUNet, save_task_model
 
-    unet = SegmentationUNet(1, len(mask_values), mode="softmax", channels=(8, 16), num_res_units=0)
+    unet = SegmentationUNet(channels, len(mask_values), mode="softmax", channels=(8, 16), num_res_units=0)
     save_task_model(folder, unet, {"task": "segmentation", "mask_values": list(mask_values)})
     return folder
 
