@@ -20,7 +20,7 @@ Peak memory of a build is one chunk of decoded files, whatever the dataset size.
 from __future__ import annotations
 
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,18 +49,16 @@ from medbalance.data.dataset import ImageDataset
 from medbalance.data.imageio import (
     _TO_RGB_MODES,
     _UINT16_MODES,
-    count_notes,
-    infer_mask_values,
     parallel_map,
 )
 from medbalance.data.manifest import Decoded, Item, Problem, decode_item, raise_or_skip
 from medbalance.data.transforms import (
     choose_target_size,
+    decide_dataset,
+    decide_mask_values,
     fill_chw,
     fit_images,
     fit_masks,
-    intensity_for,
-    shape_key,
 )
 from medbalance.errors import ConfigError, DataError
 from medbalance.utils.progress import make_progress
@@ -297,71 +295,23 @@ def assemble_disk_dataset(
     px: Pixels = meta.pop("_pixels")
     if not rows:
         raise DataError("no images left to load", path=meta.get("path"))
-    warnings: list[str] = meta.setdefault("warnings", [])
-    conversions: list[str] = meta.setdefault("conversions", [])
     pm = px.meta
-    target = tuple(pm["target"])
-    c_store = int(pm["channels_stored"])
-    shapes = [r.hw for r in rows]
-    meta["original_shapes"] = {shape_key(k): v for k, v in sorted(Counter(shapes).items())}
-    if cfg.image_size is None and len(set(shapes)) > 1:
-        warnings.extend(w for w in pm["warnings"] if w not in warnings)
-    non_square = sum(1 for h, w in shapes if h * target[1] != w * target[0])
-    if non_square:
-        conversions.append(f"aspect ratio differs from {shape_key(target)}: {cfg.resize_policy} "
-                           f"({non_square} image{'s' if non_square != 1 else ''})")
-    if cfg.channels == "auto":
-        channels = 1 if all(r.gray for r in rows) else 3
-    else:
-        channels = int(cfg.channels)
-    kinds = Counter(r.kind for r in rows)
-    if set(kinds) <= {"uint8"}:
-        kind, kind_notes = "uint8", []
-    elif set(kinds) == {"uint16"}:
-        kind, kind_notes = "uint16", []
-    elif set(kinds) == {"uint8", "uint16"}:
-        kind, kind_notes = "uint16", ["8-bit image rescaled to 16-bit (x257) to match 16-bit images"] * kinds["uint8"]
-    else:
-        kind, kind_notes = "float", ["integer image treated as float (dataset contains float images)"] * (
-            len(rows) - kinds["float"])
-    if kind == "uint16" and pm["dtype"] == "uint8":  # cannot happen: 16-bit modes choose a uint16 store
-        raise DataError("the pixel cache stores 8 bits for 16-bit images; delete it to rebuild", path=px.folder)
-    ch_notes = []
-    for r in rows:
-        if channels == 3 and r.gray:
-            ch_notes.append("grayscale replicated to 3 channels")
-        elif channels == 1 and not r.gray:
-            ch_notes.append("RGB -> grayscale (ITU-R 601 luma 0.299R+0.587G+0.114B)")
-    conversions.extend(count_notes([n for r in rows for n in r.notes] + ch_notes + kind_notes))
-
-    mins = np.array([r.lo for r in rows])
-    maxs = np.array([r.hi for r in rows])
-    if kind == "uint16":
-        scale8 = np.array([257.0 if r.kind == "uint8" else 1.0 for r in rows])
-        mins, maxs = mins * scale8, maxs * scale8
-    const = np.flatnonzero(mins == maxs)
-    if const.size:
-        ex = ", ".join(ids[i] for i in const[:3]) + (" ..." if const.size > 3 else "")
-        warnings.append(f"{const.size} constant image(s) (every pixel the same value): {ex}")
-    intensity = intensity_for(kind, float(mins.min()), float(maxs.max()), cfg.intensity_range, warnings)
-    meta["source_dtype"] = kind
-    meta["channels"] = channels
-    meta["image_size"] = list(target)
+    target, channels, kind, intensity = decide_dataset(cfg, rows, [r.hw for r in rows], [r.lo for r in rows],
+                                                       [r.hi for r in rows], ids, meta)
+    if list(target) != list(pm["target"]):  # only if skipped files changed the choice of size
+        raise DataError(f"the pixel cache was built at {pm['target']}, the usable images call for {list(target)}; "
+                        "set data.image_size", path=px.folder)
+    if kind == "uint16" and pm["dtype"] == "uint8" or channels > int(pm["channels_stored"]):
+        raise DataError("the pixel cache does not match its images; delete it to rebuild", path=px.folder)
 
     index = np.array([r.row for r in rows], dtype=np.int64)
     images = DiskArray(px.folder / "images.npy", ImageConverter(intensity.lo, intensity.hi, channels),
                        (channels, *target), torch.float32, index=None if len(index) == pm["n"] else index)
-    if channels > c_store:  # a 1-channel store read as 3 channels cannot happen (channels 3 stores 3)
-        raise DataError("the pixel cache has fewer channels than requested; delete it to rebuild", path=px.folder)
 
     mask_arr, mask_values = None, None
     if with_masks:
         sets = [r.mask_values if r.mask_values is not None else {0} for r in rows]
-        mask_values = infer_mask_values(sets, cfg.mask_values)
-        if {1, 255} <= set(mask_values) and len(mask_values) == 3 and cfg.mask_values is None:
-            warnings.append("masks mix 0/1 and 0/255 binary encodings: inferred 3 mask values [0, 1, 255]")
-        if len(mask_values) == 1:
-            warnings.append("every mask is empty (background only)")
+        mask_values = decide_mask_values(cfg, sets, meta.setdefault("warnings", []))
         mask_arr = DiskArray(px.folder / "masks.npy", MaskConverter(mask_values), target, torch.int64,
                              index=None if len(index) == pm["n"] else index)
     cond_t = None if conditions is None else torch.as_tensor(list(conditions), dtype=torch.int64)

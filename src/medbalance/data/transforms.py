@@ -19,7 +19,6 @@ min..max; float images always use the data range). :meth:`IntensityInfo.unscale`
 from __future__ import annotations
 
 import math
-
 from collections import Counter, defaultdict
 from typing import Any, Sequence
 
@@ -288,6 +287,64 @@ def build_mask_tensor(
     return out
 
 
+# --------------------------------------------------------------------------- dataset-level decisions
+def decide_dataset(
+    cfg: DataConfig,
+    images: Sequence[Any],
+    shapes: Sequence[tuple[int, int]],
+    mins: Sequence[float],
+    maxs: Sequence[float],
+    ids: Sequence[str],
+    meta: dict[str, Any],
+    notes: Sequence[str] = (),
+) -> tuple[tuple[int, int], int, str, IntensityInfo]:
+    """Target size, channels, storage kind and intensity scaling of a dataset, from what decoding found per image
+    (``images[i]`` has ``kind``, ``gray`` and ``notes``; ``mins``/``maxs`` in the image's own units). Shared by the
+    in-memory builder and the disk cache (``data/diskset.py``), so both decide alike.
+
+    Fills ``meta``: ``original_shapes``, ``source_dtype``, ``channels``, ``image_size``, ``conversions`` (appended,
+    with counts) and ``warnings`` (appended)."""
+    warnings: list[str] = meta.setdefault("warnings", [])
+    conversions: list[str] = meta.setdefault("conversions", [])
+    meta["original_shapes"] = {shape_key(k): v for k, v in sorted(Counter(shapes).items())}
+    target = choose_target_size(shapes, cfg.image_size, warnings)
+    non_square = sum(1 for h, w in shapes if h * target[1] != w * target[0])
+    if non_square:
+        conversions.append(
+            f"aspect ratio differs from {shape_key(target)}: {cfg.resize_policy} "
+            f"({non_square} image{'s' if non_square != 1 else ''})"
+        )
+    channels = decide_channels(images, cfg.channels)
+    kind, kind_notes = unify_kind(images)
+    all_notes = list(notes) + [n for im in images for n in im.notes] + channel_notes(images, channels) + kind_notes
+    conversions.extend(count_notes(all_notes))
+
+    # per-image ranges: data intensity range and constant-image warning
+    lo, hi = np.asarray(mins, dtype=np.float64), np.asarray(maxs, dtype=np.float64)
+    if kind == "uint16":
+        scale8 = np.array([257.0 if im.kind == "uint8" else 1.0 for im in images])
+        lo, hi = lo * scale8, hi * scale8
+    const = np.flatnonzero(lo == hi)
+    if const.size:
+        ex = ", ".join(ids[i] for i in const[:3]) + (" ..." if const.size > 3 else "")
+        warnings.append(f"{const.size} constant image(s) (every pixel the same value): {ex}")
+    intensity = intensity_for(kind, float(lo.min()), float(hi.max()), cfg.intensity_range, warnings)
+    meta["source_dtype"] = kind
+    meta["channels"] = channels
+    meta["image_size"] = list(target)
+    return target, channels, kind, intensity
+
+
+def decide_mask_values(cfg: DataConfig, sets: Sequence[set[int]], warnings: list[str]) -> list[int]:
+    """The dataset's mask values (declared, or the union of every mask's values), with the warnings they call for."""
+    mask_values = infer_mask_values(sets, cfg.mask_values)
+    if {1, 255} <= set(mask_values) and len(mask_values) == 3 and cfg.mask_values is None:
+        warnings.append("masks mix 0/1 and 0/255 binary encodings: inferred 3 mask values [0, 1, 255]")
+    if len(mask_values) == 1:
+        warnings.append("every mask is empty (background only)")
+    return mask_values
+
+
 # --------------------------------------------------------------------------- assembly
 def assemble_dataset(
     cfg: DataConfig,
@@ -311,48 +368,17 @@ def assemble_dataset(
     """
     if not images:
         raise DataError("no images left to load", path=meta.get("path"))
-    warnings: list[str] = meta.setdefault("warnings", [])
-    conversions: list[str] = meta.setdefault("conversions", [])
-    shapes = [im.hw for im in images]
-    meta["original_shapes"] = {shape_key(k): v for k, v in sorted(Counter(shapes).items())}
-    target = choose_target_size(shapes, cfg.image_size, warnings)
-    non_square = sum(1 for h, w in shapes if h * target[1] != w * target[0])
-    if non_square:
-        conversions.append(
-            f"aspect ratio differs from {shape_key(target)}: {cfg.resize_policy} "
-            f"({non_square} image{'s' if non_square != 1 else ''})"
-        )
-
-    channels = decide_channels(images, cfg.channels)
-    kind, kind_notes = unify_kind(images)
-    all_notes = list(notes) + [n for im in images for n in im.notes] + channel_notes(images, channels) + kind_notes
-    conversions.extend(count_notes(all_notes))
-
-    # per-image ranges: data intensity range and constant-image warning
-    mins = np.array([float(im.array.min()) for im in images])
-    maxs = np.array([float(im.array.max()) for im in images])
-    if kind == "uint16":
-        scale8 = np.array([257.0 if im.kind == "uint8" else 1.0 for im in images])
-        mins, maxs = mins * scale8, maxs * scale8
-    const = np.flatnonzero(mins == maxs)
-    if const.size:
-        ex = ", ".join(ids[i] for i in const[:3]) + (" ..." if const.size > 3 else "")
-        warnings.append(f"{const.size} constant image(s) (every pixel the same value): {ex}")
-    intensity = intensity_for(kind, float(mins.min()), float(maxs.max()), cfg.intensity_range, warnings)
-    meta["source_dtype"] = kind
-    meta["channels"] = channels
-    meta["image_size"] = list(target)
+    mins = [float(im.array.min()) for im in images]
+    maxs = [float(im.array.max()) for im in images]
+    target, channels, kind, intensity = decide_dataset(cfg, images, [im.hw for im in images], mins, maxs, ids, meta,
+                                                       notes)
 
     img_t = build_image_tensor(images, channels, target, cfg.resize_policy, intensity, kind)
 
     mask_t, mask_values = None, None
     if masks is not None:
         sets = mask_value_sets if mask_value_sets is not None else [set(np.unique(m).tolist()) for m in masks]
-        mask_values = infer_mask_values(sets, cfg.mask_values)
-        if {1, 255} <= set(mask_values) and len(mask_values) == 3 and cfg.mask_values is None:
-            warnings.append("masks mix 0/1 and 0/255 binary encodings: inferred 3 mask values [0, 1, 255]")
-        if len(mask_values) == 1:
-            warnings.append("every mask is empty (background only)")
+        mask_values = decide_mask_values(cfg, sets, meta.setdefault("warnings", []))
         mask_t = build_mask_tensor(masks, mask_values, target, cfg.resize_policy)
 
     cond_t = None if conditions is None else torch.as_tensor(list(conditions), dtype=torch.int64)
@@ -377,6 +403,8 @@ __all__ = [
     "build_mask_tensor",
     "center_crop_to_aspect",
     "choose_target_size",
+    "decide_dataset",
+    "decide_mask_values",
     "fit_images",
     "fit_masks",
     "intensity_for",
