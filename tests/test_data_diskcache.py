@@ -156,7 +156,7 @@ def test_disk_array_indexing_views_pickling_and_concat(tmp_path):
     v = d.take([7, 2, 5]).take([2, 0])  # views compose without reading
     assert torch.equal(v[torch.arange(2)], ref[[5, 7]])
     w = pickle.loads(pickle.dumps(v))  # DataLoader workers receive the view, not the data
-    assert w._map is None and torch.equal(w.materialize(), ref[[5, 7]])
+    assert w.file._fd is None and torch.equal(w.materialize(), ref[[5, 7]])
     assert len(pickle.dumps(d)) < 2000
     extra = torch.randn(4, 2, 3, 3)
     c = ConcatRows([d, extra])

@@ -141,6 +141,34 @@ def _cache_key(cfg: DataConfig, items: Sequence[Item]) -> str:
     })
 
 
+class NpyWriter:
+    """A ``.npy`` file of known shape, written row block by row block with positioned writes (no memory map, so
+    written pages never count in the process's resident memory)."""
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...]):
+        head = open_memmap(path, mode="w+", dtype=dtype, shape=shape)  # header + a sparse file; no page touched
+        self.offset = int(head.offset)
+        del head
+        self.row_bytes = np.dtype(dtype).itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        self.fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+
+    def write(self, first_row: int, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block).tobytes()
+        pos = self.offset + first_row * self.row_bytes
+        view = memoryview(data)
+        while view:
+            if hasattr(os, "pwrite"):
+                k = os.pwrite(self.fd, view, pos)
+            else:  # pragma: no cover - Windows
+                os.lseek(self.fd, pos, os.SEEK_SET)
+                k = os.write(self.fd, view)
+            view, pos = view[k:], pos + k
+
+    def close(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+
+
 def _store_image(dst: np.ndarray, x: np.ndarray) -> None:
     if np.issubdtype(dst.dtype, np.integer):
         info = np.iinfo(dst.dtype)
@@ -179,8 +207,8 @@ def _build(cfg: DataConfig, items: Sequence[Item], folder: Path, description: st
     n = len(items)
     rows: list[dict[str, Any]] = [{} for _ in range(n)]
     with atomic_folder(folder) as tmp:
-        images = open_memmap(tmp / "images.npy", mode="w+", dtype=dtype, shape=(n, c_store, *target))
-        masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=mdtype, shape=(n, *target)) if has_masks else None
+        images = NpyWriter(tmp / "images.npy", dtype, (n, c_store, *target))
+        masks = NpyWriter(tmp / "masks.npy", mdtype, (n, *target)) if has_masks else None
         workers = min(8, 2 * (os.cpu_count() or 1))
         with make_progress() as prog, ThreadPoolExecutor(max_workers=workers) as pool:
             task = prog.add_task(f"caching {description}", total=n)
@@ -201,6 +229,8 @@ def _build(cfg: DataConfig, items: Sequence[Item], folder: Path, description: st
                                "hw": list(im.hw), "notes": list(im.notes),
                                "mask_values": None if d.mask is None else sorted(int(v) for v in d.mask_values)}
                     by_hw[im.hw].append(i)
+                img_chunk = np.zeros((len(chunk), c_store, *target), dtype=dtype)
+                mask_chunk = np.zeros((len(chunk), *target), dtype=mdtype) if masks is not None else None
                 for hw, idx in by_hw.items():
                     buf = np.empty((len(idx), c_store, *hw), dtype=np.float32)
                     for j, i in enumerate(idx):
@@ -209,7 +239,7 @@ def _build(cfg: DataConfig, items: Sequence[Item], folder: Path, description: st
                     if tuple(hw) != tuple(target):
                         buf = fit_images(torch.from_numpy(buf), target, cfg.resize_policy, fill=0.0).numpy()
                     for j, i in enumerate(idx):
-                        _store_image(images[i], buf[j])
+                        _store_image(img_chunk[i - s], buf[j])
                     if masks is not None:
                         for i in idx:
                             m = decoded[i - s].mask
@@ -218,13 +248,14 @@ def _build(cfg: DataConfig, items: Sequence[Item], folder: Path, description: st
                             if tuple(m.shape) != tuple(target):
                                 raw = np.array(m, dtype=m.dtype if m.dtype in (np.uint8, np.int32, np.int64) else np.int64)
                                 m = fit_masks(torch.from_numpy(raw[None]), target, cfg.resize_policy)[0].numpy()
-                            masks[i] = m
+                            mask_chunk[i - s] = m
+                images.write(s, img_chunk)  # one positioned write per chunk: no mapped pages in this process
+                if masks is not None:
+                    masks.write(s, mask_chunk)
                 prog.advance(task, len(chunk))
-        images.flush()
-        del images
+        images.close()
         if masks is not None:
-            masks.flush()
-            del masks
+            masks.close()
         write_json(tmp / "rows.json", rows)
         write_json(tmp / "meta.json", {"format": CACHE_FORMAT, "target": list(target), "channels_stored": c_store,
                                        "dtype": np.dtype(dtype).name, "has_masks": has_masks, "warnings": warnings,
