@@ -22,7 +22,8 @@ What it does (each stage in its own process, so that its peak memory is its own)
 Memory: ``peak RSS`` is the largest resident set of any one process of the stage (``ru_maxrss`` of the stage
 process and of its children, e.g. DataLoader workers); ``peak PSS total`` is the largest sum of proportional set
 sizes over the stage's whole process tree, sampled every 0.25 s (shared pages counted once): the figure to compare
-with a machine's memory. Pages of the memory-mapped cache count while resident, but the kernel can drop them.
+with a machine's memory. The cache is read and written with positioned I/O, so its pages sit in the kernel's
+page cache (reclaimable, not counted here) rather than in the processes.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def test_training_with_workers_equals_without_and_resumes_exactly(tmp_path):
 
 
 def test_disk_backed_batches_through_workers(tmp_path, monkeypatch):
-    """A disk-backed (memory-mapped) dataset pickles to the workers as its file and gives the same batches."""
+    """A disk-backed dataset pickles to the workers as its file and gives the same batches."""
     import numpy as np
     from PIL import Image
 

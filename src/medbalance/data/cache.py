@@ -9,8 +9,8 @@ the decoding options and of every source file's path, size and modification time
 file gives a new key, so a stale cache is never read; an unchanged dataset is never decoded twice. Folders are
 written under a temporary name and renamed when complete: an interrupted build leaves no cache that looks finished.
 
-:class:`DiskArray` is the read side: a read-only, tensor-like view of rows of a memory-mapped ``.npy`` file that
-converts on access (images: scaled to float32 [-1, 1]; masks: raw values -> int64 mask indices). Only the rows a
+:class:`DiskArray` is the read side: a read-only, tensor-like view of rows of a ``.npy`` file, read with
+positioned reads rather than a memory map, that converts on access (images: scaled to float32 [-1, 1]; masks: raw values -> int64 mask indices). Only the rows a
 batch asks for are read, so memory stays bounded by the batch, not the dataset; the OS page cache keeps hot rows.
 The NIfTI slice cache (``data/nifti.py``) uses the same folder primitives.
 """

@@ -7,7 +7,7 @@ order of an uninterrupted single-process run: a resumed run starts the loader at
 the number of workers never changes a batch. The training RNG (noise) stays in the main process.
 
 Workers (``train.num_workers``; ``None`` = :func:`default_workers`): each reads its steps' rows (from the
-in-memory tensors, or the memory-mapped pixel cache of a disk-backed dataset, which pickles as its file path) and
+in-memory tensors, or the pixel cache of a disk-backed dataset, which pickles as its file path) and
 hands the batch back through shared memory. On CUDA the loader pins the batch in page-locked memory and the engine
 copies it with ``non_blocking=True``, so the copy overlaps the previous step.
 """
