@@ -131,7 +131,8 @@ def stage_prepare(a: argparse.Namespace) -> dict[str, Any]:
         import csv
 
         with open(src) as fh:
-            rows = list(csv.DictReader(fh))[: a.unique]
+            rows = list(csv.DictReader(fh))
+        rows = rows[:: max(1, len(rows) // a.unique)][: a.unique]  # spread over the file: every class present
         for r in rows:
             g = np.asarray(Image.open(src.parent / r["image"]).convert("L").resize((a.size, a.size)))
             m = np.asarray(Image.open(src.parent / r["mask"]).convert("L").resize((a.size, a.size), Image.NEAREST))
