@@ -281,6 +281,18 @@ def test_extending_a_finished_benchmark_runs_only_the_new_cells(finished_copy):
         B.run_benchmark(B.BenchmarkConfig.from_dict(doc2), out)
 
 
+def test_a_folder_written_before_a_config_key_existed_still_resumes(finished_copy):
+    import yaml
+
+    out, ran = finished_copy
+    saved = out / "benchmark.yaml"
+    doc = yaml.safe_load(saved.read_text())
+    del doc["data"]["storage"]  # as written before data.storage existed
+    saved.write_text(yaml.safe_dump(doc))
+    B.run_benchmark(B.BenchmarkConfig.from_dict(TINY), out)
+    assert ran == []  # a plain resume: nothing recomputed, no "another configuration" refusal
+
+
 def test_set_overrides_reach_list_items():
     from medbalance.config import apply_overrides
 

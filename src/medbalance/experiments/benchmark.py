@@ -519,6 +519,10 @@ class Benchmark:
             old = read_yaml(saved)
             planned = old.pop("planned", None)  # what --budget changed (seeds, arms, generators)
             old_asked = {**old, **(planned["asked"] if planned else {})}
+            try:  # keys added to the config since the folder was written take their defaults (same behaviour)
+                old_asked = json.loads(json.dumps(BenchmarkConfig.from_dict(old_asked).model_dump(mode="json")))
+            except ConfigError:
+                pass  # compared as written: the difference is reported below
             if old_asked == asked:  # a plain resume
                 doc = None
                 if planned is not None:
