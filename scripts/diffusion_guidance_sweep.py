@@ -5,15 +5,18 @@
 Each ``W:STEPS`` samples the run (``load_run``, EMA U-Net) with guidance scale ``W`` and ``STEPS`` sampling steps:
 32 images per class with the noise seed and the real reference draw of ``scripts/train_all_real.py``'s checks, judged
 by a classifier saved by ``medbalance train-task`` (e.g. the helper classifier that script caches under
-``/tmp/mb_helpers/<key>/classifier``). Guidance and steps are sampling settings: nothing is retrained.
+``/tmp/mb_helpers/<key>/classifier``); the judge is ``scripts/_judge.py``. Guidance and steps are sampling settings:
+nothing is retrained.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
+from _judge import Judge
 
 
 def main() -> None:
@@ -26,42 +29,25 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from medbalance.data.sources import load_dataset
-    from medbalance.evaluation.fidelity import frechet_distance
-    from medbalance.models.tasknets import load_task_model
     from medbalance.training.run import load_run
-    from medbalance.training.task import predict_classifier
 
-    run = load_run(args.run_dir)
-    clf = load_task_model(args.classifier)[0].eval()
-    ds = load_dataset(run.config.data)
-    C, n = ds.num_classes, args.per_class
-    labels = torch.arange(C).repeat_interleave(n)
-    g = torch.Generator().manual_seed(1234)  # the real images of train_all_real.conditioning_check
-    picks = []
-    for c in range(C):
-        of_c = torch.nonzero(ds.labels == c).flatten()
-        of_c = of_c[torch.randperm(len(of_c), generator=g)]
-        picks.append(of_c[torch.arange(n) % len(of_c)])
-    src = torch.cat(picks)
-
-    @torch.no_grad()
-    def feats(x: torch.Tensor):
-        return torch.cat([clf.features(x[i : i + 256]).float() for i in range(0, len(x), 256)]).numpy()
-
-    f_real = feats(ds.images[src])
+    settings = []
     for spec in args.settings:
-        w, steps = spec.split(":")
-        run.method.params.guidance_scale = float(w)
-        run.method.params.sample_steps = int(steps)
-        masks = ds.masks[src] if "mask" in run.method.needs else None
-        with torch.no_grad():
-            imgs = run.method.generate(labels, masks=masks, generator=torch.Generator().manual_seed(7), G=run.G)
-        _, pred = predict_classifier(clf, imgs)
-        std = float(torch.stack([imgs[labels == c].std(0).mean() for c in range(C)]).mean())
-        per = [round(float((pred[labels == c] == c).float().mean()), 3) for c in range(C)]
-        print(json.dumps({"guidance": float(w), "steps": int(steps), "class_acc": round(float((pred == labels).float().mean()), 3),
-                          "per_class": per, "within_class_std": round(std, 4),
-                          "fd_domain": round(frechet_distance(real=f_real, synthetic=feats(imgs)), 2)}), flush=True)
+        try:
+            w, steps = spec.split(":")
+            settings.append((float(w), int(steps)))
+        except ValueError:
+            sys.exit(f"error: setting {spec!r} is not W:STEPS (e.g. 4:20)")
+    run = load_run(args.run_dir)
+    if not hasattr(run.method.params, "guidance_scale"):
+        sys.exit(f"error: model {run.config.model.name!r} has no guidance scale (not a diffusion model)")
+    judge = Judge(args.classifier, load_dataset(run.config.data), args.per_class)
+    for w, steps in settings:
+        run.method.params.guidance_scale = w
+        run.method.params.sample_steps = steps
+        r = judge.score(judge.generate(run))
+        print(json.dumps({"guidance": w, "steps": steps, "class_acc": r["class_acc"], "per_class": r["per_class"],
+                          "within_class_std": r["within_class_std"], "fd_domain": round(r["fd_domain"], 2)}), flush=True)
 
 
 if __name__ == "__main__":
