@@ -9,6 +9,13 @@ Backends: ``nccl`` when the device is CUDA, ``gloo`` otherwise (CPU). The proces
 initialised from the environment variables torchrun sets (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
 
+Timeout: ``MEDBALANCE_DIST_TIMEOUT_S`` (seconds, passed to ``init_process_group``) bounds how long a
+collective waits for the other ranks. A crashed peer is detected at once (its connections close);
+a frozen or unreachable one (a lost node that closes nothing) makes the others wait until the
+timeout, torch's default when unset (30 min for gloo). It must exceed the longest stretch one rank
+spends outside collectives: data loading or cache building before the first broadcast, rank 0
+writing a checkpoint or sample grid. See docs/distributed.md.
+
 BatchNorm: on CUDA, BatchNorm layers are converted to :class:`torch.nn.SyncBatchNorm`, so the
 batch statistics are those of the global batch. On CPU (gloo) SyncBatchNorm is not available:
 each rank normalises with the statistics of its local shard (``batch_size / world_size``
@@ -21,8 +28,9 @@ to floating-point summation order.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from datetime import timedelta
 
 import torch
 from torch import nn
@@ -53,6 +61,23 @@ def env_world_size() -> int:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
+TIMEOUT_ENV = "MEDBALANCE_DIST_TIMEOUT_S"
+
+
+def env_timeout() -> timedelta | None:
+    """``MEDBALANCE_DIST_TIMEOUT_S`` as a timedelta (None when unset: torch's default applies)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} must be a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group described by torchrun's env vars (no-op for a single process)."""
     import torch.distributed as dist
@@ -68,7 +93,9 @@ def init_distributed(device_type: str) -> DistInfo:
     if not dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+        timeout = env_timeout()
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
+                                **({} if timeout is None else {"timeout": timeout}))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
 
 

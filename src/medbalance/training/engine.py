@@ -453,6 +453,13 @@ class Trainer:
         if best_name is not None and (self.run_dir / "checkpoints" / best_name / "state.json").is_file():
             m = read_json(self.run_dir / "checkpoints" / best_name / "state.json").get("metric") or {}
             best_val = m.get("value")
+        # the writer may have been lost after `latest` named this checkpoint but before `best` was updated:
+        # the resumed checkpoint's own metric decides, as it would have in the uninterrupted run
+        own = (state.get("metric") or {}).get("value")
+        if own is not None and (best_val is None or own < best_val):
+            best_val = own
+            if self.dist.is_main:
+                atomic_write_text(self.run_dir / "checkpoints" / "best", folder.name + "\n")
         return int(state["step"]), best_val
 
     def _save_checkpoint(self, step: int, metric: dict[str, Any] | None, losses: dict[str, float]) -> Path | None:
