@@ -1,7 +1,7 @@
 """Real-size data in bounded memory: a 50,000-image 256 px RGB manifest through the on-disk pixel cache.
 
     python benchmarks/bench_scale.py                     # 50,000 rows, 256 px RGB (+ masks), needs ../shared/datasets
-    python benchmarks/bench_scale.py --tiny              # 600 rows of 64 px synthetic images: a one-minute check
+    python benchmarks/bench_scale.py --tiny              # 200 rows of 64 px synthetic images: a one-minute check
     python benchmarks/bench_scale.py --stages build,inspect --n 20000 --work /tmp/mb_scale
 
 What it does (each stage in its own process, so that its peak memory is its own):
@@ -315,11 +315,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work", default="/tmp/mb_scale")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the results here")
-    ap.add_argument("--tiny", action="store_true", help="600 rows of 64 px synthetic images, 4 steps: a quick check")
+    ap.add_argument("--tiny", action="store_true", help="200 rows of 64 px synthetic images, 4 steps: a quick check")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: run one stage in this process
     a = ap.parse_args(argv)
     if a.tiny:
-        a.n, a.unique, a.size, a.train_size, a.steps = 600, 24, 64, 32, 4
+        a.n, a.unique, a.size, a.train_size, a.steps = 200, 12, 64, 32, 4
         a.step_steps, a.loader_steps = 1, 3
     return a
 

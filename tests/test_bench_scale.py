@@ -22,9 +22,9 @@ def test_bench_scale_tiny(tmp_path):
     res = json.loads(out.read_text())
     st = res["stages"]
     assert set(st) == {"prepare", "build", "inspect", "build64", "train", "loader"}
-    assert st["build"]["images"] == 600 and st["build"]["cache_hit"] is False and st["build"]["images_per_s"] > 0
-    assert st["build64"]["shape"] == [600, 3, 32, 32]
-    assert st["inspect"]["n"] == 600 and st["train"]["steps"] == 4
+    assert st["build"]["images"] == 200 and st["build"]["cache_hit"] is False and st["build"]["images_per_s"] > 0
+    assert st["build64"]["shape"] == [200, 3, 32, 32]
+    assert st["inspect"]["n"] == 200 and st["train"]["steps"] == 4
     for s in st.values():
         assert s["rc"] == 0 and 0 < s["peak_rss_mb"] < 4096 and s["peak_pss_total_mb"] > 0
     (row,) = st["loader"]["models"]
