@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sys
 import time
 from pathlib import Path
+
+from _machine import cpu_model  # benchmarks/ (the script's folder) is on sys.path
 
 TINY = {"n": 300, "dim": 64, "size": 16, "kid_subsets": 5, "kid_subset_size": 100, "ref_kid_subsets": 2}
 
@@ -79,16 +80,6 @@ def _set_threads(n: int) -> None:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------- data
@@ -275,7 +266,7 @@ def run(args: argparse.Namespace) -> dict:
         if "ref_seconds" in r:
             r["ratio_ref_over_ours"] = r["ref_seconds"] / r["seconds"] if r["seconds"] > 0 else float("inf")
     return {
-        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "threads": args.threads,
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads,
                     "torch_threads": torch.get_num_threads(), "load_avg_start": load_start,
                     "load_avg_end": os.getloadavg()[0], "python": sys.version.split()[0], "torch": torch.__version__,
                     "numpy": np.__version__},

@@ -69,8 +69,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 import torch.nn.functional as F
 from torch import nn
+
+from _machine import cpu_model  # benchmarks/ (the script's folder) is on sys.path
 
 MASK_VALUES = [0, 1, 2, 3, 4]  # the phantom's label map values
 RATIO_TARGET = 1.3  # issue target: medbalance end to end >= 1.3x the reference at its best setting
@@ -284,16 +287,6 @@ def ceiling(dtype: torch.dtype, seconds: float) -> dict[str, float]:
 
 def native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load(manifest: Path, cache: Path):

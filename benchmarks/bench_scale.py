@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from _machine import cpu_model  # benchmarks/ (the script's folder) is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDBALANCE_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
@@ -350,13 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     if "build" in stages or "build64" in stages:
         shutil.rmtree(work / "cache", ignore_errors=True)  # the first pass is measured from scratch
     res: dict[str, Any] = {"rows": a.n, "unique": a.unique, "size": a.size, "train_size": a.train_size,
-                           "threads": a.threads, "machine": platform.processor() or platform.machine(),
+                           "threads": a.threads, "machine": "",
                            "load_average": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M"),
                            "stages": {}}
-    try:
-        res["machine"] = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    res["machine"] = cpu_model()
     base = [sys.executable, str(Path(__file__).resolve())] + [x for x in (argv if argv is not None else sys.argv[1:])
                                                               if x != "--tiny"]
     for s in stages:
