@@ -361,3 +361,52 @@ def test_a_generator_can_run_its_own_arms(finished_copy):
     assert ("dcgan", "real+synthetic") in rows
     with pytest.raises(ConfigError, match="baseline"):
         B.BenchmarkConfig.from_dict({**TINY, "generators": [{**extra, "arms": ["oversample"]}]})
+
+
+def test_estimate_grid_scales_each_cell_by_its_training_set():
+    """Arm cells scale with the images an epoch sees; the total is the sum of the rows; done cells are left out."""
+    cfg = B.BenchmarkConfig.from_dict({**TINY, "arms": ["real+synthetic", "real+synthetic@1x", "synthetic-only"]})
+    ds = B.Benchmark(cfg, "unused").split(0).train
+    gen_s = {"dcgan": 120.0, "acgan": 60.0}
+    est = B.estimate_grid(cfg, ds, 10.0, gen_s)
+    counts = ds.class_counts()
+    n, top = len(ds), max(counts.values())
+    minority = {c: k for c, k in counts.items() if k < top}
+    expect = {
+        "real": 10.0,
+        "oversample": 10.0 * (top * len(counts)) / n,  # balanced by duplicates
+        "real+synthetic": 10.0 * (top * len(counts)) / n,  # balanced by synthetic images
+        "real+synthetic@1x": 10.0 * (n + sum(min(k, top - k) for k in minority.values())) / n,
+        "synthetic-only": 10.0 * (top * len(counts)) / n,
+    }
+    for arm, sec in expect.items():
+        assert est["arm_seconds"][arm] == pytest.approx(sec, abs=0.06), arm
+    cells = B.plan_cells(cfg)
+    n_arm = {a: sum(1 for c in cells if c.kind == "arm" and c.arm == a) for a in expect}
+    assert est["rows"]["arm cells"]["seconds"] == pytest.approx(sum(expect[a] * n_arm[a] for a in expect), abs=0.5)
+    assert est["rows"]["generator training"]["seconds"] == pytest.approx(180.0)
+    assert est["rows"]["fidelity cells"]["cells"] == 2
+    assert est["total_seconds"] == pytest.approx(sum(r["seconds"] for r in est["rows"].values()), abs=0.5)
+    assert est["remaining_seconds"] == pytest.approx(est["total_seconds"], abs=0.5)
+    # a resumed folder: finished cells are not left to run
+    done = {c.key for c in cells if c.kind == "train" or (c.kind == "arm" and c.gen is None)}
+    est2 = B.estimate_grid(cfg, ds, 10.0, gen_s, done)
+    assert est2["rows"]["generator training"]["remaining_seconds"] == 0
+    assert est2["remaining_seconds"] == pytest.approx(
+        est["total_seconds"] - 180.0 - 10.0 * 2 - expect["oversample"] * 2, abs=0.5)
+
+
+def test_estimate_cli_measures_and_writes_nothing(tmp_path, finished):
+    cfg = _write(tmp_path, TINY)
+    out = tmp_path / "new"
+    r = runner.invoke(app, ["benchmark", "phantom", str(out), "--config", str(cfg), "--estimate"])
+    assert r.exit_code == 0, r.output
+    assert "estimated time of the grid" in r.output and "generator training" in r.output and "total" in r.output
+    assert not out.exists()  # nothing run, nothing written
+    # on a finished folder: nothing left to run
+    r = runner.invoke(app, ["benchmark", "phantom", str(finished), "--config", str(cfg), "--estimate"])
+    assert r.exit_code == 0, r.output
+    est = B.Benchmark(B.BenchmarkConfig.from_dict(TINY), finished).estimate()
+    assert est["cells_done"] == est["cells"] and est["remaining_seconds"] == pytest.approx(
+        sum(r["remaining_seconds"] for r in est["rows"].values()), abs=0.5)
+    assert est["rows"]["arm cells"]["remaining_seconds"] == 0 and est["cell_seconds"] > 0

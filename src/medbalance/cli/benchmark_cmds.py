@@ -73,6 +73,8 @@ def benchmark_cmd(
     quick: bool = typer.Option(False, "--quick", help="the same grid with a tenth of the compute (2 seeds, ...)"),
     summarize: bool = typer.Option(False, "--summarize", help="only write benchmark.json / leaderboard.md from the "
                                    "cells finished so far (runs nothing; safe while the benchmark runs)"),
+    estimate: bool = typer.Option(False, "--estimate", help="print how long the grid takes here, from one measured "
+                                  "classifier cell and each generator's calibrated speed; runs and writes no cell"),
     device: Optional[str] = device_option(None),
     data_opts: DataOptions = DataOptions(),
 ) -> None:
@@ -111,7 +113,28 @@ def benchmark_cmd(
     if not cfg.generators:
         console.print("[yellow]warning[/yellow]: no generator given (--generator or generators: in --config): "
                       "only the baselines are compared")
+    if estimate:
+        print_estimate(Benchmark(cfg, out).estimate())
+        return
     command = "medbalance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rep = run_benchmark(cfg, out, command=command)
     console.print(leaderboard_markdown(rep))
     typer.echo(str(out / "benchmark.json"))
+
+
+def print_estimate(est: dict) -> None:
+    """The estimate as a table: one row per kind of work, then the total and what is left."""
+    from rich.table import Table
+
+    t = Table(title="estimated time of the grid on this machine", title_justify="left")
+    for col in ("work", "cells", "minutes", "left to run (min)"):
+        t.add_column(col, justify="left" if col == "work" else "right")
+    for what, r in est["rows"].items():
+        t.add_row(what, str(r["cells"]), f"{r['seconds'] / 60:.1f}", f"{r['remaining_seconds'] / 60:.1f}")
+    t.add_row("total", str(est["cells"]), f"{est['total_seconds'] / 60:.1f}", f"{est['remaining_seconds'] / 60:.1f}")
+    console.print(t)
+    gens = ", ".join(f"{k} {v / 60:.1f} min" for k, v in est["generator_seconds"].items())
+    console.print(f"measured: a real-arm cell {est['cell_seconds']:.0f} s on {est['real_train_images']} images"
+                  + (f"; generators {gens}" if gens else "") + f" (measuring took {est['measurement_seconds']:.0f} s); "
+                  f"{est['cells_done']} of {est['cells']} cells already done. Not counted: loading the data, "
+                  "sampling each seed's synthetic pool.")

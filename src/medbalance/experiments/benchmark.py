@@ -296,6 +296,73 @@ def plan_for_budget(cfg: BenchmarkConfig, minutes: float, cell_seconds: float, g
     return cur, notes
 
 
+def arm_train_images(arm: str, train: ImageDataset, strategy: Any) -> int:
+    """Images one epoch of an arm's task network sees (synthetic-pretrain+finetune: both phases' sets)."""
+    from medbalance.experiments.downstream import PRETRAIN_ARM, arm_plan
+
+    spec = parse_arm(arm)
+    _, dup, counts = arm_plan(spec, train.labels.numpy(), train.class_names, strategy, 0)
+    syn = sum(counts.values())
+    if spec.base == "synthetic-only":
+        return syn
+    return len(train) + len(dup) + syn if spec.base != PRETRAIN_ARM else len(train) + syn
+
+
+def estimate_grid(cfg: BenchmarkConfig, train: ImageDataset, cell_seconds: float, gen_seconds: dict[str, float],
+                  done: set[str] | None = None) -> dict[str, Any]:
+    """How long the grid of ``cfg`` takes, from one measured ``real``-arm cell (``cell_seconds``) and each
+    generator's training time (``gen_seconds``, by label).
+
+    - an arm cell: ``cell_seconds`` x (images per epoch of the arm / real training images);
+    - a generator: its ``gen_seconds`` (Red-GAN: + its segmentor, ``segmentor_epochs / epochs`` x a real cell);
+    - a fidelity cell: half a real cell (pool, features, privacy pass; measured 0.1-1.4x on brain-tumor-mri);
+    - once per split: the domain encoder (``fidelity_extractor: domain``), 10 epochs;
+    - not counted: loading the dataset, generating each seed's synthetic pool.
+
+    ``done``: cell keys already finished (a resumed folder); ``remaining_seconds`` leaves them out."""
+    done = done or set()
+    n_real = max(1, len(train))
+    per_arm: dict[str, float] = {}
+    rows: dict[str, dict[str, float]] = {}
+
+    def add(what: str, seconds: float, finished: bool) -> None:
+        r = rows.setdefault(what, {"cells": 0, "seconds": 0.0, "remaining_seconds": 0.0})
+        r["cells"] += 1
+        r["seconds"] += seconds
+        if not finished:
+            r["remaining_seconds"] += seconds
+
+    has_seg = any(g.model == "redgan" and g.run is None for g in cfg.generators)
+    for c in plan_cells(cfg):
+        fin = c.key in done
+        if c.kind == "arm":
+            if c.arm not in per_arm:
+                per_arm[c.arm] = cell_seconds * arm_train_images(c.arm, train, cfg.strategy) / n_real
+            add("arm cells", per_arm[c.arm], fin)
+        elif c.kind == "train":
+            sec = gen_seconds.get(c.gen.label, 0.0)
+            add("generator training", sec, fin)
+        elif c.kind == "fidelity":
+            add("fidelity cells", 0.5 * cell_seconds, fin)
+        elif c.kind == "feature":
+            add("feature-level experiment", gen_seconds.get(c.gen.label, 0.0), fin)
+    for s in cfg.split_seeds:  # per split, shared by the generators (cached in OUT/splits/)
+        if has_seg:
+            epochs = max(g.segmentor_epochs for g in cfg.generators if g.model == "redgan")
+            add("Red-GAN segmentor", cell_seconds * epochs / cfg.epochs, False)
+        if cfg.fidelity and cfg.fidelity_extractor == "domain" and any(g.model != FEATURE_MODEL for g in cfg.generators):
+            add("domain encoder", cell_seconds * 10 / cfg.epochs, False)
+    total = sum(r["seconds"] for r in rows.values())
+    remaining = sum(r["remaining_seconds"] for r in rows.values())
+    return {"cell_seconds": round(cell_seconds, 1), "real_train_images": n_real,
+            "arm_seconds": {a: round(v, 1) for a, v in per_arm.items()},
+            "generator_seconds": {k: round(v, 1) for k, v in gen_seconds.items()},
+            "rows": {k: {"cells": v["cells"], "seconds": round(v["seconds"], 1),
+                         "remaining_seconds": round(v["remaining_seconds"], 1)} for k, v in rows.items()},
+            "total_seconds": round(total, 1), "remaining_seconds": round(remaining, 1),
+            "cells": len(plan_cells(cfg)), "cells_done": len(done)}
+
+
 # ---------------------------------------------------------------------------------------------- the runner
 class Benchmark:
     def __init__(self, cfg: BenchmarkConfig, out: str | Path, data: ImageDataset | None = None, command: str = ""):
@@ -576,17 +643,17 @@ class Benchmark:
         atomic_write_text(self.out / "leaderboard.md", leaderboard_markdown(report))
         return report
 
-    def _plan_budget(self) -> tuple[BenchmarkConfig, list[str]]:
-        """Measure one classifier cell and each generator's speed, then shrink the grid to ``budget_minutes``."""
+    def _measure(self, keep: bool) -> tuple[float, dict[str, float]]:
+        """Seconds of one ``real``-arm cell (classifier seed 0; saved as a cell of the grid when ``keep``) and of
+        each generator's training (its step count x the calibrated seconds per step)."""
         split = self.split(self.cfg.split_seeds[0])
         t0 = time.perf_counter()
         cell = Cell("arm", self.cfg.split_seeds[0], "real", 0)
         res = self.run_cell(cell)
         cell_s = time.perf_counter() - t0
-        res["cell_seconds"] = round(cell_s, 2)
-        atomic_write_json(self.cell_path(cell), res)  # a real cell of the grid: kept
-        mixed = 1.0 + sum(arm_mix_factor(a, split.train, self.cfg.strategy) for a in self.cfg.arms) / max(
-            1, len(self.cfg.arms))
+        if keep:
+            res["cell_seconds"] = round(cell_s, 2)
+            atomic_write_json(self.cell_path(cell), res)  # a real cell of the grid: kept
         gen_s: dict[str, float] = {}
         for g in self.cfg.generators:
             if g.run is not None:
@@ -600,12 +667,37 @@ class Benchmark:
                 _, sps = self._calibrate(g.model_copy(update={"minutes": 1.0}), c, list(g.overrides))
                 steps = g.steps if g.steps is not None else (g.epochs or 1) * math.ceil(len(split.train) / 32)
                 gen_s[g.label] = steps * sps
+        return cell_s, gen_s
+
+    def _plan_budget(self) -> tuple[BenchmarkConfig, list[str]]:
+        """Measure one classifier cell and each generator's speed, then shrink the grid to ``budget_minutes``."""
+        split = self.split(self.cfg.split_seeds[0])
+        cell_s, gen_s = self._measure(keep=True)
+        mixed = 1.0 + sum(arm_mix_factor(a, split.train, self.cfg.strategy) for a in self.cfg.arms) / max(
+            1, len(self.cfg.arms))
         cfg, notes = plan_for_budget(self.cfg, self.cfg.budget_minutes, cell_s * mixed, gen_s)
         notes.insert(0, f"measured: {cell_s:.0f} s per real-arm cell; generators "
                      + ", ".join(f"{k} ~{v / 60:.1f} min" for k, v in gen_s.items()))
         for n in notes:
             console.print(f"[dim]budget: {n}[/dim]")
         return cfg, notes
+
+    def estimate(self) -> dict[str, Any]:
+        """How long this grid takes here, without running it: one ``real``-arm cell and a short calibration of
+        each generator are measured in a scratch folder (``OUT`` is only read, for the cells already done), then
+        :func:`estimate_grid` scales them to every cell."""
+        import tempfile
+
+        done = {c.key for c in plan_cells(self.cfg) if self.cell_path(c).is_file()}
+        with tempfile.TemporaryDirectory(prefix="medbalance-estimate-") as tmp:
+            scratch = Benchmark(self.cfg, tmp, data=self.data)
+            scratch._splits = self._splits
+            t0 = time.perf_counter()
+            cell_s, gen_s = scratch._measure(keep=False)
+            measured = time.perf_counter() - t0
+        est = estimate_grid(self.cfg, self.split(self.cfg.split_seeds[0]).train, cell_s, gen_s, done)
+        est["measurement_seconds"] = round(measured, 1)
+        return est
 
     @staticmethod
     def _check_extension(old: dict[str, Any], new: dict[str, Any], saved: Path) -> None:

@@ -75,6 +75,10 @@ class TaskConfig(BaseConfig):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     patience: Optional[int] = Field(None, ge=1, description="stop after this many epochs without improvement")
+    channels_last: bool = Field(
+        True, description="NHWC memory layout for 2D networks (1.2-1.3x faster training on this CPU's oneDNN; "
+        "also the layout CUDA's tensor-core convolutions prefer); ignored for 3D"
+    )
     progress: bool = True
 
 
@@ -381,6 +385,8 @@ def train_task_model(
     if init_model is not None:
         model.load_state_dict(init_model.state_dict())
     model = model.to(device)
+    if cfg.channels_last and len(train.spatial_shape) == 2:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     cw = None
