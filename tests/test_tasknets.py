@@ -247,3 +247,25 @@ def test_sigmoid_mode_with_class_weights_trains():
     assert all(math.isfinite(h["train_loss"]) for h in r.history)
     assert r.history[1]["train_loss"] < r.history[0]["train_loss"]
     assert r.model.kwargs["num_labels"] == 1 and predict_segmentor(r.model, tr).max() <= 1
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_channels_last_trains_the_same_network(tmp_path, task):
+    """The NHWC layout (default for 2D) changes speed, not the model: same losses and weights up to float
+    rounding as the NCHW run; the saved weights load into a plain (contiguous) network with the same outputs."""
+    tr, va = blobs(48, 0), blobs(16, 1)
+    cfg = TaskConfig(task=task, epochs=2, batch_size=16, augment=False, channels=[8, 16, 32], dropout=0.0,
+                     schedule="constant", progress=False)
+    a = train_task_model(tr, va, cfg, out_dir=tmp_path / "nhwc")
+    b = train_task_model(tr, va, cfg.model_copy(update={"channels_last": False}))
+    conv = next(m for m in a.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for ha, hb in zip(a.history, b.history):
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-3)
+    # outputs, not raw weights: a conv bias in front of a norm layer has a zero gradient up to rounding, which Adam
+    # scales to full steps, so those biases differ while the function does not
+    with torch.no_grad():
+        oa, ob = a.model(va.images), b.model(va.images)
+        assert (oa - ob).abs().max() <= 1e-2 * ob.abs().max()
+        loaded, _ = load_task_model(tmp_path / "nhwc")
+        assert torch.allclose(loaded(va.images), oa, atol=1e-5)
