@@ -410,3 +410,41 @@ def test_estimate_cli_measures_and_writes_nothing(tmp_path, finished):
     assert est["cells_done"] == est["cells"] and est["remaining_seconds"] == pytest.approx(
         sum(r["remaining_seconds"] for r in est["rows"].values()), abs=0.5)
     assert est["rows"]["arm cells"]["remaining_seconds"] == 0 and est["cell_seconds"] > 0
+
+
+def test_parallel_jobs_give_the_serial_results(tmp_path, finished):
+    """--jobs 2: the same cells, the same numbers (one thread per cell, as in the serial run here), one pool per
+    seed, and a resume of the finished folder runs nothing."""
+    out = tmp_path / "par"
+    cfg = _write(tmp_path, TINY)
+    r = runner.invoke(app, ["benchmark", "phantom", str(out), "--config", str(cfg), "--jobs", "2"])
+    assert r.exit_code == 0, r.output
+    cells = lambda d: sorted(p.relative_to(d).as_posix() for p in (d / "cells").rglob("*.json"))  # noqa: E731
+    assert cells(out) == cells(finished)
+    a = json.loads((out / "benchmark.json").read_text())
+    b = json.loads((finished / "benchmark.json").read_text())
+    strip = lambda rep: [(r["generator"], r["arm"], {m: v["mean"] for m, v in r["metrics"].items()})  # noqa: E731
+                         for r in rep["leaderboard"]]
+    assert strip(a) == strip(b) and a["baselines"] == b["baselines"]
+    for k in ("s0/dcgan-g0/arm/real_synthetic/seed1.json", "s0/baseline/arm/oversample/seed0.json"):
+        ca, cb = (json.loads((d / "cells" / k).read_text()) for d in (out, finished))
+        assert ca["composition"] == cb["composition"] and ca["balanced_accuracy"] == cb["balanced_accuracy"]
+    pools = sorted(p.name for p in (out / "generators" / "s0" / "dcgan-g0" / "synthetic").iterdir())
+    assert pools == ["seed0-none.safetensors", "seed1-none.safetensors"]
+    r = runner.invoke(app, ["benchmark", "phantom", str(out), "--config", str(cfg), "--jobs", "2"])
+    assert r.exit_code == 0 and "resuming: " in r.output
+
+
+def test_parallel_failure_is_one_line_and_keeps_finished_cells(tmp_path):
+    """A cell that fails in a worker stops the benchmark with the usual one-line error (exit 2); cells that were
+    running finish and are kept, queued ones do not start."""
+    doc = {**TINY, "generators": [{"model": "acgan", "steps": 3},
+                                  {"model": "dcgan", "steps": 3, "overrides": ["model.params.no_such_param=1"]}]}
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["benchmark", "phantom", str(out), "--config", str(_write(tmp_path, doc)), "--jobs", "2"])
+    assert r.exit_code == 2, r.output
+    assert "no_such_param" in r.output and "Traceback" not in r.output
+    assert (out / "cells" / "s0" / "acgan-g0" / "train.json").is_file()  # ran beside the failing cell: kept
+    for p in (out / "cells").rglob("*.json"):
+        json.loads(p.read_text())  # every cell file is complete
+    assert not (out / "benchmark.json").exists()

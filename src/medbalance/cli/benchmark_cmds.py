@@ -75,6 +75,8 @@ def benchmark_cmd(
                                    "cells finished so far (runs nothing; safe while the benchmark runs)"),
     estimate: bool = typer.Option(False, "--estimate", help="print how long the grid takes here, from one measured "
                                   "classifier cell and each generator's calibrated speed; runs and writes no cell"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="cells run at once, in worker processes (CPU threads are "
+                             "split between them; on a GPU they share it); results do not depend on it"),
     device: Optional[str] = device_option(None),
     data_opts: DataOptions = DataOptions(),
 ) -> None:
@@ -117,7 +119,7 @@ def benchmark_cmd(
         print_estimate(Benchmark(cfg, out).estimate())
         return
     command = "medbalance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    rep = run_benchmark(cfg, out, command=command)
+    rep = run_benchmark(cfg, out, command=command, jobs=jobs)
     console.print(leaderboard_markdown(rep))
     typer.echo(str(out / "benchmark.json"))
 

@@ -365,10 +365,12 @@ def estimate_grid(cfg: BenchmarkConfig, train: ImageDataset, cell_seconds: float
 
 # ---------------------------------------------------------------------------------------------- the runner
 class Benchmark:
-    def __init__(self, cfg: BenchmarkConfig, out: str | Path, data: ImageDataset | None = None, command: str = ""):
+    def __init__(self, cfg: BenchmarkConfig, out: str | Path, data: ImageDataset | None = None, command: str = "",
+                 jobs: int = 1):
         self.cfg = cfg
         self.out = Path(out)
         self.command = command
+        self.jobs = max(1, int(jobs))
         self._data = data
         self._splits: dict[int, Split] = {}
         self._runs: dict[str, Any] = {}
@@ -624,6 +626,9 @@ class Benchmark:
         durations: dict[str, list[float]] = {}
         with make_progress() as bar:
             task = bar.add_task("benchmark", total=len(cells), completed=len(cells) - len(todo))
+            if self.jobs > 1 and len(todo) > 1:
+                self._run_parallel(cells, todo, bar, task, durations)
+                todo = []
             for cell in todo:
                 est = durations.get(cell.kind)
                 eta = f" (~{np.mean(est):.0f} s)" if est else ""
@@ -668,6 +673,60 @@ class Benchmark:
                 steps = g.steps if g.steps is not None else (g.epochs or 1) * math.ceil(len(split.train) / 32)
                 gen_s[g.label] = steps * sps
         return cell_s, gen_s
+
+    def _run_parallel(self, cells: list[Cell], todo: list[Cell], bar: Any, task: Any,
+                      durations: dict[str, list[float]]) -> None:
+        """Run ``todo`` in ``self.jobs`` worker processes (``--jobs``). Each worker writes its cells' files itself,
+        so a failure or an interruption keeps every finished cell. A generator's arm and fidelity cells wait for its
+        training cell; cells that share a synthetic pool (same generator and classifier seed) never run at the same
+        time, so a pool is generated once. What every worker would build on first use (Red-GAN's segmentor, the
+        domain encoder) is built here first. Generator training is started first: it is the longest work."""
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from multiprocessing import get_context
+
+        import torch
+
+        for s in sorted({c.split for c in todo}):
+            if any(c.kind == "train" and c.split == s and c.gen.model == "redgan"
+                   and not any(o.startswith("model.params.segmentor=") for o in c.gen.overrides) for c in todo):
+                self._segmentor(s, max(g.segmentor_epochs for g in self.cfg.generators if g.model == "redgan"))
+            if self.cfg.fidelity_extractor == "domain" and any(c.kind == "fidelity" and c.split == s for c in todo):
+                self._domain_encoder(s)
+        finished = {c.key for c in cells} - {c.key for c in todo}
+        pending = sorted(todo, key=lambda c: c.kind != "train")  # stable: otherwise the plan's order
+        running: dict[Any, Cell] = {}
+        cuda = self.cfg.device not in ("cpu",) and torch.cuda.is_available()
+        threads = None if cuda else max(1, (torch.get_num_threads() or 1) // self.jobs)
+        doc = json.loads(json.dumps(self.cfg.model_dump(mode="json")))
+        n_total = len(cells)
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn"), initializer=_worker_init,
+                                 initargs=(doc, str(self.out), threads, self._data)) as ex:
+            try:
+                while pending or running:
+                    pools = {_pool_key(c) for c in running.values()} - {None}
+                    for c in list(pending):
+                        if len(running) >= self.jobs:
+                            break
+                        dep, pk = _train_key(c), _pool_key(c)
+                        if (dep is not None and dep not in finished) or (pk is not None and pk in pools):
+                            continue
+                        running[ex.submit(_worker_cell, c)] = c
+                        pending.remove(c)
+                        pools.add(pk)
+                    bar.update(task, description=" | ".join(c.describe() for c in running.values()))
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        c = running.pop(f)
+                        key, dt, warns = f.result()
+                        finished.add(key)
+                        self.warnings += [w for w in warns if w not in self.warnings]
+                        durations.setdefault(c.kind, []).append(dt)
+                        bar.advance(task)
+                        if not console.is_terminal:
+                            console.print(f"[{int(bar.tasks[0].completed)}/{n_total}] {c.describe()}: {dt:.0f} s")
+            except BaseException:
+                ex.shutdown(wait=True, cancel_futures=True)  # running cells finish and are kept; queued ones are not
+                raise
 
     def _plan_budget(self) -> tuple[BenchmarkConfig, list[str]]:
         """Measure one classifier cell and each generator's speed, then shrink the grid to ``budget_minutes``."""
@@ -956,7 +1015,46 @@ def leaderboard_markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_benchmark(cfg: BenchmarkConfig, out: str | Path, data: ImageDataset | None = None, command: str = ""
-                  ) -> dict[str, Any]:
-    """Run (or resume) the benchmark into ``out``; returns the report written to ``out/benchmark.json``."""
-    return Benchmark(cfg, out, data, command).run()
+def run_benchmark(cfg: BenchmarkConfig, out: str | Path, data: ImageDataset | None = None, command: str = "",
+                  jobs: int = 1) -> dict[str, Any]:
+    """Run (or resume) the benchmark into ``out``; returns the report written to ``out/benchmark.json``.
+    ``jobs`` > 1 runs that many cells at once in worker processes (CPU threads split between them)."""
+    return Benchmark(cfg, out, data, command, jobs=jobs).run()
+
+
+# ---------------------------------------------------------------------------------------------- worker processes
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(doc: dict[str, Any], out: str, threads: int | None, data: ImageDataset | None) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    _WORKER["bench"] = Benchmark(BenchmarkConfig.from_dict(doc), out, data=data)
+
+
+def _worker_cell(cell: Cell) -> tuple[str, float, list[str]]:
+    """Run one cell in a worker and write its file; returns (key, seconds, new warnings)."""
+    b: Benchmark = _WORKER["bench"]
+    n0 = len(b.warnings)
+    t0 = time.perf_counter()
+    res = b.run_cell(cell)
+    dt = time.perf_counter() - t0
+    res["cell_seconds"] = round(dt, 2)
+    atomic_write_json(b.cell_path(cell), res)
+    return cell.key, dt, b.warnings[n0:]
+
+
+def _train_key(c: Cell) -> str | None:
+    """The training cell a generator's arm or fidelity cell waits for."""
+    if c.kind in ("arm", "fidelity") and c.gen is not None and c.gen.run is None:
+        return Cell("train", c.split, gen=c.gen, gseed=c.gseed).key
+    return None
+
+
+def _pool_key(c: Cell) -> tuple[int, str, int] | None:
+    """Cells with the same key draw the same synthetic pool (fidelity: classifier seed 0's)."""
+    if c.gen is None or c.kind not in ("arm", "fidelity"):
+        return None
+    return (c.split, c.gkey, 0 if c.kind == "fidelity" else int(c.seed))
