@@ -117,6 +117,9 @@ def benchmark_cmd(
                       "only the baselines are compared")
     if estimate:
         print_estimate(Benchmark(cfg, out).estimate())
+        if jobs > 1:
+            console.print(f"the estimate is for one cell at a time; with --jobs {jobs} the wall time is shorter by "
+                          "however much the cells gain from running side by side here (measure with a short run)")
         return
     command = "medbalance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rep = run_benchmark(cfg, out, command=command, jobs=jobs)
