@@ -392,6 +392,10 @@ def test_estimate_grid_scales_each_cell_by_its_training_set():
     done = {c.key for c in cells if c.kind == "train" or (c.kind == "arm" and c.gen is None)}
     est2 = B.estimate_grid(cfg, ds, 10.0, gen_s, done)
     assert est2["rows"]["generator training"]["remaining_seconds"] == 0
+    dom = cfg.model_copy(update={"fidelity_extractor": "domain"})
+    assert B.estimate_grid(dom, ds, 10.0, gen_s)["rows"]["domain encoder"]["remaining_seconds"] == pytest.approx(100.0)
+    assert B.estimate_grid(dom, ds, 10.0, gen_s, {"s0/domain_encoder"})["rows"]["domain encoder"][
+        "remaining_seconds"] == 0
     assert est2["remaining_seconds"] == pytest.approx(
         est["total_seconds"] - 180.0 - 10.0 * 2 - expect["oversample"] * 2, abs=0.5)
 
@@ -410,6 +414,7 @@ def test_estimate_cli_measures_and_writes_nothing(tmp_path, finished):
     assert est["cells_done"] == est["cells"] and est["remaining_seconds"] == pytest.approx(
         sum(r["remaining_seconds"] for r in est["rows"].values()), abs=0.5)
     assert est["rows"]["arm cells"]["remaining_seconds"] == 0 and est["cell_seconds"] > 0
+    assert est["remaining_seconds"] == 0  # the grid's domain encoder (pixels here: none) and cells are all done
 
 
 def test_parallel_jobs_give_the_serial_results(tmp_path, finished):

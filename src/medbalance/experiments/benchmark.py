@@ -319,7 +319,8 @@ def estimate_grid(cfg: BenchmarkConfig, train: ImageDataset, cell_seconds: float
     - once per split: the domain encoder (``fidelity_extractor: domain``), 10 epochs;
     - not counted: loading the dataset, generating each seed's synthetic pool.
 
-    ``done``: cell keys already finished (a resumed folder); ``remaining_seconds`` leaves them out."""
+    ``done``: cell keys already finished in a resumed folder, and ``s<N>/segmentor`` / ``s<N>/domain_encoder`` for
+    the shared models already trained there; ``remaining_seconds`` leaves them out."""
     done = done or set()
     n_real = max(1, len(train))
     per_arm: dict[str, float] = {}
@@ -346,12 +347,12 @@ def estimate_grid(cfg: BenchmarkConfig, train: ImageDataset, cell_seconds: float
             add("fidelity cells", 0.5 * cell_seconds, fin)
         elif c.kind == "feature":
             add("feature-level experiment", gen_seconds.get(c.gen.label, 0.0), fin)
-    for s in cfg.split_seeds:  # per split, shared by the generators (cached in OUT/splits/)
+    for s in cfg.split_seeds:  # per split, shared by the generators (cached in OUT/splits/s<N>/<name>)
         if has_seg:
             epochs = max(g.segmentor_epochs for g in cfg.generators if g.model == "redgan")
-            add("Red-GAN segmentor", cell_seconds * epochs / cfg.epochs, False)
+            add("Red-GAN segmentor", cell_seconds * epochs / cfg.epochs, f"s{s}/segmentor" in done)
         if cfg.fidelity and cfg.fidelity_extractor == "domain" and any(g.model != FEATURE_MODEL for g in cfg.generators):
-            add("domain encoder", cell_seconds * 10 / cfg.epochs, False)
+            add("domain encoder", cell_seconds * 10 / cfg.epochs, f"s{s}/domain_encoder" in done)
     total = sum(r["seconds"] for r in rows.values())
     remaining = sum(r["remaining_seconds"] for r in rows.values())
     return {"cell_seconds": round(cell_seconds, 1), "real_train_images": n_real,
@@ -748,6 +749,8 @@ class Benchmark:
         import tempfile
 
         done = {c.key for c in plan_cells(self.cfg) if self.cell_path(c).is_file()}
+        done |= {f"s{s}/{name}" for s in self.cfg.split_seeds for name in ("segmentor", "domain_encoder")
+                 if (self.out / "splits" / f"s{s}" / name / "model.json").is_file()}
         with tempfile.TemporaryDirectory(prefix="medbalance-estimate-") as tmp:
             scratch = Benchmark(self.cfg, tmp, data=self.data)
             scratch._splits = self._splits
