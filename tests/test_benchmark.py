@@ -254,6 +254,15 @@ def test_segmentation_grid_with_redgan_segmentor_from_the_split(tmp_path):
     assert sorted(seg_meta["meta"]["train_ids"]) == sorted(split.train.ids)
     cell = json.loads((out / "cells" / "s0" / "pix2pix-g0" / "arm" / "real_syntheticat0.5" / "seed0.json").read_text())
     assert cell["composition"]["synthetic"] == round(0.5 * len(split.train)) or cell["composition"]["synthetic"] > 0
+    # --estimate times Red-GAN with a segmentor: the folder's own (copied, not retrained) or, in a new folder, a
+    # one-epoch stand-in in the scratch folder; --budget (which keeps what it measures) trains the grid's segmentor
+    est = B.Benchmark(B.BenchmarkConfig.from_dict(doc), out).estimate()
+    assert est["generator_seconds"]["redgan"] > 0 and est["rows"]["Red-GAN segmentor"]["remaining_seconds"] == 0
+    new = tmp_path / "new"
+    est = B.Benchmark(B.BenchmarkConfig.from_dict(doc), new).estimate()
+    assert est["rows"]["Red-GAN segmentor"]["remaining_seconds"] > 0 and not new.exists()
+    planned = B.run_benchmark(B.BenchmarkConfig.from_dict({**doc, "budget_minutes": 1000}), tmp_path / "budget")
+    assert planned["cells"]["done"] == planned["cells"]["total"]
 
 
 @pytest.fixture

@@ -459,21 +459,23 @@ class Benchmark:
         return RunConfig.from_dict(apply_overrides(raw, overrides), source=f"generator {g.label}")
 
     def _calibrate(self, g: GeneratorSpec, cell: Cell, overrides: list[str]) -> tuple[int, float]:
-        """Seconds per step of this generator here: 3 warm-up + 10 timed steps in a scratch folder."""
+        """Seconds per step of this generator here: runs of 3 and 13 steps in a scratch folder after a 3-step warm-up
+        run (first-use costs: imports, kernel selection), timed as the difference / 10. A latent diffusion model's
+        first steps are its autoencoder's."""
         from medbalance.training.engine import train
 
         tmp = self.out / "generators" / f"s{cell.split}" / f".calibrate-{cell.gkey}"
         shutil.rmtree(tmp, ignore_errors=True)
         times = []
-        for steps in (3, 13):
-            rcfg = self._run_config(g, tmp / str(steps), {"steps": steps, "seed": cell.gseed, "device": self.cfg.device,
-                                                          "tensorboard": False, "checkpoint_every": steps,
-                                                          "sample_every": steps}, overrides)
+        for steps in (3, 3, 13):
+            sec = {"steps": steps, "seed": cell.gseed, "device": self.cfg.device, "tensorboard": False,
+                   "checkpoint_every": steps, "sample_every": steps}
+            rcfg = self._run_config(g, tmp / f"{len(times)}-{steps}", sec, overrides)
             t0 = time.perf_counter()
             train(rcfg, dataset=self.split(cell.split).train)
             times.append(time.perf_counter() - t0)
         shutil.rmtree(tmp, ignore_errors=True)
-        sps = max((times[1] - times[0]) / 10, 1e-3)
+        sps = max((times[2] - times[1]) / 10, 1e-3)
         return max(1, int(g.minutes * 60 / sps)), round(sps, 4)
 
     def _segmentor(self, s: int, epochs: int) -> Path:
@@ -670,7 +672,12 @@ class Benchmark:
                 gen_s[g.label] = 6 * cell_s * self.cfg.seeds  # segmentor + ACGAN + small classifiers, roughly
             else:
                 c = Cell("train", self.cfg.split_seeds[0], gen=g, gseed=self.cfg.generator_seeds[0])
-                _, sps = self._calibrate(g.model_copy(update={"minutes": 1.0}), c, list(g.overrides))
+                overrides = list(g.overrides)
+                if g.model == "redgan" and not any(o.startswith("model.params.segmentor=") for o in overrides):
+                    # the grid's segmentor when kept; for a scratch estimate only its speed matters (1 epoch)
+                    seg = self._segmentor(c.split, g.segmentor_epochs if keep else 1)
+                    overrides.append(f"model.params.segmentor={seg}")
+                _, sps = self._calibrate(g.model_copy(update={"minutes": 1.0}), c, overrides)
                 steps = g.steps if g.steps is not None else (g.epochs or 1) * math.ceil(len(split.train) / 32)
                 gen_s[g.label] = steps * sps
         return cell_s, gen_s
@@ -752,6 +759,9 @@ class Benchmark:
         done |= {f"s{s}/{name}" for s in self.cfg.split_seeds for name in ("segmentor", "domain_encoder")
                  if (self.out / "splits" / f"s{s}" / name / "model.json").is_file()}
         with tempfile.TemporaryDirectory(prefix="medbalance-estimate-") as tmp:
+            seg = self.out / "splits" / f"s{self.cfg.split_seeds[0]}" / "segmentor"
+            if (seg / "model.json").is_file():  # Red-GAN's segmentor of this folder: timed, not retrained
+                shutil.copytree(seg, Path(tmp) / "splits" / f"s{self.cfg.split_seeds[0]}" / "segmentor")
             scratch = Benchmark(self.cfg, tmp, data=self.data)
             scratch._splits = self._splits
             t0 = time.perf_counter()
