@@ -462,3 +462,27 @@ def test_parallel_failure_is_one_line_and_keeps_finished_cells(tmp_path):
     for p in (out / "cells").rglob("*.json"):
         json.loads(p.read_text())  # every cell file is complete
     assert not (out / "benchmark.json").exists()
+
+
+def test_repeated_splits_that_coincide_are_refused(tmp_path):
+    """With few patient groups two split seeds can draw the same validation and test patients; counting that split
+    twice would shrink the intervals, so the benchmark refuses before any work (one line, exit 2)."""
+    import torch
+
+    from medbalance.data.dataset import ImageDataset
+
+    n = 60
+    g = np.repeat([f"p{i}" for i in range(3)], n // 3).tolist()  # 3 patients: only 6 possible 1/1/1 splits
+    ds = ImageDataset(images=torch.rand(n, 1, 16, 16) * 2 - 1, labels=torch.arange(n) % 2, class_names=["a", "b"],
+                      ids=[f"x{i}" for i in range(n)], groups=g)
+    cfg = B.BenchmarkConfig.from_dict({**TINY, "generators": [], "split_seeds": list(range(8)),
+                                       "fractions": [0.34, 0.33, 0.33]})
+    b = B.Benchmark(cfg, tmp_path / "out", data=ds)
+    pairs = b._duplicate_splits()
+    assert pairs  # 8 seeds, at most 6 distinct splits
+    with pytest.raises(ConfigError, match=r"split seeds \d+ and \d+ give the same split"):
+        b.run()
+    assert not (tmp_path / "out" / "cells").exists() and not (tmp_path / "out" / "benchmark.yaml").exists()
+    distinct = [s for s in range(8) if s not in {later for _, later in pairs}]
+    ok = B.Benchmark(cfg.model_copy(update={"split_seeds": distinct}), tmp_path / "ok", data=ds)
+    assert ok._duplicate_splits() == []

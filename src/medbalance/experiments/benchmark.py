@@ -388,6 +388,19 @@ class Benchmark:
             self._data = load_dataset(self.cfg.data)
         return self._data
 
+    def _duplicate_splits(self) -> list[tuple[int, int]]:
+        """Pairs of split seeds whose validation and test sets are identical (likely with few patient groups)."""
+        seen: dict[tuple[frozenset, frozenset], int] = {}
+        pairs = []
+        for s in self.cfg.split_seeds:
+            sp = self.split(s)
+            key = (frozenset(sp.val.ids), frozenset(sp.test.ids))
+            if key in seen:
+                pairs.append((seen[key], s))
+            else:
+                seen[key] = s
+        return pairs
+
     def split(self, s: int) -> Split:
         if s not in self._splits:
             self._splits[s] = make_split(self.data, self.cfg.downstream(s))
@@ -609,6 +622,13 @@ class Benchmark:
             used = json.loads(json.dumps(self.cfg.model_dump(mode="json")))
             doc["planned"] = {"asked": {k: asked[k] for k in BUDGET_AXES}, "used": {k: used[k] for k in BUDGET_AXES},
                               "notes": self.budget_notes}
+        same = self._duplicate_splits()
+        if same:
+            a, b = same[0]
+            raise ConfigError(
+                f"split seeds {a} and {b} give the same split (same validation and test "
+                f"{'groups' if self.data.groups is not None else 'images'}), so repeated splits would count one split "
+                "twice; use other split_seeds (with few patients, check which seeds give distinct test patients)")
         if doc is not None:
             import yaml
 
@@ -866,7 +886,9 @@ class Benchmark:
             "cells": {"done": len(done), "total": len(cells)},
             "seconds": None if seconds is None else round(seconds, 1),
             "cell_seconds_total": round(sum(float(r.get("cell_seconds", 0)) for r in done.values()), 1),
-            "command": self.command, "warnings": self.warnings, "budget_notes": self.budget_notes,
+            "command": self.command, "budget_notes": self.budget_notes,
+            "warnings": self.warnings + [f"split seeds {a} and {b} give the same split: its replicates count twice"
+                                         for a, b in self._duplicate_splits()],
             "config": cfg.model_dump(mode="json"),
         }
 
