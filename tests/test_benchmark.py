@@ -403,8 +403,8 @@ def test_estimate_grid_scales_each_cell_by_its_training_set():
     assert est2["rows"]["generator training"]["remaining_seconds"] == 0
     dom = cfg.model_copy(update={"fidelity_extractor": "domain"})
     assert B.estimate_grid(dom, ds, 10.0, gen_s)["rows"]["domain encoder"]["remaining_seconds"] == pytest.approx(100.0)
-    assert B.estimate_grid(dom, ds, 10.0, gen_s, {"s0/domain_encoder"})["rows"]["domain encoder"][
-        "remaining_seconds"] == 0
+    est3 = B.estimate_grid(dom, ds, 10.0, gen_s, {"s0/domain_encoder"})
+    assert est3["rows"]["domain encoder"]["remaining_seconds"] == 0 and est3["cells_done"] == 0  # not a cell
     assert est2["remaining_seconds"] == pytest.approx(
         est["total_seconds"] - 180.0 - 10.0 * 2 - expect["oversample"] * 2, abs=0.5)
 

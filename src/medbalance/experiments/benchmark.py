@@ -361,7 +361,7 @@ def estimate_grid(cfg: BenchmarkConfig, train: ImageDataset, cell_seconds: float
             "rows": {k: {"cells": v["cells"], "seconds": round(v["seconds"], 1),
                          "remaining_seconds": round(v["remaining_seconds"], 1)} for k, v in rows.items()},
             "total_seconds": round(total, 1), "remaining_seconds": round(remaining, 1),
-            "cells": len(plan_cells(cfg)), "cells_done": len(done)}
+            "cells": len(plan_cells(cfg)), "cells_done": len(done & {c.key for c in plan_cells(cfg)})}
 
 
 # ---------------------------------------------------------------------------------------------- the runner
