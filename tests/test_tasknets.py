@@ -259,7 +259,7 @@ def test_channels_last_trains_the_same_network(tmp_path, task):
     a = train_task_model(tr, va, cfg, out_dir=tmp_path / "nhwc")
     b = train_task_model(tr, va, cfg.model_copy(update={"channels_last": False}))
     conv = next(m for m in a.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1)
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.is_contiguous()  # trained NHWC, returned in the default layout
     for ha, hb in zip(a.history, b.history):
         assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-3)
     # outputs, not raw weights: a conv bias in front of a norm layer has a zero gradient up to rounding, which Adam
@@ -268,4 +268,4 @@ def test_channels_last_trains_the_same_network(tmp_path, task):
         oa, ob = a.model(va.images), b.model(va.images)
         assert (oa - ob).abs().max() <= 1e-2 * ob.abs().max()
         loaded, _ = load_task_model(tmp_path / "nhwc")
-        assert torch.allclose(loaded(va.images), oa, atol=1e-5)
+        assert torch.equal(loaded(va.images), oa)  # the returned model computes what the saved one does

@@ -418,6 +418,8 @@ def train_task_model(
         evaluate=None if val is None else (lambda: evaluate_task_model(model, val, cfg.task, cfg.eval_batch_size)),
         task=cfg.task, patience=cfg.patience, progress=f"train {cfg.task}" if cfg.progress else None,
     )
+    # back to the default layout: the returned model then computes exactly what the same weights loaded from disk do
+    model = model.to(memory_format=torch.contiguous_format)
     result = TaskResult(model=model, history=history, best_epoch=best_epoch, val_metrics=best_metrics)
     if out_dir is not None:
         save_task_model(out_dir, model, task_model_meta(train, val, cfg, result))
