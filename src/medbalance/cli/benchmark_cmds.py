@@ -76,7 +76,8 @@ def benchmark_cmd(
     estimate: bool = typer.Option(False, "--estimate", help="print how long the grid takes here, from one measured "
                                   "classifier cell and each generator's calibrated speed; runs and writes no cell"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="cells run at once, in worker processes (CPU threads are "
-                             "split between them; on a GPU they share it); results do not depend on it"),
+                             "split between them; on a GPU they share it); same cells, same numbers at equal threads "
+                             "per cell"),
     device: Optional[str] = device_option(None),
     data_opts: DataOptions = DataOptions(),
 ) -> None:

@@ -187,6 +187,12 @@ def quick_profile(cfg: BenchmarkConfig) -> BenchmarkConfig:
 
 
 # ---------------------------------------------------------------------------------------------- cells
+def needs_grid_segmentor(g: GeneratorSpec) -> bool:
+    """Red-GAN without a segmentor of its own in ``overrides``: it gets one trained on the split (cached)."""
+    return g.model == "redgan" and g.run is None and not any(
+        o.startswith("model.params.segmentor=") for o in g.overrides)
+
+
 class Cell:
     """One unit of work with a stable key; its result is ``OUT/cells/<key>.json`` once finished."""
 
@@ -333,7 +339,7 @@ def estimate_grid(cfg: BenchmarkConfig, train: ImageDataset, cell_seconds: float
         if not finished:
             r["remaining_seconds"] += seconds
 
-    has_seg = any(g.model == "redgan" and g.run is None for g in cfg.generators)
+    red = next((g for g in cfg.generators if needs_grid_segmentor(g)), None)  # it trains the split's segmentor
     for c in plan_cells(cfg):
         fin = c.key in done
         if c.kind == "arm":
@@ -348,9 +354,8 @@ def estimate_grid(cfg: BenchmarkConfig, train: ImageDataset, cell_seconds: float
         elif c.kind == "feature":
             add("feature-level experiment", gen_seconds.get(c.gen.label, 0.0), fin)
     for s in cfg.split_seeds:  # per split, shared by the generators (cached in OUT/splits/s<N>/<name>)
-        if has_seg:
-            epochs = max(g.segmentor_epochs for g in cfg.generators if g.model == "redgan")
-            add("Red-GAN segmentor", cell_seconds * epochs / cfg.epochs, f"s{s}/segmentor" in done)
+        if red is not None:
+            add("Red-GAN segmentor", cell_seconds * red.segmentor_epochs / cfg.epochs, f"s{s}/segmentor" in done)
         if cfg.fidelity and cfg.fidelity_extractor == "domain" and any(g.model != FEATURE_MODEL for g in cfg.generators):
             add("domain encoder", cell_seconds * 10 / cfg.epochs, f"s{s}/domain_encoder" in done)
     total = sum(r["seconds"] for r in rows.values())
@@ -423,6 +428,15 @@ class Benchmark:
         m["composition"] = comp
         return m
 
+    def run_and_save(self, cell: Cell) -> tuple[dict[str, Any], float]:
+        """Run ``cell``, write its result (with ``cell_seconds``) atomically; returns (result, seconds)."""
+        t0 = time.perf_counter()
+        res = self.run_cell(cell)
+        dt = time.perf_counter() - t0
+        res["cell_seconds"] = round(dt, 2)
+        atomic_write_json(self.cell_path(cell), res)
+        return res, dt
+
     def _gen_dir(self, cell: Cell) -> Path:
         return self.out / "generators" / f"s{cell.split}" / cell.gkey
 
@@ -433,7 +447,7 @@ class Benchmark:
         gdir = self._gen_dir(cell)
         overrides = list(g.overrides)
         extra: dict[str, Any] = {}
-        if g.model == "redgan" and not any(o.startswith("model.params.segmentor=") for o in overrides):
+        if needs_grid_segmentor(g):
             seg = self._segmentor(cell.split, g.segmentor_epochs)
             overrides.append(f"model.params.segmentor={seg}")
             extra["segmentor"] = str(seg)
@@ -656,12 +670,8 @@ class Benchmark:
                 est = durations.get(cell.kind)
                 eta = f" (~{np.mean(est):.0f} s)" if est else ""
                 bar.update(task, description=f"{cell.describe()}{eta}")
-                t0 = time.perf_counter()
-                res = self.run_cell(cell)
-                dt = time.perf_counter() - t0
+                _, dt = self.run_and_save(cell)
                 durations.setdefault(cell.kind, []).append(dt)
-                res["cell_seconds"] = round(dt, 2)
-                atomic_write_json(self.cell_path(cell), res)
                 bar.advance(task)
                 if not console.is_terminal:  # batch jobs (log files): one line per finished cell
                     done_n = int(bar.tasks[0].completed)
@@ -675,13 +685,13 @@ class Benchmark:
         """Seconds of one ``real``-arm cell (classifier seed 0; saved as a cell of the grid when ``keep``) and of
         each generator's training (its step count x the calibrated seconds per step)."""
         split = self.split(self.cfg.split_seeds[0])
-        t0 = time.perf_counter()
         cell = Cell("arm", self.cfg.split_seeds[0], "real", 0)
-        res = self.run_cell(cell)
-        cell_s = time.perf_counter() - t0
-        if keep:
-            res["cell_seconds"] = round(cell_s, 2)
-            atomic_write_json(self.cell_path(cell), res)  # a real cell of the grid: kept
+        if keep:  # a real cell of the grid: kept
+            _, cell_s = self.run_and_save(cell)
+        else:
+            t0 = time.perf_counter()
+            self.run_cell(cell)
+            cell_s = time.perf_counter() - t0
         gen_s: dict[str, float] = {}
         for g in self.cfg.generators:
             if g.run is not None:
@@ -693,7 +703,7 @@ class Benchmark:
             else:
                 c = Cell("train", self.cfg.split_seeds[0], gen=g, gseed=self.cfg.generator_seeds[0])
                 overrides = list(g.overrides)
-                if g.model == "redgan" and not any(o.startswith("model.params.segmentor=") for o in overrides):
+                if needs_grid_segmentor(g):
                     # the grid's segmentor when kept; for a scratch estimate only its speed matters (1 epoch)
                     seg = self._segmentor(c.split, g.segmentor_epochs if keep else 1)
                     overrides.append(f"model.params.segmentor={seg}")
@@ -715,9 +725,9 @@ class Benchmark:
         import torch
 
         for s in sorted({c.split for c in todo}):
-            if any(c.kind == "train" and c.split == s and c.gen.model == "redgan"
-                   and not any(o.startswith("model.params.segmentor=") for o in c.gen.overrides) for c in todo):
-                self._segmentor(s, max(g.segmentor_epochs for g in self.cfg.generators if g.model == "redgan"))
+            red = next((c.gen for c in todo if c.kind == "train" and c.split == s and needs_grid_segmentor(c.gen)), None)
+            if red is not None:  # as in a serial run: the first Red-GAN of the plan trains the split's segmentor
+                self._segmentor(s, red.segmentor_epochs)
             if self.cfg.fidelity_extractor == "domain" and any(c.kind == "fidelity" and c.split == s for c in todo):
                 self._domain_encoder(s)
         finished = {c.key for c in cells} - {c.key for c in todo}
@@ -1073,11 +1083,7 @@ def _worker_cell(cell: Cell) -> tuple[str, float, list[str]]:
     """Run one cell in a worker and write its file; returns (key, seconds, new warnings)."""
     b: Benchmark = _WORKER["bench"]
     n0 = len(b.warnings)
-    t0 = time.perf_counter()
-    res = b.run_cell(cell)
-    dt = time.perf_counter() - t0
-    res["cell_seconds"] = round(dt, 2)
-    atomic_write_json(b.cell_path(cell), res)
+    _, dt = b.run_and_save(cell)
     return cell.key, dt, b.warnings[n0:]
 
 
