@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--params", type=json.loads, default={}, help="JSON dict of parameter overrides")
+    ap.add_argument("--nhwc", action="store_true",
+                    help="also time training in the channels-last layout (what train.channels_last true does)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from medbalance.data.dataset import DataInfo
@@ -47,9 +49,15 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(B, 1, args.size, args.size, generator=g) * 2 - 1,
              "label": torch.randint(0, args.classes, (B,), generator=g)}
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    layouts = ["NCHW", "NHWC"] if args.nhwc else ["NCHW"]
+    for name, layout in [(m.strip(), lay) for m in args.models.split(",") if m.strip() for lay in layouts]:
         torch.manual_seed(0)
         m = build_method(name, args.preset, dict(args.params), info)
+        if layout == "NHWC":
+            m.to(memory_format=torch.channels_last)
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        else:
+            batch["image"] = batch["image"].contiguous()
         m.setup_optimizers()
         m.autocast = lambda: autocast(device, prec)
         params = {k: sum(p.numel() for p in v.parameters()) for k, v in m.networks().items()}
@@ -76,7 +84,8 @@ def main() -> None:
         gen = args.n_gen / (time.perf_counter() - t)
         prov = m.sampling_provenance()
         train_s = ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
-        print(f"{name} ({args.preset}, {args.size} px, batch {B}, {prec}, {args.threads} thread(s)); parameters {params}: "
+        print(f"{name} ({args.preset}, {args.size} px, batch {B}, {prec}, {layout}, {args.threads} thread(s)); "
+              f"parameters {params}: "
               f"train img/s: {train_s}; generate {gen:.2f} img/s ({prov['sampler']}, {prov['steps']} steps, "
               f"guidance {prov['guidance_scale']})", flush=True)
 

@@ -315,6 +315,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma list of torch thread counts")
     ap.add_argument("--n-gen", type=int, default=256, help="images generated for the generation timing")
     ap.add_argument("--no-gen", action="store_true", help="skip the generation timing")
+    ap.add_argument("--nhwc", action="store_true", help="also time mb fp32 with train.channels_last (NHWC)")
     ap.add_argument("--json", default=os.path.join(tempfile.gettempdir(), "medbalance_bench", "bench_train.json"))
     args = ap.parse_args()
     os.environ.setdefault("MEDBALANCE_QUIET", "1")
@@ -359,6 +360,14 @@ def main() -> None:
                 m.training_step(batch, counter["s"])
 
             variants["mb_fp32"] = mb_step
+            if args.nhwc:
+                torch.manual_seed(0)
+                mbcl = build(name, info, copy.deepcopy(seg))
+                mbcl.to(memory_format=torch.channels_last)  # what the engine does for train.channels_last
+                mbcl.setup_optimizers()
+                mbcl.train()
+                batch_cl = dict(batch, image=batch["image"].contiguous(memory_format=torch.channels_last))
+                variants["mb_fp32_nhwc"] = lambda m=mbcl: m.training_step(batch_cl, 0)
             variants["plain_fp32"] = lambda: plain(batch)
             if bf16:
                 torch.manual_seed(0)
@@ -376,6 +385,8 @@ def main() -> None:
             r["ratio_mb_fp32_over_plain"] = sec["plain_fp32"] / sec["mb_fp32"]
             if "mb_bf16" in sec:
                 r["ratio_mb_bf16_over_plain"] = sec["plain_fp32"] / sec["mb_bf16"]
+            if "mb_fp32_nhwc" in sec:
+                r["ratio_mb_nhwc_over_mb_fp32"] = sec["mb_fp32"] / sec["mb_fp32_nhwc"]
             rows.append(r)
             print(
                 f"{name:13s} thr {th}: mb fp32 {r['mb_fp32_images_per_s']:7.1f}  plain fp32 {r['plain_fp32_images_per_s']:7.1f}"
@@ -383,6 +394,9 @@ def main() -> None:
                 f"{r['ratio_mb_fp32_over_plain']:.2f}  bf16 {r.get('ratio_mb_bf16_over_plain', float('nan')):.2f}",
                 flush=True,
             )
+            if "mb_fp32_nhwc" in sec:
+                print(f"{'':13s} thr {th}: mb fp32 channels-last {r['mb_fp32_nhwc_images_per_s']:7.1f} img/s"
+                      f" = {r['ratio_mb_nhwc_over_mb_fp32']:.2f}x mb fp32", flush=True)
         if not args.no_gen:
             torch.set_num_threads(threads[0])
             for prec in (["fp32", "bf16"] if bf16 else ["fp32"]):

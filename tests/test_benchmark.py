@@ -175,29 +175,36 @@ def test_arm_grammar_and_counts():
     assert arm_synthetic_counts(parse_arm("synthetic-only"), ds, targets) == targets
 
 
+def _grid_estimate(cfg):
+    """The estimator --budget plans with: estimate_grid at 1 s per real cell, generators free."""
+    train = B.Benchmark(cfg, "unused").split(0).train
+    return lambda c: B.estimate_grid(c, train, 1.0, {})["total_seconds"]
+
+
 def test_budget_planning_shrinks_seeds_then_arms():
     cfg = B.BenchmarkConfig.from_dict({**TINY, "seeds": 5, "arms": ["real+synthetic", "real+synthetic@1x",
                                                                      "synthetic-only"]})
-    n_arm = lambda c: sum(1 for x in B.plan_cells(c) if x.kind == "arm")  # noqa: E731
-    fits, notes = B.plan_for_budget(cfg, minutes=1000, cell_seconds=1.0, gen_seconds={})
+    est = _grid_estimate(cfg)
+    fits, notes = B.plan_for_budget(cfg, minutes=1000, estimate=est)
     assert fits == cfg and notes == []
-    small, notes = B.plan_for_budget(cfg, minutes=n_arm(cfg.model_copy(update={"seeds": 3, "arms": ["real+synthetic"]}))
-                                     / 60, cell_seconds=1.0, gen_seconds={})
+    target = cfg.model_copy(update={"seeds": 3, "arms": ["real+synthetic"]})
+    small, notes = B.plan_for_budget(cfg, minutes=est(target) / 60, estimate=est)
     assert small.seeds == 3 and small.arms == ["real+synthetic"] and len(small.generators) == 2
-    assert notes[:2] == ["seeds -> 4", "seeds -> 3"]
+    assert notes == ["seeds -> 4", "seeds -> 3", "dropped arm synthetic-only", "dropped arm real+synthetic@1x"]
 
 
 def test_budget_also_shortens_a_generators_own_arms():
     own = ["real+synthetic@1x", "real+synthetic@2x", "real+synthetic@5x"]
     cfg = B.BenchmarkConfig.from_dict({**TINY, "seeds": 3, "arms": ["real+synthetic"],
                                        "generators": [{"model": "dcgan", "steps": 3, "arms": own}]})
-
-    def n_arm(c):
-        return sum(1 for x in B.plan_cells(c) if x.kind == "arm")
-
-    small, notes = B.plan_for_budget(cfg, minutes=(n_arm(cfg) - 2 * 3) / 60, cell_seconds=1.0, gen_seconds={})
+    est = _grid_estimate(cfg)
+    target = cfg.model_copy(update={"generators": [cfg.generators[0].model_copy(update={"arms": own[:1]})]})
+    small, notes = B.plan_for_budget(cfg, minutes=est(target) / 60, estimate=est)
     assert small.generators[0].arms == own[:1] and len(small.generators) == 1
     assert notes == ["dropped arm real+synthetic@5x of generator dcgan", "dropped arm real+synthetic@2x of generator dcgan"]
+    # too small for any grid: says what the smallest one needs
+    tiny, notes = B.plan_for_budget(cfg, minutes=0.0001, estimate=est)
+    assert tiny.seeds == 3 and notes[-1].startswith("the smallest grid still needs about")
 
 
 def test_quick_profile_keeps_the_grid():
@@ -329,6 +336,7 @@ def test_budget_plans_the_grid_and_resume_keeps_the_plan(tmp_path):
     assert saved["planned"]["asked"]["seeds"] == 20 and 3 <= used < 20
     assert rep["config"]["seeds"] == used and rep["budget_notes"][0].startswith("measured:")
     assert rep["budget_notes"] == saved["planned"]["notes"] and "seeds -> 19" in rep["budget_notes"]
+    assert rep["budget_notes"][-1].startswith("planned grid: about")  # estimate_grid, as --estimate prints
     assert rep["cells"]["done"] == rep["cells"]["total"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0 and f"resuming: {rep['cells']['total']} of {rep['cells']['total']}" in r.output, r.output

@@ -28,7 +28,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -244,18 +244,6 @@ def plan_cells(cfg: BenchmarkConfig) -> list[Cell]:
     return cells
 
 
-def arm_mix_factor(arm: str, train: ImageDataset, strategy: Any) -> float:
-    """How much larger than the real training set an arm's training set is (synthetic images / real images)."""
-    from medbalance.experiments.downstream import arm_synthetic_counts, balanced_targets
-
-    spec = parse_arm(arm)
-    n = arm_synthetic_counts(spec, train, balanced_targets(train, strategy))
-    extra = sum(n.values()) / max(1, len(train))
-    if spec.base == "synthetic-only":
-        return extra - 1.0
-    return extra + (1.0 if spec.base == "synthetic-pretrain+finetune" else 0.0)
-
-
 def longest_arms(cfg: BenchmarkConfig) -> int | None:
     """Which arm list to shorten: -1 for the grid's (when a generator uses it), ``k`` for generator ``k``'s own
     list, None when every list in use has one arm left. The longest wins; ties go to the grid's list."""
@@ -265,18 +253,13 @@ def longest_arms(cfg: BenchmarkConfig) -> int | None:
     return k if len(arms) > 1 else None
 
 
-def plan_for_budget(cfg: BenchmarkConfig, minutes: float, cell_seconds: float, gen_seconds: dict[str, float]
+def plan_for_budget(cfg: BenchmarkConfig, minutes: float, estimate: Callable[[BenchmarkConfig], float]
                     ) -> tuple[BenchmarkConfig, list[str]]:
-    """Shrink the grid until its estimated time fits ``minutes``: fewer seeds (down to 3), then fewer synthetic arms
-    (from the end of the longest arm list, the grid's or a generator's own, keeping the first of each), then fewer
-    generators (from the end). Returns the new config and what was dropped."""
+    """Shrink the grid until ``estimate(config)`` (seconds; :func:`estimate_grid` in a run) fits ``minutes``: fewer
+    seeds (down to 3), then fewer synthetic arms (from the end of the longest arm list, the grid's or a generator's
+    own, keeping the first of each), then fewer generators (from the end). Returns the new config and what was
+    dropped."""
     notes: list[str] = []
-
-    def estimate(c: BenchmarkConfig) -> float:
-        n_arm = sum(1 for x in plan_cells(c) if x.kind == "arm")
-        gens = sum(gen_seconds.get(g.label, 0.0) for g in c.generators) * len(c.generator_seeds) * len(c.split_seeds)
-        return n_arm * cell_seconds + gens
-
     cur = cfg
     while estimate(cur) > minutes * 60:
         if cur.seeds > 3:
@@ -767,14 +750,18 @@ class Benchmark:
                 raise
 
     def _plan_budget(self) -> tuple[BenchmarkConfig, list[str]]:
-        """Measure one classifier cell and each generator's speed, then shrink the grid to ``budget_minutes``."""
-        split = self.split(self.cfg.split_seeds[0])
+        """Measure one classifier cell and each generator's speed, then shrink the grid to ``budget_minutes`` by
+        :func:`estimate_grid` (the estimate ``--estimate`` prints)."""
+        train = self.split(self.cfg.split_seeds[0]).train
         cell_s, gen_s = self._measure(keep=True)
-        mixed = 1.0 + sum(arm_mix_factor(a, split.train, self.cfg.strategy) for a in self.cfg.arms) / max(
-            1, len(self.cfg.arms))
-        cfg, notes = plan_for_budget(self.cfg, self.cfg.budget_minutes, cell_s * mixed, gen_s)
+
+        def estimate(c: BenchmarkConfig) -> float:
+            return estimate_grid(c, train, cell_s, gen_s)["total_seconds"]
+
+        cfg, notes = plan_for_budget(self.cfg, self.cfg.budget_minutes, estimate)
         notes.insert(0, f"measured: {cell_s:.0f} s per real-arm cell; generators "
                      + ", ".join(f"{k} ~{v / 60:.1f} min" for k, v in gen_s.items()))
+        notes.append(f"planned grid: about {estimate(cfg) / 60:.0f} min")
         for n in notes:
             console.print(f"[dim]budget: {n}[/dim]")
         return cfg, notes

@@ -36,6 +36,9 @@ class GANMethod(nn.Module):
 
     name: ClassVar[str] = "base"
     needs: ClassVar[tuple[str, ...]] = ()  # subset of ("label", "mask", "condition")
+    # trains faster in the channels-last (NHWC) layout: what train.channels_last null (the default) picks for 2D data.
+    # Set where bench_train.py --nhwc measured a gain on the CPU (docs/performance.md); off where it did not.
+    channels_last: ClassVar[bool] = False
 
     def __init__(self, params: Any, info: DataInfo):
         super().__init__()

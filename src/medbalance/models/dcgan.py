@@ -272,6 +272,7 @@ class DCGAN(GANMethod):
 
     name = "dcgan"
     needs = ("label",)
+    channels_last = True
 
     def __init__(self, params: DCGANParams, info: DataInfo):
         super().__init__(params, info)

@@ -242,6 +242,7 @@ class LAPGAN(GANMethod):
     name = "lapgan"
     needs = ("label",)
     joint = False
+    channels_last = True
 
     def __init__(self, params: LAPGANParams, info: DataInfo):
         super().__init__(params, info)

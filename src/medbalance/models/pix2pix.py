@@ -263,6 +263,7 @@ class Pix2Pix(GANMethod):
 
     name = "pix2pix"
     needs = ("mask",)
+    channels_last = True
 
     def __init__(self, params: Pix2PixParams, info: DataInfo):
         super().__init__(params, info)

@@ -48,7 +48,13 @@ class TrainConfig(BaseConfig):
         "p = 0.5, seeded by (train.seed, step) so that a resumed run flips the same samples; null = the model "
         "preset's (on in the paper presets of pix2pix, spade and redgan; off elsewhere)",
     )
-    channels_last: bool = False
+    channels_last: Optional[bool] = Field(
+        None,
+        description="train the networks and batches in the channels-last (NHWC) memory layout (2D data only); "
+        "null = the model's choice: on for dcgan, acgan, lapgan, lapgan-joint, pix2pix and redgan (1.05-1.30x per "
+        "step on the CPU, docs/performance.md), off for spade and the diffusion models (no gain); the saved "
+        "config.yaml states the value used",
+    )
     num_workers: Optional[int] = Field(
         None,
         ge=0,
@@ -126,6 +132,8 @@ class RunConfig(BaseConfig):
         if self.train.ema_decay is None:
             self.train.ema_decay = preset_ema_decay(self.model.name, self.model.preset)
         ensure_registered()
+        if self.model.name in MODELS and self.train.channels_last is None:
+            self.train.channels_last = bool(MODELS.get(self.model.name).method.channels_last)
         if self.model.name in MODELS:
             resolved = resolve_params(self.model.name, self.model.preset, dict(self.model.params))
             self.model.params = resolved.model_dump(mode="json")

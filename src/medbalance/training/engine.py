@@ -207,7 +207,9 @@ class Trainer:
         if self.dist.enabled:
             method = ddp.convert_sync_batchnorm_(method, self.device)
         method.to(self.device)
-        if tc.channels_last:
+        # RunConfig resolved null to the model's choice; 2D data only (volumes have no channels-last layout)
+        self.channels_last = bool(tc.channels_last) and len(self.info.spatial_shape) == 2
+        if self.channels_last:
             method.to(memory_format=torch.channels_last)
         ddp.broadcast_module_(method, self.dist)
         method.autocast = lambda: autocast(self.device, self.precision)
@@ -253,7 +255,7 @@ class Trainer:
         """A CPU batch on the training device (non-blocking from pinned memory on CUDA), channels_last if set."""
         nb = self.device.type == "cuda"
         out = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items()}
-        if self.cfg.train.channels_last and out["image"].dim() == 4:
+        if self.channels_last and out["image"].dim() == 4:
             out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
         return out
 
