@@ -494,3 +494,33 @@ def test_repeated_splits_that_coincide_are_refused(tmp_path):
     distinct = [s for s in range(8) if s not in {later for _, later in pairs}]
     ok = B.Benchmark(cfg.model_copy(update={"split_seeds": distinct}), tmp_path / "ok", data=ds)
     assert ok._duplicate_splits() == []
+
+
+def test_step_speed_of_a_two_phase_model():
+    """Latent diffusion trains its autoencoder for ae_steps steps, then its U-Net: each phase is timed, and a
+    budget in steps or minutes is converted with both speeds (hand-computed)."""
+    sp = B.StepSpeed(0.3, 500, 0.1)
+    assert sp.seconds_for(4500) == pytest.approx(500 * 0.3 + 4000 * 0.1)
+    assert sp.seconds_for(200) == pytest.approx(200 * 0.3)
+    assert sp.steps_in(60) == 200 and sp.steps_in(150 + 40) == 900
+    one = B.StepSpeed(0.25)
+    assert one.seconds_for(8) == pytest.approx(2.0) and one.steps_in(2.0) == 8 and one.steps_in(0.01) == 1
+
+    cfg = B.BenchmarkConfig.from_dict({**TINY, "generators": [{"model": "latent-diffusion", "steps": 40},
+                                                              {"model": "dcgan", "steps": 40}]})
+    bench = B.Benchmark(cfg, "unused")
+    calls = []
+
+    def fake_calibrate(g, cell, overrides):
+        calls.append((g.model, list(overrides)))
+        return 0.1 if "model.params.ae_steps=0" in overrides else 0.3
+
+    bench._calibrate = fake_calibrate
+    ldm, dc = cfg.generators
+    cell = B.Cell("train", 0, gen=ldm, gseed=0)
+    ae = B.Benchmark(cfg, "unused")._run_config(ldm, "unused", {}, []).model.params["ae_steps"]
+    assert bench._step_speed(ldm, cell, []) == B.StepSpeed(0.3, ae, 0.1)
+    assert calls == [("latent-diffusion", []), ("latent-diffusion", ["model.params.ae_steps=0"])]
+    calls.clear()
+    assert bench._step_speed(dc, B.Cell("train", 0, gen=dc, gseed=0), []) == B.StepSpeed(0.3)
+    assert calls == [("dcgan", [])]

@@ -27,6 +27,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -244,6 +245,31 @@ def plan_cells(cfg: BenchmarkConfig) -> list[Cell]:
     return cells
 
 
+PHASE_PARAM = "ae_steps"  # a model parameter that splits training into two phases of different speed (latent diffusion)
+
+
+@dataclass(frozen=True)
+class StepSpeed:
+    """Seconds per training step of a generator: ``seconds_per_step`` for the first ``phase_steps`` steps (all steps
+    when 0), ``seconds_per_step_after`` for the rest."""
+
+    seconds_per_step: float
+    phase_steps: int = 0
+    seconds_per_step_after: float | None = None
+
+    def seconds_for(self, steps: int) -> float:
+        if not self.phase_steps:
+            return steps * self.seconds_per_step
+        first = min(steps, self.phase_steps)
+        return first * self.seconds_per_step + (steps - first) * self.seconds_per_step_after
+
+    def steps_in(self, seconds: float) -> int:
+        """The most steps that fit in ``seconds`` (at least 1)."""
+        if not self.phase_steps or seconds <= self.phase_steps * self.seconds_per_step:
+            return max(1, int(seconds / self.seconds_per_step))
+        return self.phase_steps + int((seconds - self.phase_steps * self.seconds_per_step) / self.seconds_per_step_after)
+
+
 def longest_arms(cfg: BenchmarkConfig) -> int | None:
     """Which arm list to shorten: -1 for the grid's (when a generator uses it), ``k`` for generator ``k``'s own
     list, None when every list in use has one arm left. The longest wins; ties go to the grid's list."""
@@ -444,8 +470,12 @@ class Benchmark:
             if cal_path.is_file():
                 extra["calibration"] = read_json(cal_path)
             else:
-                steps, sps = self._calibrate(g, cell, overrides)
-                extra["calibration"] = {"minutes": g.minutes, "seconds_per_step": sps, "steps": steps}
+                speed = self._step_speed(g, cell, overrides)
+                extra["calibration"] = {"minutes": g.minutes, "seconds_per_step": speed.seconds_per_step,
+                                        "steps": speed.steps_in(g.minutes * 60)}
+                if speed.phase_steps:  # two training phases, timed separately
+                    extra["calibration"].update(phase_steps=speed.phase_steps,
+                                                seconds_per_step_after=speed.seconds_per_step_after)
                 atomic_write_json(cal_path, extra["calibration"])
             train_sec["steps"] = int(extra["calibration"]["steps"])
         rcfg = self._run_config(g, gdir, train_sec, overrides)
@@ -468,10 +498,9 @@ class Benchmark:
                "model": {"name": g.model, "preset": g.preset}, "train": train_sec}
         return RunConfig.from_dict(apply_overrides(raw, overrides), source=f"generator {g.label}")
 
-    def _calibrate(self, g: GeneratorSpec, cell: Cell, overrides: list[str]) -> tuple[int, float]:
+    def _calibrate(self, g: GeneratorSpec, cell: Cell, overrides: list[str]) -> float:
         """Seconds per step of this generator here: runs of 3 and 13 steps in a scratch folder after a 3-step warm-up
-        run (first-use costs: imports, kernel selection), timed as the difference / 10. A latent diffusion model's
-        first steps are its autoencoder's."""
+        run (first-use costs: imports, kernel selection), timed as the difference / 10."""
         from medbalance.training.engine import train
 
         tmp = self.out / "generators" / f"s{cell.split}" / f".calibrate-{cell.gkey}"
@@ -485,8 +514,17 @@ class Benchmark:
             train(rcfg, dataset=self.split(cell.split).train)
             times.append(time.perf_counter() - t0)
         shutil.rmtree(tmp, ignore_errors=True)
-        sps = max((times[2] - times[1]) / 10, 1e-3)
-        return max(1, int(g.minutes * 60 / sps)), round(sps, 4)
+        return round(max((times[2] - times[1]) / 10, 1e-3), 4)
+
+    def _step_speed(self, g: GeneratorSpec, cell: Cell, overrides: list[str]) -> "StepSpeed":
+        """:meth:`_calibrate`, in each training phase of a model that has two (latent diffusion: ``ae_steps``
+        autoencoder steps, then U-Net steps, which are 2x faster at 64 px here)."""
+        sps = self._calibrate(g, cell, overrides)
+        params = self._run_config(g, self.out, {}, overrides).model.params
+        phase = int(params.get(PHASE_PARAM) or 0)
+        if not phase:
+            return StepSpeed(sps)
+        return StepSpeed(sps, phase, self._calibrate(g, cell, [*overrides, f"model.params.{PHASE_PARAM}=0"]))
 
     def _segmentor(self, s: int, epochs: int) -> Path:
         """A segmentor trained on split ``s``'s training images (Red-GAN's frozen third player), cached."""
@@ -690,9 +728,9 @@ class Benchmark:
                     # the grid's segmentor when kept; for a scratch estimate only its speed matters (1 epoch)
                     seg = self._segmentor(c.split, g.segmentor_epochs if keep else 1)
                     overrides.append(f"model.params.segmentor={seg}")
-                _, sps = self._calibrate(g.model_copy(update={"minutes": 1.0}), c, overrides)
+                speed = self._step_speed(g, c, overrides)
                 steps = g.steps if g.steps is not None else (g.epochs or 1) * math.ceil(len(split.train) / 32)
-                gen_s[g.label] = steps * sps
+                gen_s[g.label] = speed.seconds_for(steps)
         return cell_s, gen_s
 
     def _run_parallel(self, cells: list[Cell], todo: list[Cell], bar: Any, task: Any,
