@@ -245,9 +245,6 @@ def plan_cells(cfg: BenchmarkConfig) -> list[Cell]:
     return cells
 
 
-PHASE_PARAM = "ae_steps"  # a model parameter that splits training into two phases of different speed (latent diffusion)
-
-
 @dataclass(frozen=True)
 class StepSpeed:
     """Seconds per training step of a generator: ``seconds_per_step`` for the first ``phase_steps`` steps (all steps
@@ -517,14 +514,17 @@ class Benchmark:
         return round(max((times[2] - times[1]) / 10, 1e-3), 4)
 
     def _step_speed(self, g: GeneratorSpec, cell: Cell, overrides: list[str]) -> "StepSpeed":
-        """:meth:`_calibrate`, in each training phase of a model that has two (latent diffusion: ``ae_steps``
-        autoencoder steps, then U-Net steps, which are 2x faster at 64 px here)."""
+        """:meth:`_calibrate`, in each training phase of a model that declares two (``GANMethod.phase_param``;
+        latent diffusion: ``ae_steps`` autoencoder steps, then U-Net steps, which are 2x faster at 64 px here)."""
+        from medbalance.models.registry import MODELS, ensure_registered
+
         sps = self._calibrate(g, cell, overrides)
-        params = self._run_config(g, self.out, {}, overrides).model.params
-        phase = int(params.get(PHASE_PARAM) or 0)
+        ensure_registered()
+        key = MODELS.get(g.model).method.phase_param
+        phase = int(self._run_config(g, self.out, {}, overrides).model.params.get(key) or 0) if key else 0
         if not phase:
             return StepSpeed(sps)
-        return StepSpeed(sps, phase, self._calibrate(g, cell, [*overrides, f"model.params.{PHASE_PARAM}=0"]))
+        return StepSpeed(sps, phase, self._calibrate(g, cell, [*overrides, f"model.params.{key}=0"]))
 
     def _segmentor(self, s: int, epochs: int) -> Path:
         """A segmentor trained on split ``s``'s training images (Red-GAN's frozen third player), cached."""

@@ -39,6 +39,9 @@ class GANMethod(nn.Module):
     # trains faster in the channels-last (NHWC) layout: what train.channels_last null (the default) picks for 2D data.
     # Set where bench_train.py --nhwc measured a gain on the CPU (docs/performance.md); off where it did not.
     channels_last: ClassVar[bool] = False
+    # the parameter that ends a first training phase of another speed (its first N steps train something else), or
+    # None: timed per phase where a step count is planned from a speed (medbalance benchmark --estimate / --budget)
+    phase_param: ClassVar[str | None] = None
 
     def __init__(self, params: Any, info: DataInfo):
         super().__init__()
