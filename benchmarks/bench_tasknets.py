@@ -128,8 +128,12 @@ def main() -> None:
             run, one_step = plain_loop(net, ds, cfg, cl)
             if not flops:
                 flops = count_flops(one_step)
-            steps = args.n // args.batch_size * args.epochs
-            fns[f"medbalance {lay}"] = lambda cfg=cfg, steps=steps: (train_task_model(ds, None, cfg), steps)[1] * args.batch_size
+
+            def medbalance(cfg=cfg, ds=ds) -> int:
+                train_task_model(ds, None, cfg)
+                return args.n // args.batch_size * args.batch_size * args.epochs  # images seen (ragged batch dropped)
+
+            fns[f"medbalance {lay}"] = medbalance
             fns[f"plain {lay}"] = run
         for fn in fns.values():  # warm-up (oneDNN primitives, allocator)
             fn()

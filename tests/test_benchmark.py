@@ -518,7 +518,7 @@ def test_step_speed_of_a_two_phase_model():
     bench._calibrate = fake_calibrate
     ldm, dc = cfg.generators
     cell = B.Cell("train", 0, gen=ldm, gseed=0)
-    ae = B.Benchmark(cfg, "unused")._run_config(ldm, "unused", {}, []).model.params["ae_steps"]
+    ae = bench._run_config(ldm, "unused", {}, []).model.params["ae_steps"]
     assert bench._step_speed(ldm, cell, []) == B.StepSpeed(0.3, ae, 0.1)
     assert calls == [("latent-diffusion", []), ("latent-diffusion", ["model.params.ae_steps=0"])]
     calls.clear()

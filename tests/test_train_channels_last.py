@@ -43,6 +43,7 @@ def test_null_resolves_to_the_models_choice_and_is_saved(tmp_path):
     assert conv and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
     assert not all(p.is_contiguous() for p in conv)
 
+
 def test_nhwc_trains_the_same_model_and_loads_in_nchw(tmp_path):
     ds = load_dataset(DataConfig(**PHANTOM))
     a = train(_cfg(tmp_path / "nchw", channels_last=False), ds)
@@ -64,6 +65,7 @@ def test_nhwc_trains_the_same_model_and_loads_in_nchw(tmp_path):
     with torch.no_grad():
         trained, loaded = b.method.G.eval(), run.method.G.eval()
         assert torch.allclose(trained(z, labels), loaded(z, labels), atol=1e-5)
+
 
 def test_nhwc_resume_equals_uninterrupted(tmp_path):
     ds = load_dataset(DataConfig(**PHANTOM))
